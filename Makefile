@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (README).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEPLOY := $(VENV)/bin/deploy
+STAMP  := $(VENV)/.installed-stamp
+OUT    := out
+
+.PHONY: install demo test lint docker-test clean
+
+install: $(STAMP)
+
+# torch is pinned and installed first so that pip takes the CPU wheel lying on the machine.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p $(OUT)
+	$(DEPLOY) zoo train resnet20 --conv doconv --data digits --epochs 3 -o $(OUT)/model.pt
+	$(DEPLOY) export $(OUT)/model.pt --fold -o $(OUT)/model.onnx
+
+lint: $(STAMP)
+	$(VENV)/bin/hadolint Dockerfile
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q -n 2
+
+docker-test:
+	bash scripts/docker-test.sh
+
+clean:
+	rm -rf $(OUT) .pytest_cache .hypothesis

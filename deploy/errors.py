@@ -1,0 +1,41 @@
+"""Exceptions a user can act on, each tied to the CLI exit code of DESIGN.md.
+
+The CLI catches ``ConvDeployError`` and exits with ``exit_code``; anything else is a
+bug and exits 1 with a traceback hint.
+"""
+
+
+class ConvDeployError(Exception):
+    """Base class: a one-line message naming the problem and the fix."""
+
+    exit_code = 1
+
+
+class BadInputError(ConvDeployError):
+    """Bad usage or a bad input file (missing, corrupt, wrong format, mismatched weights)."""
+
+    exit_code = 2
+
+
+class ParityError(ConvDeployError):
+    """Numerical parity between two runtimes failed."""
+
+    exit_code = 3
+
+
+class GraphCheckError(ConvDeployError):
+    """The ONNX graph has custom or unsupported ops, or computes conv weights at run time."""
+
+    exit_code = 4
+
+
+class BackendUnavailableError(ConvDeployError):
+    """The requested backend (TensorRT, a GPU, an ONNX Runtime provider) is not available here."""
+
+    exit_code = 5
+
+
+class ClaimRefutedError(ConvDeployError):
+    """At least one paper claim was refuted by `deploy claims`."""
+
+    exit_code = 6

@@ -1,0 +1,245 @@
+"""fold_model(): turn a trained network into its deploy form, exactly, and prove it.
+
+Three passes, in this order (DESIGN.md, "Conventions"):
+
+1. every layer that folds into one convolution (``folds_to_conv``: CoC, DO-Conv) is
+   replaced in its parent by the ``nn.Conv2d`` its ``to_conv2d()`` returns;
+2. every other layer with ``switch_to_deploy()`` (SCConv, SPConv, IC) folds the linear
+   pieces inside it (its Conv+BN pairs);
+3. every ``nn.Conv2d`` whose output feeds nothing but a ``BatchNorm2d`` is fused with it
+   (the pairs are found with torch.fx, paper layers as leaves) and the BN becomes
+   ``nn.Identity``.
+
+The folding itself runs in float64 on a copy, so the per-layer errors in the report are
+measured on a float64 probe input and the float32 kernels are rounded only once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.fx
+from torch import nn
+
+from deploy.errors import BadInputError
+from deploy.layers.conv_bn import fuse_conv_bn
+
+
+@dataclass
+class FoldRow:
+    """One folded layer: its qualified name, what became what, and the error it made."""
+
+    name: str
+    kind: str
+    max_abs_error: float
+    max_rel_error: float
+
+
+@dataclass
+class FoldReport:
+    """Every fold fold_model() made, plus what it had to leave alone and why."""
+
+    rows: list[FoldRow] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    probe_shape: tuple[int, ...] | None = None
+
+    @property
+    def worst_rel_error(self) -> float:
+        return max((r.max_rel_error for r in self.rows), default=0.0)
+
+    def to_dict(self) -> dict:
+        return {
+            "probe_shape": list(self.probe_shape) if self.probe_shape else None,
+            "worst_rel_error": self.worst_rel_error,
+            "rows": [asdict(r) for r in self.rows],
+            "kept": list(self.kept),
+        }
+
+
+def _is_paper_layer(module: nn.Module) -> bool:
+    return hasattr(module, "switch_to_deploy") or getattr(module, "folds_to_conv", False)
+
+
+class _PaperLayerTracer(torch.fx.Tracer):
+    """Trace through containers and blocks, stopping at paper layers (they fold themselves)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _is_paper_layer(m) or super().is_leaf_module(m, qualname)
+
+
+class _InputRecorder:
+    """Forward pre-hooks that keep the (first) input each named module received."""
+
+    def __init__(self, model: nn.Module, names: set[str]):
+        self.inputs: dict[str, torch.Tensor] = {}
+        self._handles = [
+            module.register_forward_pre_hook(self._hook(name))
+            for name, module in model.named_modules()
+            if name in names
+        ]
+
+    def _hook(self, name: str) -> Callable:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            if name not in self.inputs and args and isinstance(args[0], torch.Tensor):
+                self.inputs[name] = args[0].detach()
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _errors(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
+    abs_err = float((ref - out).abs().max())
+    scale = float(ref.abs().max())
+    return abs_err, abs_err / scale if scale > 0 else abs_err
+
+
+def _capture_inputs(model: nn.Module, names: set[str], probe: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    if probe is None or not names:
+        return {}
+    recorder = _InputRecorder(model, names)
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        recorder.close()
+    return recorder.inputs
+
+
+@torch.no_grad()
+def _measure(before: nn.Module, after: nn.Module, inp: torch.Tensor | None) -> tuple[float, float]:
+    if inp is None:
+        return math.nan, math.nan
+    return _errors(before(inp), after(inp))
+
+
+def _fold_paper_convs(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
+    names = [n for n, m in model.named_modules() if getattr(m, "folds_to_conv", False)]
+    inputs = _capture_inputs(model, set(names), probe)
+    for name in names:
+        layer = model.get_submodule(name)
+        conv = layer.to_conv2d()
+        err = _measure(layer, conv, inputs.get(name))
+        model.set_submodule(name, conv)
+        report.rows.append(FoldRow(name, f"{type(layer).__name__}->Conv2d", *err))
+
+
+def _switch_paper_layers(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
+    names = [
+        n
+        for n, m in model.named_modules()
+        if n and hasattr(m, "switch_to_deploy") and not getattr(m, "folds_to_conv", False)
+    ]
+    # an outer layer's switch_to_deploy covers the paper layers nested in it
+    outer = [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
+    inputs = _capture_inputs(model, set(outer), probe)
+    for name in outer:
+        layer = model.get_submodule(name)
+        before = copy.deepcopy(layer)
+        layer.switch_to_deploy()
+        err = _measure(before, layer, inputs.get(name))
+        report.rows.append(FoldRow(name, f"{type(layer).__name__} (inner Conv+BN)", *err))
+
+
+def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> list[tuple[str, str]]:
+    """(conv name, bn name) pairs where the BN is the conv output's only consumer."""
+    try:
+        graph = _PaperLayerTracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - fx raises many types on untraceable code
+        report.kept.append(f"Conv+BN search fell back to nn.Sequential order: torch.fx could not trace the model ({exc})")
+        return _sequential_pairs(model)
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(model.get_submodule(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if not isinstance(src, torch.fx.Node) or src.op != "call_module":
+            continue
+        if not isinstance(model.get_submodule(src.target), nn.Conv2d):
+            continue
+        if len(src.users) == 1 and calls[src.target] == 1 and calls[node.target] == 1:
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (cname, conv), (bname, bn) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                prefix = f"{name}." if name else ""
+                pairs.append((prefix + cname, prefix + bname))
+    return pairs
+
+
+def _fuse_conv_bn_pairs(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
+    pairs = _conv_bn_pairs(model, report)
+    inputs = _capture_inputs(model, {c for c, _ in pairs}, probe)
+    for conv_name, bn_name in pairs:
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        fused = fuse_conv_bn(conv, bn)
+        err = _measure(nn.Sequential(conv, bn), fused, inputs.get(conv_name))
+        model.set_submodule(conv_name, fused)
+        model.set_submodule(bn_name, nn.Identity())
+        report.rows.append(FoldRow(conv_name, f"Conv2d+BatchNorm2d ({bn_name})", *err))
+    fused_bns = {b for _, b in pairs}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d) and name not in fused_bns:
+            report.kept.append(f"{name}: BatchNorm2d kept (its input is not a Conv2d output used only by it)")
+
+
+def _probe_input(model: nn.Module, probe_shape: tuple[int, ...] | None, seed: int) -> torch.Tensor | None:
+    shape = probe_shape or getattr(model, "input_shape", None)
+    if shape is None:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((2, *shape), generator=gen, dtype=torch.float64)
+
+
+def fold_model(
+    model: nn.Module,
+    *,
+    inplace: bool = False,
+    fuse_bn: bool = True,
+    probe_shape: tuple[int, ...] | None = None,
+    seed: int = 0,
+) -> tuple[nn.Module, FoldReport]:
+    """Return the deploy form of ``model`` and a report with one row per folded layer.
+
+    ``fuse_bn=False`` stops after pass 1: the deploy form as the papers count it
+    (CoC/DO-Conv reduced to convolutions, every BatchNorm kept). ``probe_shape``
+    (C, H, W) defaults to ``model.input_shape``; without either, errors are NaN.
+    """
+    if model.training:
+        raise BadInputError(
+            "the model is in training mode: call model.eval() before folding "
+            "(BatchNorm would otherwise use batch statistics, and no fold is exact)"
+        )
+    target = model if inplace else copy.deepcopy(model)
+    param = next(target.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    target.to(torch.float64)
+    probe = _probe_input(target, probe_shape, seed)
+    probe = probe.to(device) if probe is not None else None
+    report = FoldReport(probe_shape=tuple(probe.shape[1:]) if probe is not None else None)
+    _fold_paper_convs(target, probe, report)
+    if fuse_bn:
+        _switch_paper_layers(target, probe, report)
+        _fuse_conv_bn_pairs(target, probe, report)
+    target.to(dtype)
+    target.eval()
+    return target, report

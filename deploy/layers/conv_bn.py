@@ -1,0 +1,54 @@
+"""Exact Conv+BatchNorm fusion, shared by fold.py and the layers' own switch_to_deploy().
+
+BN in eval mode is the per-channel affine map y = s * (x - mu) + beta with
+s = gamma / sqrt(var + eps); after a convolution with kernel W and bias b it is a
+convolution with kernel s * W and bias s * (b - mu) + beta.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) of an eval-mode BatchNorm, using the module's own eps."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{bn} has no running statistics (track_running_stats=False): it cannot be folded")
+    std = torch.sqrt(bn.running_var + bn.eps)
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
+    scale = gamma / std
+    return scale, beta - bn.running_mean * scale
+
+
+def fuse_conv_bn_weights(
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of conv-then-BN as one convolution (exact, any groups)."""
+    scale, shift = bn_scale_shift(bn)
+    fused_w = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    fused_b = shift if bias is None else bias * scale + shift
+    return fused_w, fused_b
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` equal to ``bn(conv(x))`` in eval mode; inputs are not modified."""
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn)
+    fused.weight.copy_(w)
+    fused.bias.copy_(b)
+    return fused

@@ -1,0 +1,94 @@
+"""fold_model(): exact Conv+BN fusion found by tracing, the report, the training-mode guard."""
+
+import pytest
+import torch
+from torch import nn
+
+from deploy.errors import BadInputError
+from deploy.fold import fold_model
+
+
+def _random_bn(module: nn.Module, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    for bn in module.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=gen))
+            bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            bn.weight.data.copy_(torch.randn(n, generator=gen))
+            bn.bias.data.copy_(torch.randn(n, generator=gen))
+    return module.eval()
+
+
+class Branchy(nn.Module):
+    """Conv->BN pairs inside a residual block, plus a conv whose output has two users."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(8, eps=1e-3)
+        self.a = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.a_bn = nn.BatchNorm2d(8)
+        self.shared = nn.Conv2d(8, 8, 1)
+        self.shared_bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        y = self.a_bn(self.a(x)) + x
+        s = self.shared(y)
+        z = self.shared_bn(s) + s  # the conv output feeds the BN and the add: not fusable
+        return self.head(z.mean((2, 3)))
+
+
+def test_fold_fuses_exactly_the_fusable_pairs():
+    model = _random_bn(Branchy())
+    folded, report = fold_model(model, probe_shape=(3, 12, 12))
+    fused = {row.name for row in report.rows}
+    assert fused == {"stem", "a"}
+    assert isinstance(folded.stem_bn, nn.Identity) and isinstance(folded.a_bn, nn.Identity)
+    assert isinstance(folded.shared_bn, nn.BatchNorm2d)
+    assert any(k.startswith("shared_bn") for k in report.kept)
+    x = torch.randn(4, 3, 12, 12)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert (ref - out).abs().max() <= 1e-5 * ref.abs().max()
+    for row in report.rows:
+        assert row.max_abs_error < 1e-10 and row.max_rel_error < 1e-12
+
+
+def test_fold_does_not_touch_its_input_unless_inplace():
+    model = _random_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded, _ = fold_model(model, probe_shape=(3, 8, 8))
+    assert folded is not model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    same, _ = fold_model(model, inplace=True, probe_shape=(3, 8, 8))
+    assert same is model and isinstance(model[1], nn.Identity)
+    assert model[0].weight.dtype == torch.float32
+
+
+def test_fold_refuses_training_mode():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    with pytest.raises(BadInputError, match="training mode"):
+        fold_model(model)
+
+
+def test_untraceable_model_falls_back_to_sequential_pairs():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+
+        def forward(self, x):
+            if x.sum() > 0:  # control flow on data: torch.fx cannot trace this
+                return self.body(x)
+            return self.body(-x)
+
+    model = _random_bn(DataDependent())
+    folded, report = fold_model(model, probe_shape=(3, 8, 8))
+    assert [r.name for r in report.rows] == ["body.0"]
+    assert any("torch.fx" in k for k in report.kept)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), folded(x), atol=1e-5, rtol=1e-5)
