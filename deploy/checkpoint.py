@@ -1,0 +1,259 @@
+"""model.pt read/write: the convdeploy format, bare state_dicts, reference checkpoints.
+
+The convdeploy format (DESIGN.md) is a dict ``{"format": "convdeploy/1", "arch", "conv",
+"conv_kwargs", "num_classes", "input_shape", "state_dict", "meta"}`` read with
+``torch.load(weights_only=True)``. A whole pickled module is read only when the user
+passes ``trust_pickle=True`` (unpickling runs code from the file). Checkpoints of the
+papers' reference code (SCNet, SPConv's resnet_sp, DO-Conv) are recognised from their
+keys and loaded strictly into our zoo models, whose names mirror theirs.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deploy.atomic import atomic_path, sha256_file
+from deploy.errors import BadInputError
+
+FORMAT = "convdeploy/1"
+_BOTTLENECK_DEPTHS = {(3, 4, 6, 3): "50", (3, 4, 23, 3): "101"}
+_BASIC_DEPTHS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34", (3, 3, 3): "resnet20"}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for folding, with what is known about where it came from."""
+
+    model: nn.Module
+    source: str  # convdeploy | state_dict | reference-scnet | reference-spconv | reference-doconv | pickle
+    sha256: str
+    arch: str | None = None
+    conv: str | None = None
+    conv_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    input_shape: tuple[int, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "sha256": self.sha256,
+            "arch": self.arch,
+            "conv": self.conv,
+            "conv_kwargs": self.conv_kwargs,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+        }
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write a zoo model as a convdeploy/1 checkpoint, atomically."""
+    payload = {
+        "format": FORMAT,
+        "arch": model.arch,
+        "conv": model.conv,
+        "conv_kwargs": dict(model.conv_kwargs),
+        "num_classes": int(model.num_classes),
+        "input_shape": list(model.input_shape),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file; check the path (create one with `deploy zoo create`)")
+    if path.is_dir():
+        raise BadInputError(f"{path} is a directory, not a checkpoint file: point to the model.pt inside it")
+    if path.stat().st_size == 0:
+        raise BadInputError(f"{path} is empty (0 bytes): the file was not written completely; save it again")
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise BadInputError(f"{path} is not a PyTorch checkpoint (unpickling failed: {_first_line(exc)})") from exc
+        if not trust_pickle:
+            raise BadInputError(
+                f"{path} holds pickled Python objects (a whole module?); unpickling runs code from the file: "
+                "pass --trust-pickle only if you trust its source, or save model.state_dict() instead"
+            ) from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt file makes the unpickler raise anything
+        raise BadInputError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {_first_line(exc)}); "
+            "save it again with torch.save"
+        ) from exc
+    warnings.warn(f"loading {path} with pickle: this runs code from the file", stacklevel=3)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - arbitrary code in the pickle may raise anything
+        raise BadInputError(f"{path}: unpickling failed ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model", "net"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BadInputError("the checkpoint is a dict but not a state_dict (its values are not all tensors)")
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _block_counts(keys: set[str]) -> tuple[int, ...]:
+    counts = []
+    for stage in range(1, 5):
+        blocks = {k.split(".")[1] for k in keys if k.startswith(f"layer{stage}.")}
+        if not blocks:
+            break
+        counts.append(len(blocks))
+    return tuple(counts)
+
+
+def _resnet_arch(keys: set[str]) -> str:
+    counts = _block_counts(keys)
+    bottleneck = any(k.startswith("layer1.0.conv3.") or k.startswith("layer1.0.bn3.") for k in keys)
+    arch = f"resnet{_BOTTLENECK_DEPTHS[counts]}" if bottleneck and counts in _BOTTLENECK_DEPTHS else None
+    if not bottleneck:
+        arch = _BASIC_DEPTHS.get(counts)
+    if arch is None:
+        raise BadInputError(f"cannot tell the ResNet depth from the checkpoint's blocks per stage {counts}")
+    return arch
+
+
+def recognise_reference(state: dict[str, torch.Tensor]) -> tuple[str, str, str, dict[str, Any]] | None:
+    """(source, arch, conv, conv_kwargs) for a reference-code checkpoint, else None."""
+    keys = set(state)
+    if any(".scconv.k2." in k for k in keys):
+        counts = _block_counts(keys)
+        depth = _BOTTLENECK_DEPTHS.get(counts)
+        if depth is None:
+            raise BadInputError(f"SCNet checkpoint with blocks per stage {counts}: only scnet50/101 are known")
+        return "reference-scnet", f"scnet{depth}", "sc", {}
+    gwc = sorted(k for k in keys if k.endswith(".gwc.weight"))
+    if gwc:
+        block = gwc[0].rsplit(".", 3)[0]  # layer1.0
+        rep_in = state[f"{block}.conv2.pwc.weight"].shape[1]
+        planes = state[f"{block}.conv1.weight"].shape[0]
+        return "reference-spconv", _resnet_arch(keys), "sp", {"ratio": rep_in / planes}
+    if any(k.endswith(".W") for k in keys) and any(k.endswith(".d_diag") or k.endswith(".D") for k in keys):
+        return "reference-doconv", _resnet_arch(keys), "doconv", {}
+    return None
+
+
+def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise BadInputError(
+            f"the weights do not fit {what}: missing keys {_short(missing)}; unexpected keys {_short(unexpected)}"
+        )
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+    if wrong:
+        raise BadInputError(f"the weights do not fit {what}: shape mismatch for {_short(wrong)}")
+    model.load_state_dict(state, strict=True)
+
+
+def _short(items: list[str], limit: int = 8) -> str:
+    if not items:
+        return "none"
+    shown = ", ".join(items[:limit])
+    return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def check_finite(model: nn.Module) -> None:
+    """Refuse weights or buffers holding NaN or Inf (a diverged run or a corrupt file)."""
+    bad = [
+        name
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers())
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise BadInputError(f"NaN or Inf in the weights ({_short(bad)}): the checkpoint is from a diverged or corrupt run")
+
+
+def _build(arch: str, conv: str, conv_kwargs: dict[str, Any], num_classes: int | None) -> nn.Module:
+    from deploy.models.registry import build_model
+
+    try:
+        return build_model(arch, conv, num_classes=num_classes, **conv_kwargs)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadInputError(f"cannot build {arch} with conv={conv}: {exc}") from exc
+
+
+def _num_classes(state: dict[str, torch.Tensor]) -> int | None:
+    fc = state.get("fc.weight")
+    return int(fc.shape[0]) if fc is not None else None
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    conv: str | None = None,
+    conv_kwargs: dict[str, Any] | None = None,
+    trust_pickle: bool = False,
+) -> LoadedModel:
+    """Read ``path`` into an eval-mode model; every failure is a BadInputError naming the fix."""
+    path = Path(path)
+    _check_readable(path)
+    digest = sha256_file(path)
+    obj = _torch_load(path, trust_pickle)
+    if isinstance(obj, nn.Module):
+        if obj.training:
+            raise BadInputError(
+                f"{path} holds a module in training mode: call model.eval() before saving it "
+                "(BatchNorm and dropout behave differently in training mode)"
+            )
+        check_finite(obj)
+        return LoadedModel(obj, "pickle", digest, input_shape=getattr(obj, "input_shape", None))
+    if not isinstance(obj, dict):
+        raise BadInputError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or an nn.Module")
+    if obj.get("format") == FORMAT:
+        return _load_convdeploy(obj, path, digest)
+    state = _unwrap_state_dict(obj)
+    ref = recognise_reference(state)
+    if arch is None and conv is None and ref is not None:
+        source, arch, conv, kwargs = ref
+    elif arch is None or conv is None:
+        raise BadInputError(f"{path} is a bare state_dict: pass --arch and --conv (and --ratio for sp) to say what it is")
+    else:
+        source, kwargs = "state_dict", dict(conv_kwargs or {})
+    model = _build(arch, conv, kwargs, _num_classes(state))
+    _strict_load(model, state, f"{arch} (conv={conv})")
+    check_finite(model)
+    model.eval()
+    return LoadedModel(model, source, digest, arch, conv, kwargs, model.num_classes, tuple(model.input_shape))
+
+
+def _load_convdeploy(obj: dict, path: Path, digest: str) -> LoadedModel:
+    try:
+        arch, conv, kwargs = obj["arch"], obj["conv"], dict(obj.get("conv_kwargs") or {})
+        num_classes, input_shape, state = obj["num_classes"], tuple(obj["input_shape"]), obj["state_dict"]
+    except (KeyError, TypeError) as exc:
+        raise BadInputError(f"{path}: convdeploy checkpoint is missing the field {exc}") from exc
+    model = _build(arch, conv, kwargs, num_classes)
+    _strict_load(model, state, f"{arch} (conv={conv})")
+    check_finite(model)
+    model.input_shape = input_shape
+    model.eval()
+    meta = dict(obj.get("meta") or {})
+    return LoadedModel(model, "convdeploy", digest, arch, conv, kwargs, num_classes, input_shape, meta)
