@@ -1,0 +1,158 @@
+"""IC layer: Inter-layer Collision convolution (IC Networks, Sec. 3.1-3.4, Eq. 3, 6, 7).
+
+Re-implementation from the paper's equations: no public code of the IC layer exists,
+so every detail below that the paper leaves open is a documented choice.
+
+The IC neuron (Eq. 3) applied to convolution (Eq. 6) with the scaling factor of Eq. 7:
+
+    u = W ⊗ X + b2 + α · ReLU(W ⊗ X − W' · (1 ⊗̂ X) + b1)
+
+* ``W ⊗ X``: an ordinary k×k convolution (``self.conv``, no bias of its own).
+* ``1 ⊗̂ X``: the all-ones *depthwise* convolution, i.e. the per-channel window sum,
+  with the same kernel size, stride, padding and dilation as W (Eq. 6: "all the
+  convolution operators share the same stride and padding"). It is an
+  ``nn.Conv2d(groups=C_in)`` whose ones kernel is frozen (``requires_grad=False``), so
+  a hook-based MAC counter sees it, while the parameter count (trainable parameters
+  only) does not include it -- the paper says the sum adds no parameters (Sec. 3.4).
+* ``W'``: the adjustment weights, a C_out × C_in matrix applied channel-wise to the
+  window sums, i.e. a 1×1 convolution (``self.adjust``; Sec. 3.4 "can be regarded as
+  a 1×1 convolution").
+* ``b1`` (inside the ReLU, shifts the hyperplane) and ``b2`` (outside, the usual
+  conv bias; ``bias=True``) are the two independent biases of Eq. 3. ``b1`` is always
+  present: without it the hyperplane cannot be shifted (Theorem 2 needs it).
+* ``α`` (Eq. 7): one scalar per layer scaling the ReLU branch. The paper sets it to 0
+  when an IC network is initialised from a pre-trained plain network (WLD, Sec. 3.3)
+  and then either increases it by hand or trains it ("treat α as a parameter trained
+  with other parameters"); good values lie in [0.01, 0.04]. Eq. 6 (training from
+  scratch, Table 1) is α = 1, the default here. ``learn_alpha=True`` makes α a
+  trainable ``nn.Parameter``, otherwise it is a buffer; the state-dict key is
+  ``alpha`` either way.
+
+Parameters: k²·C_in·C_out (W) + C_in·C_out (W') + C_out (b1) [+ C_out (b2)]
+[+ 1 (α if learnable)]. Replacing the 3×3 layers of ResNet-18/34/50 gives
+12,917,800 / 24,155,688 / 26,822,056 = 12.9 M / 24.2 M / 26.8 M (IC Table 1) with
+``bias=True``; without b2, IC-ResNet-34 would be 24,148,136 = 24.1 M, so the paper's
+count includes both biases.
+
+Deploy form (``switch_to_deploy``): the IC layer cannot become one convolution (the
+ReLU is inside), and its form is already minimal: merging W' into the window sum
+would give a dense k×k kernel with k² times the MACs of the 1×1 W' (the paper's
+cost argument in Sec. 3.4 relies on the split). The only exact simplification is
+the bias arrangement: with y = W⊗X + b2 and z = W'·(1⊗̂X) + (b2 − b1),
+
+    u = y + α · ReLU(y − z),
+
+so both biases live inside the two convolutions and the two broadcast additions of
+the training form disappear. α stays a separate multiply: pulling it inside the
+ReLU (valid only for α ≥ 0) would need a second, scaled copy of y.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_IntOr2 = int | tuple[int, int]
+
+
+class ICConv2d(nn.Module):
+    """IC layer of Eq. 6/7: a drop-in replacement for a k×k ``nn.Conv2d`` (groups = 1)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _IntOr2,
+        stride: _IntOr2 = 1,
+        padding: _IntOr2 | str = 0,
+        dilation: _IntOr2 = 1,
+        bias: bool = True,
+        alpha: float = 1.0,
+        learn_alpha: bool = False,
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(
+                f"ICConv2d needs positive channel counts, got in={in_channels}, out={out_channels}"
+            )
+        geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **geometry)
+        # 1 ⊗̂ X: depthwise window sum with a frozen all-ones kernel (Eq. 6).
+        self.window_sum = nn.Conv2d(in_channels, in_channels, groups=in_channels, bias=False, **geometry)
+        self.window_sum.weight.requires_grad_(False)
+        with torch.no_grad():
+            self.window_sum.weight.fill_(1.0)
+        # W': C_out x C_in adjustment weights applied to the window sums (1x1 conv).
+        self.adjust = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.b1 = nn.Parameter(torch.zeros(out_channels))
+        if bias:
+            fan_in = in_channels * self.conv.kernel_size[0] * self.conv.kernel_size[1]
+            bound = 1.0 / math.sqrt(fan_in)
+            self.bias: nn.Parameter | None = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+        alpha_t = torch.tensor(float(alpha))
+        if learn_alpha:
+            self.alpha = nn.Parameter(alpha_t)
+        else:
+            self.register_buffer("alpha", alpha_t)
+        self.has_bias = bias
+        self.learn_alpha = learn_alpha
+        self.deployed = False
+
+    # nn.Conv2d-like read-only attributes, so code written for Conv2d keeps working.
+    @property
+    def in_channels(self) -> int:
+        return self.conv.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return self.conv.kernel_size
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        return self.conv.stride
+
+    @property
+    def padding(self) -> tuple[int, ...] | str:
+        return self.conv.padding
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        return self.conv.dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.adjust(self.window_sum(x))
+        y = self.conv(x)
+        if self.deployed:
+            # biases already inside conv (b2) and adjust (b2 - b1)
+            return y + self.alpha * F.relu(y - z)
+        inner = y - z + self.b1.view(1, -1, 1, 1)
+        out = y + self.alpha * F.relu(inner)
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1)
+        return out
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Move b2 into ``conv`` and (b2 − b1) into ``adjust``; exact, in place, idempotent."""
+        if self.deployed:
+            return
+        b2 = self.bias.detach() if self.bias is not None else torch.zeros_like(self.b1)
+        if self.bias is not None:
+            self.conv.bias = nn.Parameter(b2.clone())
+        self.adjust.bias = nn.Parameter(b2 - self.b1.detach())
+        self.b1 = None
+        self.bias = None
+        self.deployed = True
+
+    def extra_repr(self) -> str:
+        alpha = "meta" if self.alpha.is_meta else f"{self.alpha.item():g}"
+        return f"alpha={alpha}, learn_alpha={self.learn_alpha}, bias={self.has_bias}, deployed={self.deployed}"

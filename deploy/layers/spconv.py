@@ -1,0 +1,142 @@
+"""SPConv 3×3: split the input into representative and redundant channels (SPConv, Sec. 3.2-3.4).
+
+Mirrors ``SPConv_3x3`` of the reference ``code/resnet_sp.py`` (qiulinzhang/SPConv.pytorch):
+module names ``gwc``, ``pwc``, ``conv1x1``, ``bn1``, ``bn2`` and the pooling modules,
+so ``resnet_sp`` checkpoints load strictly. Written from the paper and the reference's
+structure; no code copied.
+
+With L input channels, ratio α and M output channels (Eq. 2, 3, 6, 7):
+
+* representative part, the first ``int(L·α)`` channels (Sec. 3.2-3.3):
+  U3 = bn1(gwc(x_rep) + pwc(x_rep)); gwc is a 3×3 group convolution with G = 2 groups
+  producing all M channels, pwc a 1×1 convolution over all representative channels
+  (both bias-free), summed because they share their input (Eq. 3);
+* redundant part, the remaining channels: U1 = bn2(conv1x1(x_red)), a 1×1 convolution
+  WITH bias, as the reference has it;
+* parameter-free fusion (Sec. 3.4): S3 = GAP(U3), S1 = GAP(U1) (Eq. 4),
+  [β, γ] = softmax over the two branches per channel (Eq. 5), Y = β·U3 + γ·U1 (Eq. 6).
+
+Stride 2 as the reference: gwc carries the stride itself, while pwc and conv1x1 read
+a 2×2/stride-2 average-pooled copy of their input ("use avgpool first to reduce
+information lost"). gwc's output has ⌈H/2⌉ rows and the pooled paths ⌊H/2⌋, so odd
+spatial sizes cannot work with stride 2; they are rejected with a clear error.
+(An early version of the reference pooled an undefined ``x_1x1_se`` here; the
+current one pools ``x_1x1``, which is what this module does.)
+
+Parameters (Eq. 9 plus the biases and BNs the reference has):
+9·(αL/2)·M + αL·M + (1−α)L·M + M (conv1x1 bias) + 4M (bn1, bn2). In ResNet-50 only
+``Bottleneck.conv2`` is replaced (α = 1/2: 18.35 M counted exactly; the paper prints
+18.34 M; α = 1/4: 16.93 M; α = 1/8: 16.22 M).
+
+Deploy form (``switch_to_deploy``): the data-dependent softmax fusion keeps SPConv from
+becoming one convolution, but its linear pieces fold exactly. bn1 follows the *sum*
+gwc + pwc, so bn1(gwc(x) + pwc(x)) = s·gwc(x) + s·pwc(x) + shift: both kernels are
+scaled by s and the shift goes into gwc's bias. gwc and pwc stay separate: merging pwc
+into a dense 3×3 kernel (or into gwc, which is grouped) would multiply its MACs. bn2
+folds into conv1x1. The BN the host block applies after SPConv (``Bottleneck.bn2``)
+cannot be folded into it: β and γ are computed from GAP of the branch outputs, so a
+per-channel affine map after the fusion is not a change of any kernel inside it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deploy.layers.conv_bn import bn_scale_shift, fuse_conv_bn
+
+
+def _eager(x: torch.Tensor) -> bool:
+    """True when shapes are concrete Python ints (not under torch.fx / jit tracing)."""
+    return not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing()
+
+
+def _validate(in_channels: int, out_channels: int, stride: int, ratio: float) -> tuple[int, int]:
+    """Channel split of the reference (``int(in·ratio)``) or a ValueError saying why not."""
+    if stride not in (1, 2):
+        raise ValueError(f"SPConv3x3 supports stride 1 or 2 (as the reference), got stride={stride}")
+    rep = int(in_channels * ratio)
+    red = in_channels - rep
+    what = f"SPConv3x3(in_channels={in_channels}, ratio={ratio})"
+    if rep <= 0:
+        raise ValueError(
+            f"{what} gives the representative (3x3) part int({in_channels}*{ratio}) = {rep} channels; "
+            "raise ratio or in_channels"
+        )
+    if red <= 0:
+        raise ValueError(
+            f"{what} gives the redundant (1x1) part {red} channels; use a ratio below 1"
+        )
+    if rep % 2:
+        raise ValueError(
+            f"{what} gives an odd representative width {rep}, but gwc is a group convolution "
+            "with 2 groups; choose ratio/in_channels so that int(in_channels*ratio) is even"
+        )
+    if out_channels % 2:
+        raise ValueError(
+            f"SPConv3x3 out_channels={out_channels} must be even: gwc (groups=2) splits its "
+            "output channels into 2 groups"
+        )
+    return rep, red
+
+
+class SPConv3x3(nn.Module):
+    """Drop-in for a 3×3, padding-1 convolution (Sec. 3.2-3.4, Eq. 3-7)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, ratio: float = 0.5) -> None:
+        super().__init__()
+        rep, red = _validate(in_channels, out_channels, stride, ratio)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.inplanes_3x3 = rep
+        self.inplanes_1x1 = red
+        self.outplanes = out_channels
+        self.stride = stride
+        self.ratio = ratio
+        self.gwc = nn.Conv2d(rep, out_channels, kernel_size=3, stride=stride, padding=1, groups=2, bias=False)
+        self.pwc = nn.Conv2d(rep, out_channels, kernel_size=1, bias=False)
+        self.conv1x1 = nn.Conv2d(red, out_channels, kernel_size=1)
+        self.avgpool_s2_1 = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.avgpool_s2_3 = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.avgpool_add_1 = nn.AdaptiveAvgPool2d(1)
+        self.avgpool_add_3 = nn.AdaptiveAvgPool2d(1)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.deployed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 2 and _eager(x) and (x.shape[-2] % 2 or x.shape[-1] % 2):
+            raise ValueError(
+                f"SPConv3x3 with stride 2 got a {x.shape[-2]}x{x.shape[-1]} input: its 2x2 average "
+                "pooling and its strided 3x3 disagree on odd sizes; use an even height and width"
+            )
+        x_rep = x[:, : self.inplanes_3x3]
+        x_red = x[:, self.inplanes_3x3 :]
+        out_gwc = self.gwc(x_rep)
+        if self.stride == 2:
+            x_rep = self.avgpool_s2_3(x_rep)
+            x_red = self.avgpool_s2_1(x_red)
+        u3 = self.bn1(out_gwc + self.pwc(x_rep))
+        u1 = self.bn2(self.conv1x1(x_red))
+        s3 = self.avgpool_add_3(u3).flatten(1)
+        s1 = self.avgpool_add_1(u1).flatten(1)
+        weights = torch.softmax(torch.stack((s3, s1), dim=2), dim=2)  # (N, C, 2): [β, γ]
+        beta = weights[:, :, 0, None, None]
+        gamma = weights[:, :, 1, None, None]
+        return u1 * gamma + u3 * beta
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Fold bn1 into gwc and pwc and bn2 into conv1x1; exact, in place, idempotent."""
+        if self.deployed:
+            return
+        scale, _ = bn_scale_shift(self.bn1)
+        pwc = nn.Conv2d(self.inplanes_3x3, self.outplanes, kernel_size=1, bias=False,
+                        device=self.pwc.weight.device, dtype=self.pwc.weight.dtype)
+        pwc.weight.copy_(self.pwc.weight * scale.reshape(-1, 1, 1, 1))
+        self.gwc = fuse_conv_bn(self.gwc, self.bn1)  # s·W_gwc, bias = shift
+        self.pwc = pwc
+        self.conv1x1 = fuse_conv_bn(self.conv1x1, self.bn2)
+        self.bn1 = nn.Identity()
+        self.bn2 = nn.Identity()
+        self.deployed = True
