@@ -6,7 +6,7 @@ DEPLOY := $(VENV)/bin/deploy
 STAMP  := $(VENV)/.installed-stamp
 OUT    := out
 
-.PHONY: install demo test lint docker-test clean
+.PHONY: install demo test lint ci ci-gpu docker-test clean
 
 install: $(STAMP)
 
@@ -28,6 +28,16 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2
+
+# The parity suite the Docker images run (no $(STAMP): the image installs its own venv).
+ci:
+	$(VENV)/bin/hadolint Dockerfile
+	$(PY) -m pytest -q -n 2
+	$(DEPLOY) claims --quick -o $(OUT)/claims
+
+ci-gpu:
+	$(PY) -m pytest -q -m gpu
+	$(DEPLOY) claims --quick --backend trt -o $(OUT)/claims
 
 docker-test:
 	bash scripts/docker-test.sh
