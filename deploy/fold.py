@@ -216,12 +216,14 @@ def fold_model(
     fuse_bn: bool = True,
     probe_shape: tuple[int, ...] | None = None,
     seed: int = 0,
+    measure: bool = True,
 ) -> tuple[nn.Module, FoldReport]:
     """Return the deploy form of ``model`` and a report with one row per folded layer.
 
     ``fuse_bn=False`` stops after pass 1: the deploy form as the papers count it
     (CoC/DO-Conv reduced to convolutions, every BatchNorm kept). ``probe_shape``
-    (C, H, W) defaults to ``model.input_shape``; without either, errors are NaN.
+    (C, H, W) defaults to ``model.input_shape``; without either, or with
+    ``measure=False`` (counting params on a meta-device model, say), errors are NaN.
     """
     if model.training:
         raise BadInputError(
@@ -233,7 +235,7 @@ def fold_model(
     dtype = param.dtype if param is not None else torch.float32
     device = param.device if param is not None else torch.device("cpu")
     target.to(torch.float64)
-    probe = _probe_input(target, probe_shape, seed)
+    probe = _probe_input(target, probe_shape, seed) if measure else None
     probe = probe.to(device) if probe is not None else None
     report = FoldReport(probe_shape=tuple(probe.shape[1:]) if probe is not None else None)
     _fold_paper_convs(target, probe, report)
