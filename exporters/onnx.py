@@ -1,0 +1,371 @@
+"""torch -> ONNX export, atomic save and onnxsim simplification (DESIGN.md; issue 3, steps 3-4).
+
+One clear way to write: ``export_onnx`` returns the checked ``onnx.ModelProto`` and
+writes nothing unless a ``path`` is given; the pipeline exports with ``path=None``,
+simplifies, checks and validates, then calls ``save_onnx`` (temp name + rename) last, so a
+failed run leaves no model.onnx.
+
+Interface of every export: one input ``input`` (N, C, H, W) float32, one output ``output``;
+the batch axis is the symbolic dimension ``batch`` (``dynamic_batch=True``) or a fixed N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from deploy.atomic import check_output_path, write_bytes_atomic
+from deploy.errors import BadInputError, GraphCheckError
+
+DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
+#: Protobuf cannot serialize a message of 2 GiB or more; above this, weights go to ``<name>.data``.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+
+
+@dataclass
+class ExportResult:
+    """The exported graph plus how it was made (for the report)."""
+
+    model: onnx.ModelProto
+    exporter: str
+    opset: int
+    dynamic_batch: bool
+    batch_size: int | None
+    seconds: float
+    weight_bytes: int
+    captured_stdout: str = ""
+    captured_warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "model"}
+        d["nodes"] = len(self.model.graph.node)
+        return d
+
+
+@contextlib.contextmanager
+def _captured(into: dict[str, Any]) -> Iterator[None]:
+    """Silence and keep the exporters' prints, warnings and ``torch.onnx`` log records."""
+    out, err = io.StringIO(), io.StringIO()
+    records: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(f"{record.levelname}: {record.getMessage()}")
+
+    logger = logging.getLogger("torch.onnx")  # torch._logging gives it its own stderr handler
+    old_handlers, old_propagate = list(logger.handlers), logger.propagate
+    for h in old_handlers:
+        logger.removeHandler(h)
+    handler = _Keep()
+    logger.addHandler(handler)
+    logger.propagate = False
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        logger.removeHandler(handler)
+        for h in old_handlers:
+            logger.addHandler(h)
+        logger.propagate = old_propagate
+        into["stdout"] = out.getvalue() + err.getvalue()
+        into["warnings"] = records + [f"{w.category.__name__}: {w.message}" for w in caught]
+
+
+def _check_model_ready(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
+    if model.training:
+        raise BadInputError("the model is in training mode: call model.eval() before exporting")
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise BadInputError(f"input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
+    for name, t in model.state_dict().items():
+        if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise BadInputError(f"weight {name!r} contains NaN or Inf: the checkpoint is broken, retrain or reload it")
+    return shape
+
+
+def export_onnx_detailed(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    opset: int | None = None,
+    exporter: str = "dynamo",
+    dynamic_batch: bool = True,
+    batch_size: int = 1,
+    metadata: Mapping[str, str] | None = None,
+    optimize: bool = True,
+) -> ExportResult:
+    """Export ``model`` (eval mode) and run ``onnx.checker`` with ``full_check=True``.
+
+    ``exporter="dynamo"`` (default, opset 18) uses ``torch.export``; its ONNX optimizer
+    (``optimize=True``) already folds BatchNorm into Conv and constant-folds small
+    weight-only subgraphs (inputs up to 8192 elements). ``"torchscript"`` (opset 17) traces.
+    With ``dynamic_batch`` the graph is traced at batch 2 (torch.export specializes size 1).
+    """
+    if exporter not in DEFAULT_OPSET:
+        raise BadInputError(f"unknown exporter {exporter!r}: choose dynamo or torchscript")
+    shape = _check_model_ready(model, input_shape)
+    if not dynamic_batch and batch_size < 1:
+        raise BadInputError(f"batch size must be >= 1, got {batch_size}")
+    opset = opset or DEFAULT_OPSET[exporter]
+    n = 2 if dynamic_batch else batch_size
+    x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            model(x[:1])  # cheap probe: a clear message for an input size the model cannot take
+    except Exception as exc:
+        raise BadInputError(f"the model cannot take input (N, {', '.join(map(str, shape))}) ({_first_line(exc)}): choose an input size it supports") from exc
+    captured: dict[str, Any] = {}
+    start = time.perf_counter()
+    try:
+        with _captured(captured):
+            proto = _run_exporter(model, x, exporter, opset, dynamic_batch, optimize)
+    except BadInputError:
+        raise
+    except Exception as exc:
+        hint = "try --exporter torchscript" if exporter == "dynamo" else "try --exporter dynamo"
+        if dynamic_batch:
+            hint += " or a fixed --batch N"
+        raise BadInputError(f"{exporter} export failed ({_first_line(exc)}): {hint}") from exc
+    seconds = time.perf_counter() - start
+    if dynamic_batch:
+        _name_batch_dim(proto)
+    set_metadata(proto, {"convdeploy.exporter": exporter, "convdeploy.torch": torch.__version__, **dict(metadata or {})})
+    check_onnx(proto)
+    return ExportResult(proto, exporter, opset, dynamic_batch, None if dynamic_batch else n, seconds,
+                        weight_bytes(proto), captured.get("stdout", ""), captured.get("warnings", []))
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str] | None,
+    input_shape: Sequence[int],
+    *,
+    opset: int | None = None,
+    exporter: str = "dynamo",
+    dynamic_batch: bool = True,
+    batch_size: int = 1,
+    metadata: Mapping[str, str] | None = None,
+    optimize: bool = True,
+) -> onnx.ModelProto:
+    """Export, check and (when ``path`` is given) save atomically; returns the ModelProto."""
+    if path is not None:
+        check_output_path(path)
+    result = export_onnx_detailed(model, input_shape, opset=opset, exporter=exporter, dynamic_batch=dynamic_batch,
+                                  batch_size=batch_size, metadata=metadata, optimize=optimize)
+    if path is not None:
+        save_onnx(result.model, path)
+    return result.model
+
+
+def _run_exporter(model: nn.Module, x: torch.Tensor, exporter: str, opset: int, dynamic: bool, optimize: bool) -> onnx.ModelProto:
+    if exporter == "dynamo":
+        dims = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
+        program = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=opset, input_names=["input"],
+                                    output_names=["output"], dynamic_shapes=dims, optimize=optimize, verbose=False)
+        return program.model_proto
+    buf = io.BytesIO()
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None
+    torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
+                      output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _name_batch_dim(proto: onnx.ModelProto) -> None:
+    """Call the symbolic leading dim of the input and output ``batch`` (dynamo may say ``s0``)."""
+    for vi in list(proto.graph.input[:1]) + list(proto.graph.output[:1]):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param:
+            dims[0].dim_param = "batch"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
+    """Add or replace model-level ``metadata_props`` (values stringified)."""
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in metadata.items():
+        if key in existing:
+            existing[key].value = str(value)
+        else:
+            proto.metadata_props.add(key=str(key), value=str(value))
+
+
+def weight_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of initializer data held in the proto (decides external data)."""
+    total = 0
+    for t in proto.graph.initializer:
+        if t.raw_data:
+            total += len(t.raw_data)
+        else:
+            total += int(np.prod(t.dims, dtype=np.int64)) * max(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize, 1)
+    return total
+
+
+def check_onnx(proto: onnx.ModelProto) -> None:
+    """``onnx.checker.check_model(full_check=True)``; via a temp file for models >= 2 GiB."""
+    try:
+        if weight_bytes(proto) < EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(proto, full_check=True)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            _save_external(proto, path)
+            onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise GraphCheckError(f"onnx.checker rejected the graph ({_first_line(exc)}): report this export as a bug") from exc
+
+
+def _save_external(proto: onnx.ModelProto, path: Path) -> None:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data", size_threshold=1024)
+
+
+def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str], *, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
+    """Write ``proto`` atomically. Below ``external_data_threshold`` bytes of weights: one
+    self-contained file. Above: weights in ``<name>.data`` beside it, renamed into place
+    before the .onnx so that a half-finished write never leaves a loadable model."""
+    out = check_output_path(path)
+    if weight_bytes(proto) < external_data_threshold:
+        return write_bytes_atomic(out, proto.SerializeToString())
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _save_external(proto, tmpdir / out.name)
+        os.replace(tmpdir / f"{out.name}.data", out.parent / f"{out.name}.data")
+        os.replace(tmpdir / out.name, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+
+def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:
+    """Node count per op type (``domain::Op`` outside the default domain), sorted by name."""
+    counts = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in proto.graph.node)
+    return dict(sorted(counts.items()))
+
+
+
+@dataclass
+class SimplifyResult:
+    """What onnxsim did, or why its graph was rejected (``applied=False`` with a ``reason``)."""
+
+    applied: bool
+    reason: str | None
+    nodes_before: int
+    nodes_after: int
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    op_changes: dict[str, list[int]]
+    initializers_before: int
+    initializers_after: int
+    max_abs_err: float | None
+    max_rel_err: float | None
+    seconds: float
+    onnxsim_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if not self.applied:
+            return f"onnxsim NOT applied, unsimplified graph kept: {self.reason}"
+        changes = ", ".join(f"{op} {a}->{b}" for op, (a, b) in self.op_changes.items()) or "no op-count change"
+        return f"onnxsim: {self.nodes_before} -> {self.nodes_after} nodes ({changes})"
+
+
+def _interface(proto: onnx.ModelProto) -> list[tuple[str, tuple[str | int, ...]]]:
+    sig = []
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        dims = tuple(d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim)
+        sig.append((vi.name, dims))
+    return sig
+
+
+def simplify_onnx(
+    model_proto: onnx.ModelProto,
+    input_shape: Sequence[int],
+    *,
+    tol: Any = None,
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, SimplifyResult]:
+    """Run onnxsim; keep its graph only if it passes the checker, keeps the interface (names,
+    symbolic batch) and reproduces the outputs within ``tol`` (ONNX Runtime CPU, one seeded
+    input at batch 2, or the fixed batch). Otherwise return the input graph and say why.
+    Node and model ``metadata_props`` (module scopes, our metadata) are carried over by node name.
+    """
+    import onnxsim
+
+    from validators.parity import Tolerance, compare
+    from validators.runtimes import OrtRuntime
+
+    tol = tol or Tolerance()
+    before = op_histogram(model_proto)
+    start = time.perf_counter()
+    simplified, reason, metrics = None, None, None
+    stage = "onnxsim failed"
+    try:
+        captured: dict[str, Any] = {}
+        with _captured(captured):
+            candidate, ok = onnxsim.simplify(model_proto, check_n=0)
+        if not ok:
+            raise RuntimeError("onnxsim reported that its simplified graph failed its own check")
+        _carry_metadata(model_proto, candidate)
+        stage = "the simplified graph fails onnx.checker"
+        check_onnx(candidate)
+        if _interface(candidate) != _interface(model_proto):
+            raise RuntimeError(f"onnxsim changed the model interface {_interface(model_proto)} -> {_interface(candidate)}")
+        stage = "could not verify the simplified graph with ONNX Runtime"
+        dim0 = model_proto.graph.input[0].type.tensor_type.shape.dim[0]
+        batch = dim0.dim_value if dim0.HasField("dim_value") else 2
+        x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
+        metrics = compare(OrtRuntime(model_proto).run(x), OrtRuntime(candidate).run(x))
+        bad = tol.violations(metrics)
+        if bad:
+            reason = "onnxsim changed the outputs: " + "; ".join(bad)
+        else:
+            simplified = candidate
+    except Exception as exc:  # onnxsim raises plain RuntimeError/ValueError from C++
+        reason = f"{stage}: {_first_line(exc)}"
+    result_model = simplified if simplified is not None else model_proto
+    after = op_histogram(result_model)
+    changes = {op: [before.get(op, 0), after.get(op, 0)] for op in sorted(set(before) | set(after))
+               if before.get(op, 0) != after.get(op, 0)}
+    result = SimplifyResult(
+        applied=simplified is not None, reason=reason,
+        nodes_before=len(model_proto.graph.node), nodes_after=len(result_model.graph.node),
+        ops_before=before, ops_after=after, op_changes=changes,
+        initializers_before=len(model_proto.graph.initializer), initializers_after=len(result_model.graph.initializer),
+        max_abs_err=metrics["max_abs_err"] if metrics else None, max_rel_err=metrics["max_rel_err"] if metrics else None,
+        seconds=time.perf_counter() - start, onnxsim_version=str(getattr(onnxsim, "__version__", "unknown")),
+    )
+    return result_model, result
+
+
+def _carry_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+    set_metadata(dst, {p.key: p.value for p in src.metadata_props})
+    by_name = {n.name: n for n in src.graph.node if n.name}
+    for node in dst.graph.node:
+        old = by_name.get(node.name)
+        if old is not None and not node.metadata_props:
+            node.metadata_props.extend(old.metadata_props)

@@ -1,0 +1,253 @@
+"""First-diverging-layer search: torch forward hooks vs every intermediate ONNX tensor.
+
+Used by ``validators.parity.first_divergence`` when parity fails (issue 3, step 6).
+
+How a torch module is matched to an ONNX tensor:
+
+1. Every node output of a copy of the ONNX graph becomes a graph output; one ONNX Runtime
+   run gives every intermediate tensor. Forward hooks on every (non-root) module record
+   each call's output, in execution order (post-order: a child finishes before its parent).
+2. Scopes. The dynamo exporter stores the module path of every node in the node metadata
+   ``pkg.torch.onnx.name_scopes``; the TorchScript exporter encodes it in node names
+   (``/layer1/layer1.0/conv1/Conv``). A module's output tensor is the last "exit" tensor of
+   its scope (produced inside, consumed outside) with the torch output's shape; a module
+   called k times maps its k-th call to its k-th exit. A module with no node (a Conv whose
+   BN the exporter fused, an Identity) is skipped: its output does not exist in the graph.
+3. Without scope information (e.g. metadata stripped) a module output is "matched" when any
+   intermediate tensor of the same shape agrees within the tolerance.
+4. A mismatching module is skipped when its consumer module's torch output matches the
+   same tensor (the exporter fused the two, e.g. Conv+BN under the Conv's name). The first
+   remaining mismatch is the divergence. When the diverging tensor comes from a Conv/Gemm
+   whose weight initializer is named ``<module>.weight``, that module is named: after a
+   Conv+BN fusion the Conv's weight holds both.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from validators.parity import Tolerance, compare
+
+_WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+@dataclass
+class Divergence:
+    """Where torch and ONNX first disagree."""
+
+    module: str
+    module_type: str
+    compared_module: str
+    onnx_node: str | None
+    onnx_op: str | None
+    onnx_tensor: str | None
+    max_abs_err: float
+    bound: float
+    method: str
+
+    def describe(self) -> str:
+        node = f" (ONNX node {self.onnx_node} [{self.onnx_op}] -> {self.onnx_tensor})" if self.onnx_node else ""
+        via = f", compared at {self.compared_module}" if self.compared_module != self.module else ""
+        return (
+            f"{self.module} [{self.module_type}]{node}: max abs error {self.max_abs_err:.3g} > "
+            f"{self.bound:.3g}{via}; matched by {self.method}"
+        )
+
+
+@dataclass
+class _Call:
+    module: str
+    index: int
+    output: np.ndarray
+    out_id: int
+    in_ids: tuple[int, ...]
+
+
+def _torch_calls(model: nn.Module, x: np.ndarray) -> tuple[list[_Call], np.ndarray]:
+    calls: list[_Call] = []
+    counts: dict[str, int] = defaultdict(int)
+    handles = []
+    alive: list[torch.Tensor] = []  # keeps outputs referenced so that id() values are never reused
+
+    def make_hook(name: str):
+        def hook(_mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                return
+            in_ids = tuple(id(t) for t in inputs if isinstance(t, torch.Tensor))
+            alive.append(output)
+            calls.append(_Call(name, counts[name], output.detach().float().cpu().numpy().copy(), id(output), in_ids))
+            counts[name] += 1
+
+        return hook
+
+    for name, mod in model.named_modules():
+        if name:
+            handles.append(mod.register_forward_hook(make_hook(name)))
+    try:
+        with torch.no_grad():
+            out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    finally:
+        for h in handles:
+            h.remove()
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return calls, out.detach().float().cpu().numpy()
+
+
+def _all_intermediates(onnx_model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(onnx_model)
+    present = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        if node.op_type == "Constant":
+            continue
+        for name in node.output:
+            if name and name not in present:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+                present.add(name)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = sess.run(names, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})
+    return {n: np.asarray(v) for n, v in zip(names, values) if np.asarray(v).dtype.kind == "f"}
+
+
+def _scope_chain(node: onnx.NodeProto, modules: set[str]) -> list[str]:
+    """Module qualnames (outermost first) that ``node`` belongs to, from metadata or its name."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                items = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                break
+            return [s for s in items[1:-1] if s in modules]
+    if not node.name.startswith("/"):
+        return []
+    chain, current = [], ""
+    for seg in node.name.split("/")[1:-1]:
+        current = seg if (not current or seg.startswith(current + ".")) else f"{current}.{seg}"
+        name = current
+        if name not in modules:
+            stripped = re.sub(r"_\d+$", "", name)
+            name = stripped if stripped in modules else name
+        if name in modules:
+            chain.append(name)
+            current = name
+    return chain
+
+
+def _exits(onnx_model: onnx.ModelProto, modules: set[str]) -> dict[str, list[str]]:
+    """For every module, the tensors leaving its scope, in graph (topological) order."""
+    nodes = list(onnx_model.graph.node)
+    chains = [set(_scope_chain(n, modules)) for n in nodes]
+    consumers: dict[str, list[int]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            consumers[t].append(i)
+    graph_outputs = {o.name for o in onnx_model.graph.output}
+    exits: dict[str, list[str]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        for mod in chains[i]:
+            for t in n.output:
+                if t and (t in graph_outputs or any(mod not in chains[j] for j in consumers[t])):
+                    exits[mod].append(t)
+    return exits
+
+
+def _weight_owner(node: onnx.NodeProto | None, inits: set[str], modules: set[str]) -> str | None:
+    if node is None or node.op_type not in _WEIGHT_OPS or len(node.input) < 2:
+        return None
+    w = node.input[1]
+    if w in inits and w.endswith(".weight") and w[: -len(".weight")] in modules:
+        return w[: -len(".weight")]
+    return None
+
+
+def locate_divergence(model: nn.Module, onnx_model: onnx.ModelProto, x: np.ndarray, tol: Tolerance) -> Divergence | None:
+    """The first module whose output disagrees with the ONNX graph beyond ``tol``, or None."""
+    calls, final = _torch_calls(model, x)
+    values = _all_intermediates(onnx_model, x)
+    mods = dict(model.named_modules())
+    modules = set(mods) - {""}
+    exits = _exits(onnx_model, modules)
+    producer = {t: n for n in onnx_model.graph.node for t in n.output}
+    inits = {i.name for i in onnx_model.graph.initializer}
+    use_scopes = bool(exits)
+    n_calls: dict[str, int] = defaultdict(int)
+    for c in calls:
+        n_calls[c.module] += 1
+
+    def ok(ref: np.ndarray, name: str) -> bool:
+        out = values.get(name)
+        return out is not None and out.shape == ref.shape and not tol.violations(compare(ref, out), check_top1=False)
+
+    def mapped(call: _Call) -> str | None:
+        cands = [t for t in exits.get(call.module, []) if t in values and values[t].shape == call.output.shape]
+        if not cands:
+            return None
+        if n_calls[call.module] == 1:
+            return cands[-1]
+        return cands[call.index] if len(cands) == n_calls[call.module] else None
+
+    def consumer(i: int) -> _Call | None:
+        return next((c for c in calls[i + 1 :] if calls[i].out_id in c.in_ids and c.module != calls[i].module), None)
+
+    same_shape: dict[tuple[int, ...], list[str]] = defaultdict(list)
+    for name, v in values.items():
+        same_shape[v.shape].append(name)
+
+    for i, call in enumerate(calls):
+        if use_scopes:
+            tensor = mapped(call)
+            if tensor is None or ok(call.output, tensor):
+                continue
+            nxt = consumer(i)
+            if nxt is not None and ok(nxt.output, tensor):
+                continue  # fused with its consumer (e.g. Conv+BN kept under the Conv's name)
+            method = "module scopes"
+        else:
+            if any(ok(call.output, t) for t in same_shape.get(call.output.shape, [])):
+                continue
+            nxt = consumer(i)
+            if nxt is not None and any(ok(nxt.output, t) for t in same_shape.get(nxt.output.shape, [])):
+                continue
+            tensor = _closest(call.output, same_shape.get(call.output.shape, []), values)
+            method = "values (no scope information in the graph; ONNX tensor = closest one)"
+        node = producer.get(tensor) if tensor else None
+        owner = (_weight_owner(node, inits, modules) if use_scopes else None) or call.module
+        err = compare(call.output, values[tensor])["max_abs_err"] if tensor else float("inf")
+        return Divergence(
+            module=owner,
+            module_type=type(mods[owner]).__name__,
+            compared_module=call.module,
+            onnx_node=node.name if node is not None else None,
+            onnx_op=node.op_type if node is not None else None,
+            onnx_tensor=tensor,
+            max_abs_err=err,
+            bound=tol.bound(float(np.abs(call.output).max()) if call.output.size else 0.0),
+            method=method,
+        )
+    out_name = onnx_model.graph.output[0].name
+    if out_name in values and not ok(final, out_name):
+        m = compare(final, values[out_name])
+        return Divergence("<top-level forward>", type(model).__name__, "<top-level forward>", None, None, out_name,
+                          m["max_abs_err"], tol.bound(m["max_ref"]), "final output")
+    return None
+
+
+def _closest(ref: np.ndarray, names: list[str], values: dict[str, np.ndarray]) -> str | None:
+    if not names:
+        return None
+    return min(names, key=lambda n: float(np.abs(values[n].astype(np.float64) - ref).max()))

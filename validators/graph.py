@@ -1,0 +1,299 @@
+"""Static checks of an exported ONNX graph (DESIGN.md, validators/graph.py; issue 3, step 5).
+
+``check_graph`` verifies that a deploy graph is custom-op free (default ONNX domain only),
+parseable by TensorRT's ONNX parser (packaged support matrix, validators/trt_ops.py), and
+has no weight-computing subgraph: every Conv weight/bias is an initializer or a Constant
+(possibly behind Identity). The folding papers' "zero inference overhead" claim (DO-Conv
+Sec. 3.3, CoC's deploy form) means exactly this: the folded graph is a plain CNN.
+
+Params and MACs are computed from the graph itself so they can be compared with the torch
+counts (deploy/models/complexity.py) and between a folded model and its plain twin:
+
+* params: elements of the floating-point initializers / Constant tensors of rank >= 1,
+  counted once per consuming node input (seen through Identity aliases); excluded are
+  integer/bool tensors (shapes, axes, pads, indices), rank-0 literals (``x * 0.5``,
+  epsilons), BatchNormalization running mean/var (inputs 3 and 4: buffers in torch, not
+  parameters) and uses that read only a shape or type (Shape, Size, CastLike's target). Counting per use, not per tensor, matters: both exporters deduplicate
+  identical tensors (e.g. the all-zero biases that Conv+BN fusion gives freshly initialised
+  BNs), which would otherwise hide parameters. (A weight that torch truly shares between two
+  layers is counted once per layer; CNNs of this project share none.)
+* MACs at batch 1: Conv = prod(output shape) * C_in/groups * prod(kernel);
+  Gemm/MatMul = prod(output shape) * K. Bias adds, BN, pooling and activations are not
+  counted (the torch hook convention: nn.Conv2d and nn.Linear only). Output shapes come
+  from ONNX shape inference at the given input shape, else from one ONNX Runtime run.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from deploy.errors import GraphCheckError
+from validators.trt_ops import load_tensorrt_ops
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+_CONV_OPS = ("Conv", "ConvTranspose")
+
+
+@dataclass
+class GraphReport:
+    """Verdict and numbers of one ONNX graph."""
+
+    opset: int
+    nodes: int
+    op_histogram: dict[str, int]
+    params: int
+    macs: int | None
+    macs_by_op: dict[str, int]
+    input_shape: tuple[int, ...] | None
+    custom_domain_nodes: list[dict[str, str]] = field(default_factory=list)
+    unsupported_ops: list[dict[str, Any]] = field(default_factory=list)
+    dynamic_conv_weights: list[dict[str, str]] = field(default_factory=list)
+    einsum_nodes: list[str] = field(default_factory=list)
+    trt_restrictions: dict[str, str] = field(default_factory=dict)
+    tensorrt: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if not self.reasons else "failed"
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["verdict"] = self.verdict
+        return d
+
+    def raise_if_failed(self) -> None:
+        """Raise ``GraphCheckError`` (exit 4) with every reason on one line."""
+        if self.reasons:
+            raise GraphCheckError("graph check failed: " + "; ".join(self.reasons) + ": fold the model (--fold) "
+                                  "or replace the flagged layers before deploying")
+
+
+def _walk(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node, including those of If/Loop/Scan bodies."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _walk(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _walk(g)
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    consts = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    consts[node.output[0]] = attr.t
+                elif attr.name == "value_floats":
+                    consts[node.output[0]] = onnx.helper.make_tensor(node.output[0], onnx.TensorProto.FLOAT,
+                                                                     [len(attr.floats)], list(attr.floats))
+    return consts
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Parameter count of the graph by the rule in the module docstring."""
+    graph = model.graph
+    consts = _constants(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    total = 0
+    for node in graph.node:
+        if node.op_type in ("Identity", "Constant", "Shape", "Size"):
+            continue  # aliases, literals, and ops that read only a tensor's shape
+        for slot, name in enumerate(node.input):
+            while name in producer and producer[name].op_type == "Identity":
+                name = producer[name].input[0]
+            t = consts.get(name)
+            if t is None or t.data_type not in _FLOAT_TYPES or len(t.dims) == 0:
+                continue
+            if (node.op_type == "BatchNormalization" and slot in (3, 4)) or (node.op_type == "CastLike" and slot == 1):
+                continue  # BN buffers; CastLike's target only lends its type
+            total += int(np.prod(t.dims, dtype=np.int64))
+    return total
+
+
+def _dynamic_conv_weights(graph: onnx.GraphProto) -> list[dict[str, str]]:
+    consts = _constants(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    flagged = []
+    for node in graph.node:
+        if node.op_type not in _CONV_OPS:
+            continue
+        for slot, label in ((1, "weight"), (2, "bias")):
+            if len(node.input) <= slot or not node.input[slot]:
+                continue
+            src = node.input[slot]
+            while src in producer and producer[src].op_type == "Identity":
+                src = producer[src].input[0]
+            if src in consts:
+                continue
+            by = producer.get(src)
+            computed_by = f"{by.op_type} node {by.name or '<unnamed>'}" if by is not None else "a graph input"
+            flagged.append({"node": node.name or "<unnamed>", "input": label, "tensor": node.input[slot],
+                            "computed_by": computed_by})
+    return flagged
+
+
+def _shapes(model: onnx.ModelProto, input_shape: Sequence[int] | None) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor at batch 1 (and ``input_shape`` if given)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    inp = probe.graph.input[0].type.tensor_type.shape
+    want = [1, *input_shape] if input_shape is not None else None
+    for i, dim in enumerate(inp.dim):
+        if want is not None and i < len(want):
+            dim.dim_value = int(want[i])
+        elif not dim.HasField("dim_value"):
+            dim.dim_value = 1
+    fixed = tuple(d.dim_value for d in inp.dim)
+    shapes: dict[str, tuple[int, ...]] = {probe.graph.input[0].name: fixed}
+    for t in probe.graph.initializer:
+        shapes[t.name] = tuple(t.dims)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                shapes[vi.name] = tuple(d.dim_value for d in dims)
+    except Exception:  # fall through to the ONNX Runtime pass below
+        pass
+    needed = {o for n in probe.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") for o in (n.output[0], n.input[0])}
+    if needed - set(shapes):
+        shapes.update(_shapes_by_running(probe, fixed))
+    return shapes
+
+
+def _shapes_by_running(probe: onnx.ModelProto, fixed: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    import onnxruntime as ort
+
+    present = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        for name in node.output:
+            if name and name not in present:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+                present.add(name)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = sess.run(names, {sess.get_inputs()[0].name: np.zeros(fixed, dtype=np.float32)})
+    return {n: tuple(np.asarray(v).shape) for n, v in zip(names, values)}
+
+
+def count_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None) -> tuple[int, dict[str, int]]:
+    """MACs at batch 1 of Conv, Gemm and MatMul nodes, total and per op type."""
+    shapes = _shapes(model, input_shape)
+    by_op: Counter[str] = Counter()
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        out, w = shapes.get(node.output[0]), shapes.get(node.input[1])
+        a = shapes.get(node.input[0])
+        if out is None or w is None or a is None:
+            raise GraphCheckError(f"cannot infer the shapes around {node.op_type} node {node.name}: export with a static input size")
+        if node.op_type == "Conv":
+            k = int(np.prod(w[1:], dtype=np.int64))  # C_in/groups * kH * kW
+        elif node.op_type == "Gemm":
+            trans_b = next((at.i for at in node.attribute if at.name == "transB"), 0)
+            k = w[1] if trans_b else w[0]
+        else:
+            k = a[-1]
+        by_op[node.op_type] += int(np.prod(out, dtype=np.int64)) * int(k)
+    return int(sum(by_op.values())), dict(sorted(by_op.items()))
+
+
+def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None, *, allow_einsum: bool = False) -> GraphReport:
+    """Check ``model`` and count its params/MACs; never raises on a failed check (see
+    ``GraphReport.raise_if_failed``). ``input_shape`` (C, H, W) is needed only when the
+    graph's spatial dims are symbolic."""
+    table = load_tensorrt_ops()
+    opset = _default_opset(model)
+    nodes = list(_walk(model.graph))
+    hist = Counter(n.op_type if n.domain in DEFAULT_DOMAINS else f"{n.domain}::{n.op_type}" for n in nodes)
+    reasons: list[str] = []
+
+    custom = [{"name": n.name, "op_type": n.op_type, "domain": n.domain} for n in nodes
+              if n.domain not in DEFAULT_DOMAINS or n.op_type == "ATen"]
+    if custom:
+        shown = ", ".join(f"{c['domain'] or 'default'}::{c['op_type']} ({c['name']})" for c in custom[:5])
+        reasons.append(f"{len(custom)} node(s) outside the default ONNX domain: {shown}")
+
+    unsupported, restrictions = [], {}
+    by_op: dict[str, list[str]] = defaultdict(list)
+    for n in nodes:
+        if n.domain in DEFAULT_DOMAINS:
+            by_op[n.op_type].append(n.name)
+    for op, names in sorted(by_op.items()):
+        row = table.lookup(op)
+        if row is None or not row.supported:
+            why = "not in the TensorRT support matrix" if row is None else "marked unsupported"
+            unsupported.append({"op": op, "nodes": names, "why": why})
+        elif row.restrictions:
+            restrictions[op] = row.restrictions
+    if unsupported:
+        reasons.append("ops TensorRT's ONNX parser cannot take: " +
+                       ", ".join(f"{u['op']} ({', '.join(u['nodes'][:3])})" for u in unsupported))
+    if not table.opset_min <= opset <= table.opset_max:
+        reasons.append(f"opset {opset} is outside TensorRT {table.tensorrt_version}'s range "
+                       f"{table.opset_min}-{table.opset_max}")
+
+    dynamic = _dynamic_conv_weights(model.graph)
+    if dynamic:
+        reasons.append("dynamic conv weights (computed at run time, not folded): " +
+                       ", ".join(f"{d['node']} {d['input']} <- {d['computed_by']}" for d in dynamic[:6]))
+    einsum = [n.name for n in nodes if n.op_type == "Einsum"]
+    if einsum and not allow_einsum:
+        reasons.append(f"Einsum node(s) {', '.join(einsum[:6])}: a weight-computing or unfused einsum subgraph")
+
+    try:
+        macs, macs_by_op = count_macs(model, input_shape)
+    except GraphCheckError as exc:
+        macs, macs_by_op = None, {}
+        reasons.append(str(exc))
+    shape = tuple(input_shape) if input_shape is not None else _static_chw(model)
+    return GraphReport(
+        opset=opset, nodes=len(nodes), op_histogram=dict(sorted(hist.items())), params=count_params(model),
+        macs=macs, macs_by_op=macs_by_op, input_shape=shape, custom_domain_nodes=custom,
+        unsupported_ops=unsupported, dynamic_conv_weights=dynamic, einsum_nodes=einsum,
+        trt_restrictions=restrictions,
+        tensorrt={"version": table.tensorrt_version, "opsets": [table.opset_min, table.opset_max], "source": table.source},
+        reasons=reasons,
+    )
+
+
+def _static_chw(model: onnx.ModelProto) -> tuple[int, ...] | None:
+    dims = model.graph.input[0].type.tensor_type.shape.dim[1:]
+    return tuple(d.dim_value for d in dims) if dims and all(d.HasField("dim_value") for d in dims) else None
+
+
+def compare_reports(a: GraphReport, b: GraphReport) -> list[str]:
+    """Differences in op histogram, params and MACs (empty list: the graphs are twins,
+    e.g. a folded CoC/DO-Conv export and the plain model's export)."""
+    diffs = []
+    if a.op_histogram != b.op_histogram:
+        ops = sorted(set(a.op_histogram) | set(b.op_histogram))
+        diffs.append("op histogram differs: " + ", ".join(
+            f"{op} {a.op_histogram.get(op, 0)} vs {b.op_histogram.get(op, 0)}" for op in ops
+            if a.op_histogram.get(op, 0) != b.op_histogram.get(op, 0)))
+    if a.params != b.params:
+        diffs.append(f"params differ: {a.params} vs {b.params}")
+    if a.macs != b.macs:
+        diffs.append(f"MACs differ: {a.macs} vs {b.macs}")
+    return diffs

@@ -1,0 +1,145 @@
+"""One ``run(x) -> logits`` interface over PyTorch and ONNX Runtime (DESIGN.md, validators/).
+
+Every runtime takes a float32 NCHW ``np.ndarray`` and returns the model's first output
+as a float32 ``np.ndarray``; ``describe()`` says where and with what it ran, for reports.
+TensorRT lives in ``validators/trt_runtime.py`` (imported lazily, GPU only).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from deploy.errors import BackendUnavailableError, BadInputError
+
+#: ``--provider`` names mapped to ONNX Runtime execution-provider names.
+ORT_PROVIDERS: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def _as_float32_nchw(x: np.ndarray) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 4:
+        raise BadInputError(f"expected an NCHW input with 4 dimensions, got shape {arr.shape}: pass (N, C, H, W)")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+class TorchRuntime:
+    """A PyTorch module in eval mode, run under ``torch.inference_mode`` on the device of its weights."""
+
+    def __init__(self, model: nn.Module, *, name: str = "torch") -> None:
+        if model.training:
+            raise BadInputError("the model is in training mode: call model.eval() before running or exporting it")
+        self.model = model
+        first = next(model.parameters(), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.name = name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Forward ``x`` and return the first output as float32 numpy."""
+        inp = torch.from_numpy(_as_float32_nchw(x)).to(self.device)
+        with torch.inference_mode():
+            out = self.model(inp)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out.detach().float().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        """Device, threads and library versions."""
+        return {
+            "runtime": self.name,
+            "device": str(self.device),
+            "provider": "pytorch-eager",
+            "threads": torch.get_num_threads(),
+            "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        }
+
+
+class OrtRuntime:
+    """An ONNX model in an ONNX Runtime ``InferenceSession``.
+
+    ``model`` is a path, the serialized bytes or an ``onnx.ModelProto``. ``provider`` is
+    one of ``cpu``, ``cuda``, ``tensorrt``; a provider this onnxruntime build does not
+    have raises ``BackendUnavailableError`` (exit 5) instead of silently falling back.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | bytes | onnx.ModelProto,
+        threads: int | None = None,
+        provider: str = "cpu",
+        *,
+        name: str | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        if provider not in ORT_PROVIDERS:
+            raise BadInputError(f"unknown provider {provider!r}: choose one of {', '.join(ORT_PROVIDERS)}")
+        ort_name = ORT_PROVIDERS[provider]
+        available = ort.get_available_providers()
+        if ort_name not in available:
+            raise BackendUnavailableError(
+                f"ONNX Runtime provider {provider!r} ({ort_name}) is not available in this onnxruntime "
+                f"{ort.__version__} build (has: {', '.join(available)}): install the matching onnxruntime "
+                "package or use --provider cpu"
+            )
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads is not None:
+            if threads < 1:
+                raise BadInputError(f"threads must be >= 1, got {threads}: pass a positive thread count")
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        source: str | bytes
+        if isinstance(model, onnx.ModelProto):
+            source = model.SerializeToString()
+        elif isinstance(model, (bytes, bytearray)):
+            source = bytes(model)
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise BadInputError(f"ONNX file {path} does not exist or is not a file: check the path")
+            source = str(path)
+        try:
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=[ort_name])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadInputError(f"ONNX Runtime cannot load the model ({first}): re-export it or check the file") from exc
+        active = self.session.get_providers()
+        if not active or active[0] != ort_name:
+            raise BackendUnavailableError(
+                f"ONNX Runtime could not start provider {provider!r} ({ort_name}); it fell back to {active}: "
+                "check the GPU driver/CUDA libraries or use --provider cpu"
+            )
+        self.provider = provider
+        self.threads = threads
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.name = name or f"onnxruntime-{provider}"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run ``x`` through the session and return the first output."""
+        (out,) = self.session.run([self.output_name], {self.input_name: _as_float32_nchw(x)})
+        return np.asarray(out)
+
+    def describe(self) -> dict[str, Any]:
+        """Device, provider, threads and library versions."""
+        import onnxruntime as ort
+
+        return {
+            "runtime": self.name,
+            "device": ort.get_device(),
+            "provider": self.session.get_providers()[0],
+            "threads": self.threads if self.threads is not None else "onnxruntime default",
+            "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__},
+        }
