@@ -1,0 +1,79 @@
+"""The `deploy` command line: wires the pipeline's plain functions together and prints.
+
+Every command runs inside ``deploy.commands.common.guarded()``: a ``ConvDeployError`` becomes one line on
+stderr and its exit code (DESIGN.md), anything else is a bug (exit 1) whose traceback
+is shown with ``deploy --debug …``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import typer
+
+from deploy import __version__
+from deploy.commands.common import guarded, state
+
+app = typer.Typer(
+    name="deploy",
+    help=(
+        "Fold, export, verify and time CNNs built with CoC, DO-Conv, IC, SCConv and SPConv.\n\n"
+        "Exit codes: 0 ok, 1 internal error, 2 bad input, 3 parity failed, 4 graph check failed, "
+        "5 backend not available here, 6 a claim was refuted."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"convdeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    state["debug"] = debug
+    if not debug:
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _register() -> None:
+    from deploy.commands import zoo
+
+    app.add_typer(zoo.app, name="zoo")
+    for module_name, names in (
+        ("deploy.commands.export", ("export", "validate", "inspect")),
+        ("deploy.commands.bench", ("bench", "build")),
+        ("deploy.commands.claims", ("claims",)),
+    ):
+        try:
+            module = __import__(module_name, fromlist=list(names))
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        for name in names:
+            fn = getattr(module, name, None)
+            if fn is not None:
+                app.command(name)(guarded(fn))
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""`deploy export`, `deploy validate`, `deploy inspect`: the main job and its two helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from deploy.atomic import write_json_atomic
+from deploy.commands.common import console
+from deploy.commands.zoo import conv_kwargs_from_options
+from deploy.errors import BadInputError
+from deploy.pipeline import ExportOptions, StepLog, run_export, run_validate
+
+_MODEL = typer.Argument(..., help="model.pt: a convdeploy checkpoint, a bare state_dict (with --arch/--conv), "
+                        "a reference checkpoint (SCNet, SPConv, DO-Conv), or a pickled module (--trust-pickle).")
+
+
+def _step_log() -> tuple[StepLog, Any]:
+    status = console.status("starting")
+
+    def on_start(name: str) -> None:
+        status.update(f"[bold]{name}[/] …")
+
+    def on_done(name: str, seconds: float) -> None:
+        console.print(f"  [green]✓[/] {name:<13} {seconds:7.2f} s")
+
+    return StepLog(on_start, on_done), status
+
+
+def _parity_table(parity: Any) -> Table:
+    table = Table(title=f"parity vs {parity.reference} ({parity.samples} inputs x batches {list(parity.batches)})")
+    for col in ("candidate", "max abs err", "max rel err", "min cosine", "top-1", "verdict"):
+        table.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")
+    for c in parity.candidates:
+        table.add_row(
+            c.name,
+            f"{c.max_abs_err:.3g}",
+            f"{c.max_rel_err:.3g}",
+            f"{c.min_cosine:.7f}",
+            f"{100 * c.top1_agreement:.1f} %",
+            "[green]ok[/]" if c.passed else "[red]FAILED[/]",
+        )
+    return table
+
+
+def _print_accuracy(accuracy: Optional[dict[str, Any]]) -> None:
+    if not accuracy:
+        return
+    names = [k for k in ("training_form", "folded", "onnxruntime") if k in accuracy]
+    parts = " | ".join(f"{n.replace('_', '-')} {100 * accuracy[n]:.2f} %" for n in names)
+    console.print(f"held-out accuracy ({accuracy['dataset']} {accuracy['split']} split, {accuracy['images']} images): {parts}")
+
+
+def _print_graph(graph: Any) -> None:
+    ops = ", ".join(f"{op} {n}" for op, n in sorted(graph.op_histogram.items(), key=lambda kv: -kv[1]))
+    macs = f"{graph.macs / 1e6:.2f} M" if graph.macs is not None else "unknown"
+    verdict = "[green]clean[/]" if graph.ok else "[red]FLAGGED[/]: " + "; ".join(graph.reasons)
+    console.print(f"graph check: {verdict}")
+    console.print(f"  opset {graph.opset}, {graph.nodes} nodes: {ops}")
+    console.print(f"  params {graph.params / 1e6:.4f} M, MACs {macs} (from the ONNX graph), TensorRT {graph.tensorrt.get('version')} parser: "
+                  + ("all ops supported" if not graph.unsupported_ops else "unsupported ops present"))
+
+
+def export(
+    model: Path = _MODEL,
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default: MODEL with .onnx)."),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold CoC/DO-Conv into convs and every Conv+BN pair first."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 18 dynamo, 17 torchscript)."),
+    batch: str = typer.Option("dynamic", "--batch", help="'dynamic' (axis named 'batch') or a fixed batch size."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height/width (default: the checkpoint's)."),
+    exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18) or torchscript (opset 17)."),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (kept only if outputs still match; skipped with --no-fold, which keeps the graph as exported)."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute part of the parity bound (default 0)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
+    samples: int = typer.Option(8, "--samples", help="Seeded random inputs per batch size for parity."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the parity inputs and the fold probe."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Report JSON (default: OUT.report.json)."),
+    strict: bool = typer.Option(True, "--strict/--no-strict", help="Fail (exit 4) on graph-check findings; "
+                                "--no-strict writes the model and records them."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Arch of a bare state_dict."),
+    conv: Optional[str] = typer.Option(None, "--conv", help="Conv kind of a bare state_dict."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="SPConv ratio of a bare state_dict."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code from the file)."),
+) -> None:
+    """Fold MODEL.pt, export it to ONNX, simplify, check the graph and prove parity; then write OUT.onnx
+    and OUT.report.json (both or neither).
+
+    Exit codes: 2 bad input, 3 parity failed (names the first diverging layer), 4 graph check failed.
+    """
+    if exporter not in ("dynamo", "torchscript"):
+        raise BadInputError(f"--exporter must be dynamo or torchscript, got {exporter!r}")
+    kwargs = conv_kwargs_from_options(conv, ratio) if conv else {}
+    if ratio is not None and conv is None:
+        raise BadInputError("--ratio needs --conv sp (it describes a bare SPConv state_dict)")
+    opts = ExportOptions(
+        checkpoint=model, output=output, report=report, fold=fold, opset=opset, batch=batch,
+        input_size=input_size, exporter=exporter, simplify=simplify, atol=atol, rtol=rtol, samples=samples,
+        seed=seed, strict=strict, arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
+    )
+    log, status = _step_log()
+    console.print(f"[bold]deploy export[/] {model} ({'fold' if fold else 'no fold'}, {exporter} exporter)")
+    with status:
+        outcome = run_export(opts, log)
+    rep = outcome.report
+    if rep["fold"]:
+        rows = rep["fold"]["rows"]
+        console.print(f"fold: {len(rows)} layers folded, worst float64 rel error {rep['fold']['worst_rel_error']:.2e}")
+    if rep["simplify"]:
+        s = rep["simplify"]
+        if s["applied"]:
+            changes = ", ".join(f"{op} {a}->{b}" for op, (a, b) in s["op_changes"].items()) or "no op-count change"
+            console.print(f"onnxsim: {s['nodes_before']} -> {s['nodes_after']} nodes ({changes})")
+        else:
+            console.print(f"[bold yellow]WARNING: onnxsim NOT applied, the unsimplified graph is kept:[/] {s['reason']}")
+    _print_graph(outcome.graph)
+    console.print(_parity_table(outcome.parity))
+    _print_accuracy(rep["accuracy"])
+    console.print(f"wrote {outcome.onnx_path} and {outcome.report_path} (total {sum(rep['seconds'].values()):.1f} s)")
+
+
+def validate(
+    model: Path = _MODEL,
+    onnx_file: Path = typer.Argument(..., metavar="MODEL.onnx", help="The exported ONNX model to check."),
+    samples: int = typer.Option(8, "--samples", help="Seeded random inputs per batch size."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the inputs."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute part of the bound (default 0)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height/width (default: the checkpoint's)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the report JSON here."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Arch of a bare state_dict."),
+    conv: Optional[str] = typer.Option(None, "--conv", help="Conv kind of a bare state_dict."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="SPConv ratio of a bare state_dict."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code)."),
+) -> None:
+    """Prove MODEL.onnx computes what MODEL.pt computes: training form vs folded vs ONNX Runtime (exit 3 if not)."""
+    if not onnx_file.is_file():
+        raise BadInputError(f"{onnx_file}: no such ONNX file; export one with `deploy export`")
+    kwargs = conv_kwargs_from_options(conv, ratio) if conv else {}
+    with console.status("checking parity …"):
+        rep, parity = run_validate(
+            model, onnx_file, samples=samples, seed=seed, atol=atol, rtol=rtol, input_size=input_size,
+            arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
+        )
+    console.print(_parity_table(parity))
+    _print_accuracy(rep["accuracy"])
+    if report is not None:
+        write_json_atomic(report, rep)
+        console.print(f"wrote {report}")
+    parity.raise_if_failed()
+
+
+def _inspect_onnx(path: Path) -> dict[str, Any]:
+    import onnx
+
+    from validators.graph import check_graph
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise BadInputError(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
+
+    def io(values) -> list[dict[str, Any]]:
+        return [
+            {"name": v.name, "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
+            for v in values
+        ]
+
+    graph = check_graph(proto)
+    return {
+        "file": str(path),
+        "inputs": io(proto.graph.input),
+        "outputs": io(proto.graph.output),
+        "metadata": {p.key: p.value for p in proto.metadata_props},
+        **graph.to_dict(),
+    }
+
+
+def _inspect_checkpoint(path: Path, trust_pickle: bool) -> dict[str, Any]:
+    from deploy.checkpoint import load_checkpoint
+    from deploy.models.complexity import count_params
+
+    loaded = load_checkpoint(path, trust_pickle=trust_pickle)
+    return {"file": str(path), **loaded.describe(), "params": count_params(loaded.model), "meta": loaded.meta}
+
+
+def inspect(
+    file: Path = typer.Argument(..., help="A .onnx model or a .pt checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code)."),
+) -> None:
+    """What a file holds: for .onnx its interface, opset, op histogram, params, MACs and graph-check
+    verdict; for .pt its arch, conv and params."""
+    if not file.exists():
+        raise BadInputError(f"{file}: no such file")
+    if file.is_dir():
+        raise BadInputError(f"{file} is a directory: point to a .onnx or .pt file")
+    info = _inspect_onnx(file) if file.suffix == ".onnx" else _inspect_checkpoint(file, trust_pickle)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    table = Table(show_header=False, title=str(file))
+    skip = {"macs_by_op", "trt_restrictions", "custom_domain_nodes", "unsupported_ops", "dynamic_conv_weights"}
+    for key, value in info.items():
+        if key in skip or value in (None, [], {}):
+            continue
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, default=str)
+        table.add_row(key, str(value))
+    console.print(table)
