@@ -9,8 +9,6 @@ temporary names and are renamed into place together at the end.
 from __future__ import annotations
 
 import contextlib
-import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from deploy import __version__
 from deploy.atomic import check_output_path, sha256_file, write_json_atomic
 from deploy.checkpoint import LoadedModel, load_checkpoint
 from deploy.errors import BadInputError, GraphCheckError, ParityError
+from deploy.environment import device_description, versions
 from deploy.fold import fold_model
 
 
@@ -49,6 +48,14 @@ class ExportOptions:
     conv: Optional[str] = None
     conv_kwargs: dict[str, Any] = field(default_factory=dict)
     trust_pickle: bool = False
+    # TensorRT engine (GPU only): built from the checked ONNX, then checked against ONNX Runtime
+    engine: Optional[Path] = None
+    fp16: bool = False
+    min_batch: Optional[int] = None
+    opt_batch: Optional[int] = None
+    max_batch: Optional[int] = None
+    workspace: Optional[float] = None
+    timing_cache: Optional[Path] = None
 
 
 class StepLog:
@@ -67,33 +74,6 @@ class StepLog:
         self.seconds[name] = time.perf_counter() - start
         if self._on_done:
             self._on_done(name, self.seconds[name])
-
-
-def versions() -> dict[str, str]:
-    """Tool and library versions recorded in every report."""
-    import onnx
-    import onnxruntime
-
-    found = {"convdeploy": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
-    found.update({"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__})
-    try:
-        import onnxsim
-
-        found["onnxsim"] = getattr(onnxsim, "__version__", "unknown")
-    except ImportError:
-        found["onnxsim"] = "not installed"
-    return found
-
-
-def device_description() -> dict[str, Any]:
-    """Where the numbers were measured."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": torch.get_num_threads(), "platform": platform.platform()}
 
 
 def resolve_input_shape(loaded: LoadedModel, input_size: Optional[int]) -> tuple[int, int, int]:
@@ -190,7 +170,7 @@ def _metadata(loaded: LoadedModel, folded: bool) -> dict[str, str]:
     }
 
 
-def _explain_parity_failure(parity, fold_report, deploy_model, proto, input_shape, tol, seed) -> None:
+def explain_parity_failure(parity, fold_report, deploy_model, proto, input_shape, tol, seed) -> None:
     """Fill ``parity.first_divergence``: the fold's worst layer, or the first ONNX node that drifts."""
     from validators.parity import first_divergence, seeded_inputs
 
@@ -201,6 +181,41 @@ def _explain_parity_failure(parity, fold_report, deploy_model, proto, input_shap
         return
     x = seeded_inputs(input_shape, (1,), 1, seed)[0]
     parity.first_divergence = first_divergence(deploy_model, proto, x, tol)
+
+
+def build_checked_engine(proto, opts: ExportOptions, input_shape: tuple[int, ...], ort, output: Path) -> dict[str, Any]:
+    """Build the TensorRT engine from ``proto`` and check it against ONNX Runtime fp32.
+
+    The ONNX goes to a temporary file beside the output (the final one is written only
+    after every gate). A failed parity check removes the engine and its JSON: a failed run
+    leaves nothing behind. Tolerance: fp32 as for ONNX, fp16 scaled to fp16.
+    """
+    import tempfile
+
+    from exporters.onnx import save_onnx
+    from exporters.tensorrt import build_engine, metadata_path, validate_build_options
+    from validators.parity import Tolerance, check_parity
+    from validators.trt_runtime import TensorRTRuntime
+
+    with tempfile.TemporaryDirectory(prefix=".convdeploy-", dir=output.parent) as tmp:
+        onnx_tmp = save_onnx(proto, Path(tmp) / output.name)
+        build_opts = validate_build_options(
+            onnx_tmp, opts.engine, fp16=opts.fp16, min_batch=opts.min_batch, opt_batch=opts.opt_batch,
+            max_batch=opts.max_batch, workspace_gib=opts.workspace, timing_cache=opts.timing_cache,
+        )
+        meta = build_engine(build_opts)
+    try:
+        trt = TensorRTRuntime(opts.engine)
+        lo, hi = trt.profile.min[0], trt.profile.max[0]
+        batches = tuple(sorted({lo, hi}))
+        tol = Tolerance.for_precision("fp16" if opts.fp16 else "fp32")
+        parity = check_parity(ort, [trt], input_shape, opts.samples, batches, opts.seed, tol)
+        parity.raise_if_failed()
+    except BaseException:
+        Path(opts.engine).unlink(missing_ok=True)
+        metadata_path(opts.engine).unlink(missing_ok=True)
+        raise
+    return {"path": str(opts.engine), "metadata": meta, "parity": parity.to_dict()}
 
 
 def run_export(opts: ExportOptions, log: Optional[StepLog] = None) -> ExportOutcome:
@@ -220,6 +235,11 @@ def run_export(opts: ExportOptions, log: Optional[StepLog] = None) -> ExportOutc
         check_output_path(path)
         if path.resolve() == checkpoint.resolve():
             raise BadInputError(f"output {path} would overwrite the input checkpoint: choose another -o path")
+    if opts.engine is not None:
+        from exporters.tensorrt import require_tensorrt
+
+        check_output_path(opts.engine)
+        require_tensorrt()  # exit 5 before any work when TensorRT or the GPU is missing
     fixed_batch = parse_batch(opts.batch)
     if opts.samples < 1:
         raise BadInputError(f"--samples must be >= 1, got {opts.samples}")
@@ -262,7 +282,7 @@ def run_export(opts: ExportOptions, log: Optional[StepLog] = None) -> ExportOutc
         batches = (fixed_batch,) if fixed_batch else (1, 3)
         parity = check_parity(reference, candidates, input_shape, opts.samples, batches, opts.seed, tol)
         if not parity.passed:
-            _explain_parity_failure(parity, fold_report, deploy_model, proto, input_shape, tol, opts.seed)
+            explain_parity_failure(parity, fold_report, deploy_model, proto, input_shape, tol, opts.seed)
         predictors = {"training_form": reference.run, "onnxruntime": ort.run}
         if opts.fold:
             predictors["folded"] = candidates[0].run
@@ -297,6 +317,9 @@ def run_export(opts: ExportOptions, log: Optional[StepLog] = None) -> ExportOutc
         parity.raise_if_failed()
     if opts.strict:
         graph.raise_if_failed()
+    if opts.engine is not None:
+        with log.step("tensorrt"):
+            report["engine"] = build_checked_engine(proto, opts, input_shape, ort, output)
     with log.step("write"):
         save_onnx(proto, output)
         try:
@@ -307,51 +330,3 @@ def run_export(opts: ExportOptions, log: Optional[StepLog] = None) -> ExportOutc
             output.unlink(missing_ok=True)
             raise
     return ExportOutcome(output, report_path, report, loaded, deploy_model, graph, parity)
-
-
-def run_validate(
-    checkpoint: Path,
-    onnx_path: Path,
-    *,
-    samples: int = 8,
-    seed: int = 0,
-    atol: Optional[float] = None,
-    rtol: Optional[float] = None,
-    input_size: Optional[int] = None,
-    arch: Optional[str] = None,
-    conv: Optional[str] = None,
-    conv_kwargs: Optional[dict[str, Any]] = None,
-    trust_pickle: bool = False,
-) -> tuple[dict[str, Any], Any]:
-    """Step 6 of the export alone: training form vs folded vs ONNX Runtime; returns (report, parity)."""
-    import onnx
-
-    from validators.parity import check_parity
-    from validators.runtimes import OrtRuntime, TorchRuntime
-
-    tol = tolerance_from(atol, rtol)
-    loaded = load_checkpoint(checkpoint, arch=arch, conv=conv, conv_kwargs=conv_kwargs, trust_pickle=trust_pickle)
-    input_shape = resolve_input_shape(loaded, input_size)
-    probe_forward(loaded.model, input_shape)
-    ort = OrtRuntime(onnx_path, name="onnxruntime-cpu")
-    dim0 = ort.session.get_inputs()[0].shape[0]
-    batches = (dim0,) if isinstance(dim0, int) else (1, 3)
-    folded, fold_report = fold_model(loaded.model, probe_shape=input_shape, seed=seed)
-    reference = TorchRuntime(loaded.model, name="training-form")
-    parity = check_parity(reference, [TorchRuntime(folded, name="folded-torch"), ort], input_shape, samples, batches, seed, tol)
-    if not parity.passed:
-        _explain_parity_failure(parity, fold_report, folded, onnx.load(str(onnx_path)), input_shape, tol, seed)
-    report = {
-        "tool": "convdeploy validate",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": versions(),
-        "device": device_description(),
-        "input": {"path": str(checkpoint), **loaded.describe()},
-        "onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
-        "seeds": {"parity": seed, "fold_probe": seed},
-        "tolerance": parity.tolerance,
-        "fold": fold_report.to_dict(),
-        "parity": parity.to_dict(),
-        "accuracy": held_out_accuracy(loaded, {"training_form": reference.run, "onnxruntime": ort.run}),
-    }
-    return report, parity

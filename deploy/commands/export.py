@@ -13,7 +13,8 @@ from deploy.atomic import write_json_atomic
 from deploy.commands.common import console
 from deploy.commands.zoo import conv_kwargs_from_options
 from deploy.errors import BadInputError
-from deploy.pipeline import ExportOptions, StepLog, run_export, run_validate
+from deploy.pipeline import ExportOptions, StepLog, run_export
+from deploy.validate import run_validate
 
 _MODEL = typer.Argument(..., help="model.pt: a convdeploy checkpoint, a bare state_dict (with --arch/--conv), "
                         "a reference checkpoint (SCNet, SPConv, DO-Conv), or a pickled module (--trust-pickle).")
@@ -85,6 +86,14 @@ def export(
     conv: Optional[str] = typer.Option(None, "--conv", help="Conv kind of a bare state_dict."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="SPConv ratio of a bare state_dict."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code from the file)."),
+    engine: Optional[Path] = typer.Option(None, "--engine", help="Also build a TensorRT engine.plan (GPU + TensorRT 10) "
+                                          "and check it against ONNX Runtime; exit 5 where TensorRT is missing."),
+    fp16: bool = typer.Option(False, "--fp16", help="Engine: allow fp16 kernels (parity bound 1e-2 * max|ref|, top-1 >= 99 %)."),
+    min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Engine profile: smallest batch (default 1)."),
+    opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Engine profile: batch TensorRT tunes for."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Engine profile: largest batch."),
+    workspace: Optional[float] = typer.Option(None, "--workspace", help="Engine: builder workspace limit in GiB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Engine: load/save tactic timings here."),
 ) -> None:
     """Fold MODEL.pt, export it to ONNX, simplify, check the graph and prove parity; then write OUT.onnx
     and OUT.report.json (both or neither).
@@ -100,6 +109,8 @@ def export(
         checkpoint=model, output=output, report=report, fold=fold, opset=opset, batch=batch,
         input_size=input_size, exporter=exporter, simplify=simplify, atol=atol, rtol=rtol, samples=samples,
         seed=seed, strict=strict, arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
+        engine=engine, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+        workspace=workspace, timing_cache=timing_cache,
     )
     log, status = _step_log()
     console.print(f"[bold]deploy export[/] {model} ({'fold' if fold else 'no fold'}, {exporter} exporter)")
@@ -119,6 +130,10 @@ def export(
     _print_graph(outcome.graph)
     console.print(_parity_table(outcome.parity))
     _print_accuracy(rep["accuracy"])
+    if rep.get("engine"):
+        trt = rep["engine"]["parity"]["candidates"][0]
+        console.print(f"TensorRT engine {rep['engine']['path']}: vs onnxruntime max rel err {trt['max_rel_err']:.3g}, "
+                      f"top-1 {100 * trt['top1_agreement']:.1f} % (tolerance {rep['engine']['parity']['tolerance']['name']})")
     console.print(f"wrote {outcome.onnx_path} and {outcome.report_path} (total {sum(rep['seconds'].values()):.1f} s)")
 
 
