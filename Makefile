@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@mkdir -p $(OUT)
-	$(DEPLOY) zoo train resnet20 --conv doconv --data digits --epochs 3 -o $(OUT)/model.pt
+	$(DEPLOY) zoo train resnet20 --conv doconv --data digits --epochs 5 -o $(OUT)/model.pt
 	$(DEPLOY) export $(OUT)/model.pt --fold -o $(OUT)/model.onnx
 
 lint: $(STAMP)

@@ -203,7 +203,7 @@ def train(
     conv: str = typer.Option("plain", "--conv", help="plain|coc|doconv|ic|sp (sc for scnet)."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="SPConv split ratio alpha."),
     data: str = typer.Option("digits", "--data", help="Training data; 'digits' (bundled, 1797 real images)."),
-    epochs: int = typer.Option(3, "--epochs", min=1, help="Passes over the training split."),
+    epochs: int = typer.Option(5, "--epochs", min=1, help="Passes over the training split."),
     seed: int = typer.Option(0, "--seed", help="Seed for init, shuffling and augmentation."),
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write (model.pt)."),
 ) -> None:
