@@ -14,16 +14,32 @@ from deploy.errors import BadInputError
 
 
 def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """Fail early, with a usable message, when ``path`` cannot be written."""
+    """Fail early, before any work, with a usable message when ``path`` cannot be written.
+
+    Besides the obvious checks it creates and removes one probe file in the directory:
+    ``os.access`` says yes to root on read-only mounts.
+    """
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise BadInputError(f"output path {out} is a directory: give a file name, e.g. {out / 'model.onnx'}")
+    if parent.exists() and not parent.is_dir():
+        raise BadInputError(f"output directory {parent} is a file, not a directory: choose another -o path")
     if not parent.is_dir():
         raise BadInputError(f"output directory {parent} does not exist: create it first or choose another -o path")
-    if not os.access(parent, os.W_OK):
-        raise BadInputError(f"output directory {parent} is not writable: choose another -o path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInputError(f"output directory {parent} is not writable ({exc.strerror or exc}): choose another -o path") from exc
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -35,6 +51,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written model is for others to read too
         os.replace(tmp, out)
     finally:
         if tmp.exists():

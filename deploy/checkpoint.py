@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,11 +81,21 @@ def _check_readable(path: Path) -> None:
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    with open(path, "rb") as fh:
+        is_zip_header = fh.read(4) == b"PK\x03\x04"
+    if is_zip_header and not zipfile.is_zipfile(path):
+        raise BadInputError(
+            f"{path} is truncated or corrupt (a torch.save zip archive without its central directory: the write was "
+            "cut short); save the checkpoint again"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):
-            raise BadInputError(f"{path} is not a PyTorch checkpoint (unpickling failed: {_first_line(exc)})") from exc
+            raise BadInputError(
+                f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a readable pickle); "
+                "point to a model.pt written by torch.save or `deploy zoo create`"
+            ) from exc
         if not trust_pickle:
             raise BadInputError(
                 f"{path} holds pickled Python objects (a whole module?); unpickling runs code from the file: "
@@ -149,13 +160,27 @@ def recognise_reference(state: dict[str, torch.Tensor]) -> tuple[str, str, str, 
         return "reference-scnet", f"scnet{depth}", "sc", {}
     gwc = sorted(k for k in keys if k.endswith(".gwc.weight"))
     if gwc:
-        block = gwc[0].rsplit(".", 3)[0]  # layer1.0
-        rep_in = state[f"{block}.conv2.pwc.weight"].shape[1]
-        planes = state[f"{block}.conv1.weight"].shape[0]
-        return "reference-spconv", _resnet_arch(keys), "sp", {"ratio": rep_in / planes}
+        return "reference-spconv", _resnet_arch(keys), "sp", {"ratio": _sp_ratio(state, gwc[0][: -len(".gwc.weight")])}
     if any(k.endswith(".W") for k in keys) and any(k.endswith(".d_diag") or k.endswith(".D") for k in keys):
         return "reference-doconv", _resnet_arch(keys), "doconv", {}
     return None
+
+
+def _sp_ratio(state: dict[str, torch.Tensor], layer: str) -> float:
+    """SPConv's alpha from one SPConv3x3's weights: pwc reads the int(in * alpha) representative
+    channels, conv1x1 the rest (SPConv Sec. 3.2); else, in the reference ResNet-50, the block's
+    conv1 output width is the SPConv's input width."""
+    rep_in = state[f"{layer}.pwc.weight"].shape[1]
+    rest = state.get(f"{layer}.conv1x1.weight")
+    if rest is not None:
+        return rep_in / (rep_in + rest.shape[1])
+    block_conv1 = state.get(f"{layer.rsplit('.', 1)[0]}.conv1.weight")
+    if block_conv1 is None:
+        raise BadInputError(f"SPConv checkpoint without {layer}.conv1x1.weight: pass --arch, --conv sp and --ratio")
+    return rep_in / block_conv1.shape[0]
+
+
+_FIT_HINT = "pass the --arch/--conv/--ratio the weights were trained with, or re-save the checkpoint from its model"
 
 
 def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -164,11 +189,13 @@ def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], what: str) ->
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise BadInputError(
-            f"the weights do not fit {what}: missing keys {_short(missing)}; unexpected keys {_short(unexpected)}"
+            f"the weights do not fit {what}: missing keys {_short(missing)}; unexpected keys {_short(unexpected)}; "
+            f"{_FIT_HINT}"
         )
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+    wrong = [f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)})"
+             for k, v in own.items() if state[k].shape != v.shape]
     if wrong:
-        raise BadInputError(f"the weights do not fit {what}: shape mismatch for {_short(wrong)}")
+        raise BadInputError(f"the weights do not fit {what}: shape mismatch for {_short(wrong)}; {_FIT_HINT}")
     model.load_state_dict(state, strict=True)
 
 
@@ -187,7 +214,10 @@ def check_finite(model: nn.Module) -> None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
     ]
     if bad:
-        raise BadInputError(f"NaN or Inf in the weights ({_short(bad)}): the checkpoint is from a diverged or corrupt run")
+        raise BadInputError(
+            f"NaN or Inf in the weights ({_short(bad)}): the checkpoint is from a diverged or corrupt run; "
+            "export an earlier checkpoint or retrain"
+        )
 
 
 def _build(arch: str, conv: str, conv_kwargs: dict[str, Any], num_classes: int | None) -> nn.Module:
@@ -228,10 +258,16 @@ def load_checkpoint(
     if not isinstance(obj, dict):
         raise BadInputError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or an nn.Module")
     if obj.get("format") == FORMAT:
+        for option, given, recorded in (("--arch", arch, obj.get("arch")), ("--conv", conv, obj.get("conv"))):
+            if given is not None and given != recorded:
+                raise BadInputError(
+                    f"{path} is a convdeploy checkpoint of {obj.get('arch')} (conv={obj.get('conv')}) but "
+                    f"{option} {given} was given: drop {option} (it is only for bare state_dicts)"
+                )
         return _load_convdeploy(obj, path, digest)
     state = _unwrap_state_dict(obj)
-    ref = recognise_reference(state)
-    if arch is None and conv is None and ref is not None:
+    ref = recognise_reference(state) if arch is None and conv is None else None
+    if ref is not None:
         source, arch, conv, kwargs = ref
     elif arch is None or conv is None:
         raise BadInputError(f"{path} is a bare state_dict: pass --arch and --conv (and --ratio for sp) to say what it is")

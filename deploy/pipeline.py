@@ -321,12 +321,16 @@ def run_export(opts: ExportOptions, log: Optional[StepLog] = None) -> ExportOutc
         with log.step("tensorrt"):
             report["engine"] = build_checked_engine(proto, opts, input_shape, ort, output)
     with log.step("write"):
-        save_onnx(proto, output)
         try:
-            report["outputs"] = {"onnx": {"path": str(output), "sha256": sha256_file(output)}}
-            report["seconds"] = dict(log.seconds)
-            write_json_atomic(report_path, report)
-        except BaseException:
-            output.unlink(missing_ok=True)
-            raise
+            save_onnx(proto, output)
+            try:
+                report["outputs"] = {"onnx": {"path": str(output), "sha256": sha256_file(output)}}
+                report["seconds"] = dict(log.seconds)
+                write_json_atomic(report_path, report)
+            except BaseException:
+                output.unlink(missing_ok=True)
+                raise
+        except OSError as exc:  # disk full, a directory that became read-only mid-run, ...
+            raise BadInputError(f"cannot write {output} or {report_path} ({exc.strerror or exc}): "
+                                "free some space or choose another -o path") from exc
     return ExportOutcome(output, report_path, report, loaded, deploy_model, graph, parity)

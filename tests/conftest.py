@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -9,6 +11,16 @@ def _gpu_ready() -> tuple[bool, str]:
     from exporters.tensorrt import tensorrt_available
 
     return tensorrt_available()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op torch thread per xdist worker: with `-n 2` on 2 cores, OpenMP's spinning
+    barriers make 2 threads per worker many times slower than 1 (a ResNet-18 CoC export
+    measured here under load: 37 s CPU with 2 threads, 7 s with 1)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -21,3 +33,107 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason=f"gpu test: {reason}")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+# --- end-to-end CLI helpers (tests/test_export_cli.py, test_export_bad_input.py, test_reference_checkpoints.py)
+
+
+class CliRun:
+    """One `deploy …` invocation through typer's runner: exit code, stdout, stderr, exception."""
+
+    def __init__(self, result) -> None:
+        self.exit_code: int = result.exit_code
+        self.stdout: str = result.stdout
+        self.stderr: str = result.stderr
+        self.exception = result.exception
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+    def one_error_line(self) -> str:
+        """The run's only error line (DESIGN.md: one line naming the problem and the fix), after
+        checking that no traceback was printed and the guard turned the error into an exit code."""
+        lines = [ln for ln in self.error_lines if not ln.startswith("warning:")]
+        assert len(lines) == 1 and lines[0].startswith("error: "), self.stderr
+        assert "Traceback" not in self.stdout + self.stderr
+        assert isinstance(self.exception, SystemExit)
+        return lines[0]
+
+
+@pytest.fixture(scope="session")
+def deploy_cli():
+    """``deploy_cli("export", path, "-o", out) -> CliRun`` (arguments may be paths)."""
+    from typer.testing import CliRunner
+
+    from deploy.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args) -> CliRun:
+        return CliRun(runner.invoke(app, [str(a) for a in args]))
+
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def zoo_checkpoint(tmp_path_factory):
+    """``make(arch, conv, size=None, seed=0, **conv_kwargs) -> Path``: a convdeploy checkpoint with
+    seeded random weights and non-trivial BN statistics (as `deploy zoo create`), built once per
+    session and worker. Tests must not modify the returned file."""
+    from deploy.checkpoint import save_checkpoint
+    from deploy.models.random_init import randomize_model
+    from deploy.models.registry import build_model
+
+    root = tmp_path_factory.mktemp("zoo")
+    cache: dict[tuple, object] = {}
+
+    def make(arch: str, conv: str = "plain", size: int | None = None, seed: int = 0, **conv_kwargs):
+        import torch
+
+        key = (arch, conv, size, seed, tuple(sorted(conv_kwargs.items())))
+        if key not in cache:
+            torch.manual_seed(seed)
+            model = build_model(arch, conv, **conv_kwargs)
+            if size is not None:
+                model.input_shape = (model.input_shape[0], size, size)
+            randomize_model(model, tuple(model.input_shape), seed=seed)
+            model.eval()
+            name = "_".join([arch, conv, str(size or "native"), str(seed)] + [f"{k}{v}" for k, v in key[4]])
+            cache[key] = save_checkpoint(model, root / f"{name}.pt")
+        return cache[key]
+
+    return make
+
+
+#: ``--samples`` of the end-to-end exports: K seeded inputs at batch 1 and at batch 3
+E2E_SAMPLES = 2
+
+
+class Exported:
+    """A finished `deploy export` run: checkpoint, output paths, CLI result and parsed report."""
+
+    def __init__(self, checkpoint, onnx_path, report_path, run: CliRun) -> None:
+        import json
+
+        self.checkpoint, self.onnx_path, self.report_path, self.run = checkpoint, onnx_path, report_path, run
+        self.report = json.loads(report_path.read_text()) if run.exit_code == 0 else None
+
+
+@pytest.fixture(scope="session")
+def folded_export(zoo_checkpoint, deploy_cli, tmp_path_factory):
+    """``get(arch, conv, size) -> Exported``: `deploy export CKPT --fold -o …` of a zoo checkpoint, run
+    once per session and worker (the per-kind tests and the twin comparisons share them)."""
+    root = tmp_path_factory.mktemp("exports")
+    cache: dict[tuple, Exported] = {}
+
+    def get(arch: str, conv: str, size: int) -> Exported:
+        key = (arch, conv, size)
+        if key not in cache:
+            ckpt = zoo_checkpoint(arch, conv, size)
+            out = root / f"{arch}_{conv}_{size}.onnx"
+            run = deploy_cli("export", ckpt, "--fold", "-o", out, "--samples", E2E_SAMPLES)
+            cache[key] = Exported(ckpt, out, root / f"{arch}_{conv}_{size}.report.json", run)
+        return cache[key]
+
+    return get

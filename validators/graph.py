@@ -25,6 +25,7 @@ counts (deploy/models/complexity.py) and between a folded model and its plain tw
 
 from __future__ import annotations
 
+import ast
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
@@ -129,6 +130,30 @@ def count_params(model: onnx.ModelProto) -> int:
     return total
 
 
+def node_module(node: onnx.NodeProto) -> str | None:
+    """The torch module path a node came from (``layer2.0.conv2``), when the exporter recorded it:
+    the dynamo exporter in the ``pkg.torch.onnx.name_scopes`` metadata, the TorchScript exporter
+    in the node name (``/layer2/layer2.0/conv2/Conv``). None when unknown."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            inner = [str(x) for x in scopes[1:-1] if x]
+            return inner[-1] if inner else None
+    if not node.name.startswith("/"):
+        return None
+    path = ""
+    for seg in node.name.split("/")[1:-1]:
+        path = seg if (not path or seg.startswith(path + ".")) else f"{path}.{seg}"
+    return path or None
+
+
+def _where(node_name: str, module: str | None) -> str:
+    return f"{module} ({node_name})" if module else node_name
+
+
 def _dynamic_conv_weights(graph: onnx.GraphProto) -> list[dict[str, str]]:
     consts = _constants(graph)
     producer = {o: n for n in graph.node for o in n.output}
@@ -146,8 +171,12 @@ def _dynamic_conv_weights(graph: onnx.GraphProto) -> list[dict[str, str]]:
                 continue
             by = producer.get(src)
             computed_by = f"{by.op_type} node {by.name or '<unnamed>'}" if by is not None else "a graph input"
-            flagged.append({"node": node.name or "<unnamed>", "input": label, "tensor": node.input[slot],
-                            "computed_by": computed_by})
+            entry = {"node": node.name or "<unnamed>", "input": label, "tensor": node.input[slot],
+                     "computed_by": computed_by}
+            module = node_module(node)
+            if module:
+                entry["module"] = module  # the torch module it came from, when the exporter recorded it
+            flagged.append(entry)
     return flagged
 
 
@@ -256,11 +285,16 @@ def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None
 
     dynamic = _dynamic_conv_weights(model.graph)
     if dynamic:
-        reasons.append("dynamic conv weights (computed at run time, not folded): " +
-                       ", ".join(f"{d['node']} {d['input']} <- {d['computed_by']}" for d in dynamic[:6]))
-    einsum = [n.name for n in nodes if n.op_type == "Einsum"]
+        more = f" (+{len(dynamic) - 6} more)" if len(dynamic) > 6 else ""
+        reasons.append(f"dynamic conv weights in {len(dynamic)} Conv node(s) (computed at run time, not folded): " +
+                       ", ".join(f"{_where(d['node'], d.get('module'))} {d['input']} <- {d['computed_by']}"
+                                 for d in dynamic[:6]) + more)
+    einsum_at = [(n.name, node_module(n)) for n in nodes if n.op_type == "Einsum"]
+    einsum = [name for name, _ in einsum_at]
     if einsum and not allow_einsum:
-        reasons.append(f"Einsum node(s) {', '.join(einsum[:6])}: a weight-computing or unfused einsum subgraph")
+        more = f" (+{len(einsum) - 6} more)" if len(einsum) > 6 else ""
+        reasons.append(f"{len(einsum)} Einsum node(s) {', '.join(_where(*e) for e in einsum_at[:6])}{more}: "
+                       "a weight-computing or unfused einsum subgraph")
 
     try:
         macs, macs_by_op = count_macs(model, input_shape)

@@ -19,7 +19,8 @@ state = {"debug": False}
 def guarded(fn: Callable) -> Callable:
     """Turn ConvDeployError into its exit code and a one-line message; hide tracebacks.
 
-    Anything else is a bug: exit 1 with a hint to rerun with ``deploy --debug``.
+    Anything else is a bug: exit 1 with a hint to rerun with ``deploy --debug``. With
+    ``--debug`` the traceback is printed too, and the exit code stays the error's own.
     """
 
     @functools.wraps(fn)
@@ -28,7 +29,7 @@ def guarded(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except ConvDeployError as exc:
             if state["debug"]:
-                raise
+                err_console.print_exception()
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):

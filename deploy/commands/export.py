@@ -9,8 +9,8 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from deploy.atomic import write_json_atomic
-from deploy.commands.common import console
+from deploy.atomic import check_output_path, write_json_atomic
+from deploy.commands.common import console, err_console
 from deploy.commands.zoo import conv_kwargs_from_options
 from deploy.errors import BadInputError
 from deploy.pipeline import ExportOptions, StepLog, run_export
@@ -54,6 +54,13 @@ def _print_accuracy(accuracy: Optional[dict[str, Any]]) -> None:
     names = [k for k in ("training_form", "folded", "onnxruntime") if k in accuracy]
     parts = " | ".join(f"{n.replace('_', '-')} {100 * accuracy[n]:.2f} %" for n in names)
     console.print(f"held-out accuracy ({accuracy['dataset']} {accuracy['split']} split, {accuracy['images']} images): {parts}")
+
+
+def _warn_pickle(trust_pickle: bool) -> None:
+    """The issue's "warning that it runs code": a UserWarning would be filtered by the CLI, so print it."""
+    if trust_pickle:
+        err_console.print("[bold yellow]warning:[/] --trust-pickle: a pickled module runs code from the file while "
+                          "it loads; use it only for files you trust", highlight=False, soft_wrap=True)
 
 
 def _print_graph(graph: Any) -> None:
@@ -112,6 +119,7 @@ def export(
         engine=engine, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace=workspace, timing_cache=timing_cache,
     )
+    _warn_pickle(trust_pickle)
     log, status = _step_log()
     console.print(f"[bold]deploy export[/] {model} ({'fold' if fold else 'no fold'}, {exporter} exporter)")
     with status:
@@ -154,7 +162,10 @@ def validate(
     """Prove MODEL.onnx computes what MODEL.pt computes: training form vs folded vs ONNX Runtime (exit 3 if not)."""
     if not onnx_file.is_file():
         raise BadInputError(f"{onnx_file}: no such ONNX file; export one with `deploy export`")
+    if report is not None:
+        check_output_path(report)
     kwargs = conv_kwargs_from_options(conv, ratio) if conv else {}
+    _warn_pickle(trust_pickle)
     with console.status("checking parity …"):
         rep, parity = run_validate(
             model, onnx_file, samples=samples, seed=seed, atol=atol, rtol=rtol, input_size=input_size,
@@ -213,6 +224,8 @@ def inspect(
         raise BadInputError(f"{file}: no such file")
     if file.is_dir():
         raise BadInputError(f"{file} is a directory: point to a .onnx or .pt file")
+    if file.suffix != ".onnx":
+        _warn_pickle(trust_pickle)
     info = _inspect_onnx(file) if file.suffix == ".onnx" else _inspect_checkpoint(file, trust_pickle)
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))

@@ -187,7 +187,12 @@ def create(
         if input_size < 8:
             raise BadInputError(f"--input-size {input_size} is too small: use at least 8")
         model.input_shape = (model.input_shape[0], input_size, input_size)
-    randomize_model(model, tuple(model.input_shape), seed=seed)
+    try:
+        randomize_model(model, tuple(model.input_shape), seed=seed)
+    except (RuntimeError, ValueError) as exc:
+        size = "x".join(map(str, model.input_shape[1:]))
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise BadInputError(f"{arch} cannot take a {size} input ({reason}); choose another --input-size") from exc
     model.eval()
     save_checkpoint(model, output, meta={"created_by": "deploy zoo create", "seed": seed, "version": __version__})
     console.print(
