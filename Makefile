@@ -33,7 +33,7 @@ test: $(STAMP) lint
 ci:
 	$(VENV)/bin/hadolint Dockerfile
 	$(PY) -m pytest -q -n 2
-	$(DEPLOY) claims --quick -o $(OUT)/claims
+	$(DEPLOY) claims --quick --threads 1 -o $(OUT)/claims
 
 ci-gpu:
 	$(PY) -m pytest -q -m gpu

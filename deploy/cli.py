@@ -47,24 +47,11 @@ def _root(
 
 
 def _register() -> None:
-    from deploy.commands import zoo
+    from deploy.commands import bench, claims, export, zoo
 
     app.add_typer(zoo.app, name="zoo")
-    for module_name, names in (
-        ("deploy.commands.export", ("export", "validate", "inspect")),
-        ("deploy.commands.bench", ("bench", "build")),
-        ("deploy.commands.claims", ("claims",)),
-    ):
-        try:
-            module = __import__(module_name, fromlist=list(names))
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        for name in names:
-            fn = getattr(module, name, None)
-            if fn is not None:
-                app.command(name)(guarded(fn))
+    for fn in (export.export, export.validate, export.inspect, bench.bench, bench.build, claims.claims):
+        app.command(fn.__name__)(guarded(fn))
 
 
 _register()

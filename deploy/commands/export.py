@@ -102,8 +102,9 @@ def export(
     workspace: Optional[float] = typer.Option(None, "--workspace", help="Engine: builder workspace limit in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Engine: load/save tactic timings here."),
 ) -> None:
-    """Fold MODEL.pt, export it to ONNX, simplify, check the graph and prove parity; then write OUT.onnx
-    and OUT.report.json (both or neither).
+    """Fold MODEL.pt, export ONNX, simplify, check the graph, prove parity; write OUT.onnx + report.
+
+    OUT.onnx and OUT.report.json are written together at the end, or neither is.
 
     Exit codes: 2 bad input, 3 parity failed (names the first diverging layer), 4 graph check failed.
     """
@@ -218,8 +219,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code)."),
 ) -> None:
-    """What a file holds: for .onnx its interface, opset, op histogram, params, MACs and graph-check
-    verdict; for .pt its arch, conv and params."""
+    """What a file holds: .onnx interface, ops, params, MACs, graph verdict; .pt arch, conv, params."""
     if not file.exists():
         raise BadInputError(f"{file}: no such file")
     if file.is_dir():
