@@ -103,6 +103,7 @@ def zoo_row(arch: str, conv: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         "macs": count_macs(deploy_form, tuple(model.input_shape)),
         "paper_params": parse_count(target.params)[0] if target else None,
         "paper_macs": parse_count(target.macs)[0] if target else None,
+        "paper_printed": [target.params, target.macs] if target else None,
         "paper_source": target.source if target else None,
         "paper_note": target.note if target else "",
     }
@@ -121,9 +122,9 @@ def _row_text(row: dict[str, Any]) -> list[str]:
         row["arch"],
         conv,
         _fmt(row["params"], unit_p, 3),
-        _fmt(row["paper_params"], unit_p, 3),
+        row["paper_printed"][0] if row["paper_printed"] else "-",
         _fmt(row["macs"], unit_m, 3) + f" {m_name}",
-        (_fmt(row["paper_macs"], unit_m, 3) + f" {m_name}") if row["paper_macs"] else "-",
+        row["paper_printed"][1] if row["paper_printed"] else "-",
         mac_ratio,
         (row["paper_source"] or "").split(" (")[0].split(";")[0],
     ]
@@ -154,7 +155,7 @@ def list_models(
         typer.echo(json.dumps({"convention": CONVENTION, "rows": rows}, indent=2))
         return
     table = Table(title="convdeploy zoo", caption=CONVENTION, caption_justify="left")
-    for col in ("arch", "conv", "params M", "paper M", "MACs", "paper MACs", "MACs/paper", "paper source"):
+    for col in ("arch", "conv", "params M", "paper", "MACs", "paper MACs", "MACs/paper", "paper source"):
         table.add_column(col, justify="left" if col in ("arch", "conv", "paper source") else "right", no_wrap=col != "paper source")
     for row in rows:
         table.add_row(*_row_text(row))
