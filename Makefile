@@ -33,10 +33,12 @@ test: $(STAMP) lint
 ci:
 	$(VENV)/bin/hadolint Dockerfile
 	$(PY) -m pytest -q -n 2
+	@mkdir -p $(OUT)
 	$(DEPLOY) claims --quick --threads 1 -o $(OUT)/claims
 
 ci-gpu:
 	$(PY) -m pytest -q -m gpu
+	@mkdir -p $(OUT)
 	$(DEPLOY) claims --quick --backend trt -o $(OUT)/claims
 
 docker-test:
