@@ -120,7 +120,7 @@ def open_runtime(onnx_path: Path, backend: str, threads: Optional[int], max_batc
     if backend == "ort":
         from validators.runtimes import OrtRuntime
 
-        return OrtRuntime(onnx_path, threads=threads)
+        return OrtRuntime(onnx_path, threads=threads, spin=False)  # sessions take turns: no spinning
     from exporters.tensorrt import build_engine, validate_build_options
     from validators.trt_runtime import TensorRTRuntime
 

@@ -194,8 +194,14 @@ def test_cli_vs_twin_session_is_close_to_one(models: dict[str, Path]) -> None:
     out = models["dir"] / "twin.json"
     res = invoke("bench", models["tiny"], "--vs", models["twin"], "--iters", "100", "--threads", "1", "--json", out)
     assert res.exit_code == 0, res.output
-    vs = json.loads(out.read_text())["vs"]
+    doc = json.loads(out.read_text())
+    vs = doc["vs"]
     assert 0.9 < vs["ratio"] < 1.1 and vs["ci_low"] <= vs["ratio"] <= vs["ci_high"]
+    # two sessions taking turns must not spin (one's idle pool would steal the other's cores)
+    assert [r["spinning"] for r in doc["results"]] == [False, False]
+    single = models["dir"] / "single.json"
+    assert invoke("bench", models["tiny"], "--iters", "3", "--json", single).exit_code == 0
+    assert [r["spinning"] for r in json.loads(single.read_text())["results"]] == [True]
 
 
 def test_cli_vs_itself(models: dict[str, Path]) -> None:

@@ -71,6 +71,8 @@ class OrtRuntime:
     ``model`` is a path, the serialized bytes or an ``onnx.ModelProto``. ``provider`` is
     one of ``cpu``, ``cuda``, ``tensorrt``; a provider this onnxruntime build does not
     have raises ``BackendUnavailableError`` (exit 5) instead of silently falling back.
+    ``spin=False`` stops the intra-op pool spinning between runs: with two sessions timed in
+    turns, one session's spinning threads would otherwise steal the cores from the other.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class OrtRuntime:
         provider: str = "cpu",
         *,
         name: str | None = None,
+        spin: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -95,6 +98,9 @@ class OrtRuntime:
             )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if not spin:  # idle pool threads sleep instead of spinning: needed when two sessions take turns
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.spin = spin
         if threads is not None:
             if threads < 1:
                 raise BadInputError(f"threads must be >= 1, got {threads}: pass a positive thread count")
@@ -141,5 +147,6 @@ class OrtRuntime:
             "device": ort.get_device(),
             "provider": self.session.get_providers()[0],
             "threads": self.threads if self.threads is not None else "onnxruntime default",
+            "spinning": self.spin,
             "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__},
         }

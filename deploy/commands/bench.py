@@ -112,7 +112,7 @@ def check_ort_provider(provider: str) -> str:
 
 
 def open_runtime(path: Path, kind: str, provider: Optional[str], threads: Optional[int],
-                 include_copies: bool, cuda_graph: bool) -> Any:
+                 include_copies: bool, cuda_graph: bool, spin: bool = True) -> Any:
     """Construct the runtime for an artifact; every availability check happens here first."""
     if kind == "onnx":
         if cuda_graph:
@@ -120,7 +120,7 @@ def open_runtime(path: Path, kind: str, provider: Optional[str], threads: Option
         check_ort_provider(provider or "cpu")
         from validators.runtimes import OrtRuntime
 
-        return OrtRuntime(str(path), threads=threads, provider=provider or "cpu")
+        return OrtRuntime(str(path), threads=threads, provider=provider or "cpu", spin=spin)
     if provider not in (None, "tensorrt"):
         raise BadInputError(f"--provider {provider}: an engine.plan runs on TensorRT only; "
                             "bench the model.onnx for other providers")
@@ -227,13 +227,15 @@ def bench(
     kinds = [artifact_kind(p) for p in paths]
     shapes = [onnx_bench_shape(p, batch, input_size) if k == "onnx" else engine_bench_shape(p, batch, input_size)
               for p, k in zip(paths, kinds)]
-    runtimes = [open_runtime(paths[0], kinds[0], provider, threads, include_copies, cuda_graph)]
+    # the same file twice is an A/A check of the harness: one session timed in both slots
+    # (two sessions of one model differ by ~1 % on tiny models: allocation, not the model)
+    same = vs is not None and vs.resolve() == artifact.resolve()
+    # two ONNX Runtime sessions taking turns: idle pool threads must sleep, not spin
+    spin = vs is None or same
+    runtimes = [open_runtime(paths[0], kinds[0], provider, threads, include_copies, cuda_graph, spin)]
     if vs is not None:
-        # the same file twice is an A/A check of the harness: one session timed in both slots
-        # (two sessions of one model differ by ~1 % on tiny models: allocation, not the model)
-        same = vs.resolve() == artifact.resolve()
         runtimes.append(runtimes[0] if same else open_runtime(vs, kinds[1], provider, threads, include_copies,
-                                                              cuda_graph))
+                                                              cuda_graph, spin))
     for rt in {id(r): r for r in runtimes}.values():
         for w in getattr(rt, "warnings", []):
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
