@@ -66,6 +66,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from deploy.layers.conv_bn import conv2d_from_kernel
+
 # Reference table (dilat=True, "larger"): kernel -> {skp: (super kernel, super dilation)}.
 _DILATED_SUPER = {
     3: {2: (3, 2), 4: (3, 3), 6: (5, 2)},
@@ -267,24 +269,7 @@ class CoCConv2d(nn.Module):
     @torch.no_grad()
     def to_conv2d(self) -> nn.Conv2d:
         """A new plain ``nn.Conv2d`` with the associated kernels (exact re-parameterisation)."""
-        kernel = self.composite_kernel()
-        conv = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            device=kernel.device,
-            dtype=kernel.dtype,
-        )
-        conv.weight.copy_(kernel)
-        if self.bias is not None:
-            conv.bias.copy_(self.bias)
-        conv.train(self.training)
-        return conv
+        return conv2d_from_kernel(self, self.composite_kernel(), self.bias)
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:

@@ -33,6 +33,30 @@ def fuse_conv_bn_weights(
 
 
 @torch.no_grad()
+def conv2d_from_kernel(layer: nn.Module, kernel: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` with ``layer``'s geometry (stride, padding, dilation, groups,
+    padding_mode) holding ``kernel`` and ``bias``: the target of every fold into one conv."""
+    conv = nn.Conv2d(
+        kernel.shape[1] * layer.groups,
+        kernel.shape[0],
+        tuple(kernel.shape[2:]),
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        bias=bias is not None,
+        padding_mode=getattr(layer, "padding_mode", "zeros"),
+        device=kernel.device,
+        dtype=kernel.dtype,
+    )
+    conv.weight.copy_(kernel)
+    if bias is not None:
+        conv.bias.copy_(bias)
+    conv.train(layer.training)
+    return conv
+
+
+@torch.no_grad()
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new ``nn.Conv2d`` equal to ``bn(conv(x))`` in eval mode; inputs are not modified."""
     fused = nn.Conv2d(
