@@ -104,24 +104,9 @@ def _torch_calls(model: nn.Module, x: np.ndarray) -> tuple[list[_Call], np.ndarr
 
 
 def _all_intermediates(onnx_model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    from validators.runtimes import all_node_outputs
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(onnx_model)
-    present = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        if node.op_type == "Constant":
-            continue
-        for name in node.output:
-            if name and name not in present:
-                probe.graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    values = sess.run(names, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})
-    return {n: np.asarray(v) for n, v in zip(names, values) if np.asarray(v).dtype.kind == "f"}
+    return {n: v for n, v in all_node_outputs(onnx_model, x).items() if v.dtype.kind == "f"}
 
 
 def _scope_chain(node: onnx.NodeProto, modules: set[str]) -> list[str]:

@@ -210,20 +210,9 @@ def _shapes(model: onnx.ModelProto, input_shape: Sequence[int] | None) -> dict[s
 
 
 def _shapes_by_running(probe: onnx.ModelProto, fixed: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    import onnxruntime as ort
+    from validators.runtimes import all_node_outputs
 
-    present = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for name in node.output:
-            if name and name not in present:
-                probe.graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    values = sess.run(names, {sess.get_inputs()[0].name: np.zeros(fixed, dtype=np.float32)})
-    return {n: tuple(np.asarray(v).shape) for n, v in zip(names, values)}
+    return {n: tuple(v.shape) for n, v in all_node_outputs(probe, np.zeros(fixed, dtype=np.float32), skip_constants=False).items()}
 
 
 def count_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None) -> tuple[int, dict[str, int]]:

@@ -150,3 +150,26 @@ class OrtRuntime:
             "spinning": self.spin,
             "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__},
         }
+
+
+def all_node_outputs(onnx_model: onnx.ModelProto, x: np.ndarray, skip_constants: bool = True) -> dict[str, np.ndarray]:
+    """Every node output of ``onnx_model`` for input ``x`` (a copy of the graph marks them all
+    as graph outputs; ONNX Runtime CPU runs it), Constant nodes' outputs only if asked."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(onnx_model)
+    present = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        if skip_constants and node.op_type == "Constant":
+            continue
+        for name in node.output:
+            if name and name not in present:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+                present.add(name)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = sess.run(names, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})
+    return {n: np.asarray(v) for n, v in zip(names, values)}
