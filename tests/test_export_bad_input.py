@@ -258,3 +258,18 @@ def test_real_process_one_line_then_traceback_with_debug(tmp_path) -> None:
     assert debug.returncode == 2
     assert "Traceback (most recent call last)" in debug.stderr and "BadInputError" in debug.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pt"]
+
+
+def test_engine_without_tensorrt_is_exit_5_before_any_work(zoo_checkpoint, deploy_cli, tmp_path) -> None:
+    from exporters.tensorrt import tensorrt_available
+
+    if tensorrt_available()[0]:
+        pytest.skip("TensorRT and a GPU are present here: the engine path is covered by the gpu tests")
+    ckpt = _zoo_copy(tmp_path, zoo_checkpoint)
+    before = sha256_file(ckpt)
+    run = deploy_cli("export", ckpt, "-o", tmp_path / "m.onnx", "--engine", tmp_path / "e.plan")
+    assert run.exit_code == 5
+    line = run.one_error_line()
+    assert "TensorRT" in line and "deploy bench model.onnx" in line
+    assert "load" not in run.stdout  # refused before the first step ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"] and sha256_file(ckpt) == before
