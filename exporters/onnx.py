@@ -153,22 +153,12 @@ def export_onnx_detailed(
 
 
 def export_onnx(
-    model: nn.Module,
-    path: str | os.PathLike[str] | None,
-    input_shape: Sequence[int],
-    *,
-    opset: int | None = None,
-    exporter: str = "dynamo",
-    dynamic_batch: bool = True,
-    batch_size: int = 1,
-    metadata: Mapping[str, str] | None = None,
-    optimize: bool = True,
+    model: nn.Module, path: str | os.PathLike[str] | None, input_shape: Sequence[int], **options: Any
 ) -> onnx.ModelProto:
-    """Export, check and (when ``path`` is given) save atomically; returns the ModelProto."""
+    """``export_onnx_detailed`` (same keyword options), then save atomically when ``path`` is given."""
     if path is not None:
         check_output_path(path)
-    result = export_onnx_detailed(model, input_shape, opset=opset, exporter=exporter, dynamic_batch=dynamic_batch,
-                                  batch_size=batch_size, metadata=metadata, optimize=optimize)
+    result = export_onnx_detailed(model, input_shape, **options)
     if path is not None:
         save_onnx(result.model, path)
     return result.model

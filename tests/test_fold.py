@@ -6,18 +6,7 @@ from torch import nn
 
 from deploy.errors import BadInputError
 from deploy.fold import fold_model
-
-
-def _random_bn(module: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for bn in module.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            n = bn.num_features
-            bn.running_mean.copy_(torch.randn(n, generator=gen))
-            bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            bn.weight.data.copy_(torch.randn(n, generator=gen))
-            bn.bias.data.copy_(torch.randn(n, generator=gen))
-    return module.eval()
+from tests.helpers import randomise_bn
 
 
 class Branchy(nn.Module):
@@ -42,7 +31,7 @@ class Branchy(nn.Module):
 
 
 def test_fold_fuses_exactly_the_fusable_pairs():
-    model = _random_bn(Branchy())
+    model = randomise_bn(Branchy(), torch.Generator().manual_seed(0))
     folded, report = fold_model(model, probe_shape=(3, 12, 12))
     fused = {row.name for row in report.rows}
     assert fused == {"stem", "a"}
@@ -58,7 +47,7 @@ def test_fold_fuses_exactly_the_fusable_pairs():
 
 
 def test_fold_does_not_touch_its_input_unless_inplace():
-    model = _random_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    model = randomise_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), torch.Generator().manual_seed(0))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded, _ = fold_model(model, probe_shape=(3, 8, 8))
     assert folded is not model
@@ -85,7 +74,7 @@ def test_untraceable_model_falls_back_to_sequential_pairs():
                 return self.body(x)
             return self.body(-x)
 
-    model = _random_bn(DataDependent())
+    model = randomise_bn(DataDependent(), torch.Generator().manual_seed(0))
     folded, report = fold_model(model, probe_shape=(3, 8, 8))
     assert [r.name for r in report.rows] == ["body.0"]
     assert any("torch.fx" in k for k in report.kept)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from deploy.layers.spconv import SPConv3x3
+from tests.helpers import randomise_bn
 
 FOLD_SETTINGS = settings(max_examples=25, deadline=None)
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -23,18 +24,6 @@ def _count(m: nn.Module) -> int:
 def _valid(cin: int, cout: int, ratio: float) -> bool:
     rep = int(cin * ratio)
     return rep > 0 and rep % 2 == 0 and cin - rep > 0 and cout % 2 == 0
-
-
-def randomise_bn(module: nn.Module, gen: torch.Generator) -> None:
-    """Random eval statistics and affine parameters for every BN, so folds are really tested."""
-    with torch.no_grad():
-        for bn in module.modules():
-            if isinstance(bn, nn.BatchNorm2d):
-                c, dt = bn.num_features, bn.weight.dtype
-                bn.running_mean.copy_(torch.randn(c, generator=gen, dtype=dt))
-                bn.running_var.copy_(torch.empty(c, dtype=dt).uniform_(-3, 2, generator=gen).exp())
-                bn.weight.copy_(torch.randn(c, generator=gen, dtype=dt))
-                bn.bias.copy_(torch.randn(c, generator=gen, dtype=dt))
 
 
 def _bn_eval(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:

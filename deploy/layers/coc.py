@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from deploy.layers.conv_bn import conv2d_from_kernel
+from deploy.layers.conv_bn import conv2d_from_kernel, install_kernel
 
 # Reference table (dilat=True, "larger"): kernel -> {skp: (super kernel, super dilation)}.
 _DILATED_SUPER = {
@@ -274,17 +274,7 @@ class CoCConv2d(nn.Module):
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
         """In place: drop weight9, super layers and norms, keep ``weight`` (+ ``bias``); idempotent."""
-        if self.deployed:
-            return
-        kernel = self.composite_kernel().detach().clone()
-        bias = self._parameters.pop("bias")
-        for i in range(1, self.sl + 1):
-            delattr(self, self._super_name(i))
-        del self.weight9
-        del self.norm_final
-        self.weight = nn.Parameter(kernel)
-        self.register_parameter("bias", bias)  # after weight: same key order as nn.Conv2d
-        self.deployed = True
+        install_kernel(self, [self._super_name(i) for i in range(1, self.sl + 1)] + ["weight9", "norm_final"])
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

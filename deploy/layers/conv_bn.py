@@ -57,6 +57,23 @@ def conv2d_from_kernel(layer: nn.Module, kernel: torch.Tensor, bias: torch.Tenso
 
 
 @torch.no_grad()
+def install_kernel(layer: nn.Module, drop: list[str]) -> None:
+    """``switch_to_deploy`` of a layer that folds into one conv: compute ``layer.composite_kernel()``,
+    delete the training-form attributes ``drop``, keep ``weight`` then ``bias`` (``nn.Conv2d``'s
+    key order) and set ``layer.deployed``. Idempotent."""
+    if layer.deployed:
+        return
+    kernel = layer.composite_kernel().detach().clone()
+    bias = layer._parameters.pop("bias")
+    for name in drop:
+        if hasattr(layer, name):
+            delattr(layer, name)
+    layer.weight = nn.Parameter(kernel)
+    layer.register_parameter("bias", bias)
+    layer.deployed = True
+
+
+@torch.no_grad()
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new ``nn.Conv2d`` equal to ``bn(conv(x))`` in eval mode; inputs are not modified."""
     fused = nn.Conv2d(

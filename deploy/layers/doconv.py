@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from deploy.layers.conv_bn import conv2d_from_kernel
+from deploy.layers.conv_bn import conv2d_from_kernel, install_kernel
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -188,16 +188,7 @@ class DOConv2d(nn.Module):
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
         """In place: drop W/D/d_diag, keep one ``weight`` (+ ``bias``); idempotent and exact."""
-        if self.deployed:
-            return
-        kernel = self.composite_kernel().detach().clone()
-        bias = self._parameters.pop("bias")
-        for name in ("W", "D", "d_diag"):
-            if hasattr(self, name):
-                delattr(self, name)
-        self.weight = nn.Parameter(kernel)
-        self.register_parameter("bias", bias)  # after weight: same key order as nn.Conv2d
-        self.deployed = True
+        install_kernel(self, ["W", "D", "d_diag"])
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, D_mul={self.D_mul}"
