@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full-size claims run behind the README's claims table (issue 5):
+# The full-size claims run behind the README's claims table:
 # the ResNet-50 matrix at 3x224x224, batch 1 and 64, on ONNX Runtime CPU
 # (BACKEND=auto uses TensorRT where it is installed and a GPU is visible).
 #

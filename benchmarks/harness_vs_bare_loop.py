@@ -7,7 +7,7 @@ of (a) ``validators.latency.benchmark`` on ``OrtRuntime`` and (b) a bare loop
 
 on the very same ``InferenceSession`` and input, block order A B, B A, … so drift
 cancels. Prints both medians, their ratio with a bootstrap 95 % interval, and whether
-they agree within 5 % (the issue's criterion). Never asserts a time.
+they agree within 5 %. Never asserts a time.
 
     .venv/bin/python benchmarks/harness_vs_bare_loop.py --arch resnet18 --size 112 --batch 1
 """

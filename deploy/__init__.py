@@ -1,3 +1,5 @@
 """convdeploy: fold, export, verify and time CNNs built with five research convolutions."""
 
-__version__ = "0.1.0"
+from deploy.version import __version__
+
+__all__ = ["__version__"]

@@ -1,4 +1,4 @@
-"""Atomic file writes and artifact hashes (DESIGN.md: no half-written outputs)."""
+"""Atomic file writes and artifact hashes (docs/architecture.md: no half-written outputs)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """model.pt read/write: the convdeploy format, bare state_dicts, reference checkpoints.
 
-The convdeploy format (DESIGN.md) is a dict ``{"format": "convdeploy/1", "arch", "conv",
+The convdeploy format (docs/architecture.md) is a dict ``{"format": "convdeploy/1", "arch", "conv",
 "conv_kwargs", "num_classes", "input_shape", "state_dict", "meta"}`` read with
 ``torch.load(weights_only=True)``. A whole pickled module is read only when the user
 passes ``trust_pickle=True`` (unpickling runs code from the file). Checkpoints of the
 papers' reference code (SCNet, SPConv's resnet_sp, DO-Conv) are recognised from their
-keys and loaded strictly into our zoo models, whose names mirror theirs.
+keys by the conv kinds that know them and loaded strictly into our zoo models, whose
+names mirror theirs.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from torch import nn
 
 from deploy.atomic import atomic_path, sha256_file
 from deploy.errors import BadInputError
+from deploy.layers.registry import conv_kinds
+from deploy.models.registry import arch_from_keys, build_model
 
 FORMAT = "convdeploy/1"
-_BOTTLENECK_DEPTHS = {(3, 4, 6, 3): "50", (3, 4, 23, 3): "101"}
-_BASIC_DEPTHS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34", (3, 3, 3): "resnet20"}
 
 
 @dataclass
@@ -99,7 +100,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         if not trust_pickle:
             raise BadInputError(
                 f"{path} holds pickled Python objects (a whole module?); unpickling runs code from the file: "
-                "pass --trust-pickle only if you trust its source, or save model.state_dict() instead"
+                "allow it with `trust_pickle` only if you trust its source, or save model.state_dict() instead"
             ) from exc
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes the unpickler raise anything
         raise BadInputError(
@@ -128,59 +129,21 @@ def _unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
-def _block_counts(keys: set[str]) -> tuple[int, ...]:
-    counts = []
-    for stage in range(1, 5):
-        blocks = {k.split(".")[1] for k in keys if k.startswith(f"layer{stage}.")}
-        if not blocks:
-            break
-        counts.append(len(blocks))
-    return tuple(counts)
-
-
-def _resnet_arch(keys: set[str]) -> str:
-    counts = _block_counts(keys)
-    bottleneck = any(k.startswith("layer1.0.conv3.") or k.startswith("layer1.0.bn3.") for k in keys)
-    arch = f"resnet{_BOTTLENECK_DEPTHS[counts]}" if bottleneck and counts in _BOTTLENECK_DEPTHS else None
-    if not bottleneck:
-        arch = _BASIC_DEPTHS.get(counts)
-    if arch is None:
-        raise BadInputError(f"cannot tell the ResNet depth from the checkpoint's blocks per stage {counts}")
-    return arch
-
-
 def recognise_reference(state: dict[str, torch.Tensor]) -> tuple[str, str, str, dict[str, Any]] | None:
-    """(source, arch, conv, conv_kwargs) for a reference-code checkpoint, else None."""
-    keys = set(state)
-    if any(".scconv.k2." in k for k in keys):
-        counts = _block_counts(keys)
-        depth = _BOTTLENECK_DEPTHS.get(counts)
-        if depth is None:
-            raise BadInputError(f"SCNet checkpoint with blocks per stage {counts}: only scnet50/101 are known")
-        return "reference-scnet", f"scnet{depth}", "sc", {}
-    gwc = sorted(k for k in keys if k.endswith(".gwc.weight"))
-    if gwc:
-        return "reference-spconv", _resnet_arch(keys), "sp", {"ratio": _sp_ratio(state, gwc[0][: -len(".gwc.weight")])}
-    if any(k.endswith(".W") for k in keys) and any(k.endswith(".d_diag") or k.endswith(".D") for k in keys):
-        return "reference-doconv", _resnet_arch(keys), "doconv", {}
+    """(source, arch, conv, conv_kwargs) for a checkpoint of a kind's reference code, else None.
+
+    Each conv kind that knows its reference code's keys recognises them (``ConvKind.recognise``);
+    the arch follows from the blocks per stage, named as the kind names its models.
+    """
+    for kind in conv_kinds():
+        kwargs = kind.recognise(state) if kind.recognise is not None else None
+        if kwargs is not None:
+            arch = arch_from_keys(set(state))
+            return f"reference-{kind.reference}", kind.zoo_names.get(arch, arch), kind.name, kwargs
     return None
 
 
-def _sp_ratio(state: dict[str, torch.Tensor], layer: str) -> float:
-    """SPConv's alpha from one SPConv3x3's weights: pwc reads the int(in * alpha) representative
-    channels, conv1x1 the rest (SPConv Sec. 3.2); else, in the reference ResNet-50, the block's
-    conv1 output width is the SPConv's input width."""
-    rep_in = state[f"{layer}.pwc.weight"].shape[1]
-    rest = state.get(f"{layer}.conv1x1.weight")
-    if rest is not None:
-        return rep_in / (rep_in + rest.shape[1])
-    block_conv1 = state.get(f"{layer.rsplit('.', 1)[0]}.conv1.weight")
-    if block_conv1 is None:
-        raise BadInputError(f"SPConv checkpoint without {layer}.conv1x1.weight: pass --arch, --conv sp and --ratio")
-    return rep_in / block_conv1.shape[0]
-
-
-_FIT_HINT = "pass the --arch/--conv/--ratio the weights were trained with, or re-save the checkpoint from its model"
+_FIT_HINT = "give the `arch`, `conv` and `conv_kwargs` the weights were trained with, or re-save the checkpoint from its model"
 
 
 def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -221,8 +184,6 @@ def check_finite(model: nn.Module) -> None:
 
 
 def _build(arch: str, conv: str, conv_kwargs: dict[str, Any], num_classes: int | None) -> nn.Module:
-    from deploy.models.registry import build_model
-
     try:
         return build_model(arch, conv, num_classes=num_classes, **conv_kwargs)
     except (ValueError, TypeError, KeyError) as exc:
@@ -258,11 +219,11 @@ def load_checkpoint(
     if not isinstance(obj, dict):
         raise BadInputError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or an nn.Module")
     if obj.get("format") == FORMAT:
-        for option, given, recorded in (("--arch", arch, obj.get("arch")), ("--conv", conv, obj.get("conv"))):
+        for option, given, recorded in (("arch", arch, obj.get("arch")), ("conv", conv, obj.get("conv"))):
             if given is not None and given != recorded:
                 raise BadInputError(
                     f"{path} is a convdeploy checkpoint of {obj.get('arch')} (conv={obj.get('conv')}) but "
-                    f"{option} {given} was given: drop {option} (it is only for bare state_dicts)"
+                    f"`{option}` {given} was given: drop `{option}` (it is only for bare state_dicts)"
                 )
         return _load_convdeploy(obj, path, digest)
     state = _unwrap_state_dict(obj)
@@ -270,7 +231,8 @@ def load_checkpoint(
     if ref is not None:
         source, arch, conv, kwargs = ref
     elif arch is None or conv is None:
-        raise BadInputError(f"{path} is a bare state_dict: pass --arch and --conv (and --ratio for sp) to say what it is")
+        raise BadInputError(f"{path} is a bare state_dict: give `arch` and `conv` (and the kind's `conv_kwargs`) "
+                            "to say what it is")
     else:
         source, kwargs = "state_dict", dict(conv_kwargs or {})
     model = _build(arch, conv, kwargs, _num_classes(state))

@@ -17,13 +17,28 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
+import onnxruntime
+import torch
 
-from deploy import __version__
-from deploy.claims_matrix import (BASELINE, FASTER_BAND, PAPER, ZERO_OVERHEAD_BAND, MatrixEntry, ModelRecord,
-                                  evaluate, latency_rows)
+from deploy.atomic import sha256_file
+from deploy.checkpoint import save_checkpoint
+from deploy.claims_matrix import (FASTER_BAND, ZERO_OVERHEAD_BAND, MatrixEntry, ModelRecord, baseline_entry, evaluate,
+                                  latency_rows, paper_figures)
+from deploy.environment import device_description, host_device, versions
 from deploy.errors import BackendUnavailableError, BadInputError, ParityError
+from deploy.models.random_init import randomize_model
+from deploy.models.registry import build_model
+from deploy.pipeline import ExportOptions, run_export
+from deploy.steps import probe_forward
+from deploy.version import __version__
+from deploy.zoo_counts import zoo_row
+from exporters.tensorrt import build_engine, validate_build_options
 from validators.claims import (COV_LIMIT, RatioMeasure, exit_code_for, tally, write_claims_json, write_claims_md,
                                write_claims_png)
+from validators.latency import interleaved
+from validators.runtimes import OrtRuntime
+from validators.trt_env import running_environment, tensorrt_available
+from validators.trt_runtime import TensorRTRuntime
 
 QUICK = {"input_size": 64, "batches": (1, 8), "parity_samples": 2, "warmup": "0.5s", "seconds": (2.0, 3.0),
          "exporter": "torchscript"}
@@ -33,7 +48,7 @@ FULL = {"input_size": None, "batches": (1, 64), "parity_samples": 4, "warmup": "
 
 @dataclass
 class ClaimsSettings:
-    """Options of `deploy claims`; None means the --quick or full-size default."""
+    """Options of `deploy claims`; None means the quick-mode or full-size default."""
 
     output_dir: Path = Path("claims")
     backend: str = "auto"  # auto | ort | trt
@@ -46,7 +61,7 @@ class ClaimsSettings:
     parity_samples: Optional[int] = None
     threads: Optional[int] = None
     seed: int = 0
-    exporter: Optional[str] = None  # dynamo | torchscript (default: dynamo; --quick: torchscript, faster)
+    exporter: Optional[str] = None  # dynamo | torchscript (default: dynamo; quick mode: torchscript, faster)
     cov_limit: float = COV_LIMIT
 
     def defaults(self) -> dict[str, Any]:
@@ -55,7 +70,7 @@ class ClaimsSettings:
     def batch_list(self) -> list[int]:
         batches = list(self.batches or self.defaults()["batches"])
         if any(b < 1 for b in batches):
-            raise BadInputError(f"--batch {batches}: batch sizes must be >= 1")
+            raise BadInputError(f"`batches` {batches}: batch sizes must be >= 1")
         return sorted(set(batches))
 
     def seconds_for(self, batch: int) -> float:
@@ -67,15 +82,15 @@ class ClaimsSettings:
 
     def check(self) -> None:
         if self.duration is not None and self.duration <= 0:
-            raise BadInputError(f"--duration {self.duration} must be > 0 seconds")
+            raise BadInputError(f"`duration` {self.duration} must be > 0 seconds")
         if self.iters is not None and self.iters < 3:
-            raise BadInputError(f"--iters {self.iters}: the harness needs at least 3 pairs")
+            raise BadInputError(f"`iters` {self.iters}: the harness needs at least 3 pairs")
         if self.input_size is not None and self.input_size < 16:
-            raise BadInputError(f"--input-size {self.input_size} is too small for ResNet-50: use 32 or more")
+            raise BadInputError(f"`input_size` {self.input_size} is too small for ResNet-50: use 32 or more")
         if self.exporter not in (None, "dynamo", "torchscript"):
-            raise BadInputError(f"--exporter {self.exporter!r}: choose dynamo or torchscript")
+            raise BadInputError(f"`exporter` {self.exporter!r}: choose dynamo or torchscript")
         if self.threads is not None and self.threads < 1:
-            raise BadInputError(f"--threads {self.threads} must be >= 1")
+            raise BadInputError(f"`threads` {self.threads} must be >= 1")
 
 
 class Ui:
@@ -100,30 +115,21 @@ class Ui:
 
 def resolve_backend(name: str) -> tuple[str, str]:
     """("ort" | "trt", text for reports); exit 5 when TensorRT is asked for and missing."""
-    from exporters.tensorrt import tensorrt_available
-
     if name not in ("auto", "ort", "trt"):
-        raise BadInputError(f"--backend {name!r}: choose auto, ort or trt")
+        raise BadInputError(f"`backend` {name!r}: choose auto, ort or trt")
     if name in ("auto", "trt"):
         ok, reason = tensorrt_available()
         if ok:
             return "trt", reason + " (fp32, engine time without host copies)"
         if name == "trt":
-            raise BackendUnavailableError(f"{reason}; `deploy claims --backend ort` runs the claims on ONNX Runtime CPU")
-    import onnxruntime
-
+            raise BackendUnavailableError(f"{reason}; the `backend` ort runs the claims on ONNX Runtime CPU")
     return "ort", f"ONNX Runtime {onnxruntime.__version__} CPU"
 
 
 def open_runtime(onnx_path: Path, backend: str, threads: Optional[int], max_batch: int) -> Any:
     """An ONNX Runtime session, or a TensorRT engine built from the ONNX (profile 1..max_batch)."""
     if backend == "ort":
-        from validators.runtimes import OrtRuntime
-
         return OrtRuntime(onnx_path, threads=threads, spin=False)  # sessions take turns: no spinning
-    from exporters.tensorrt import build_engine, validate_build_options
-    from validators.trt_runtime import TensorRTRuntime
-
     engine = onnx_path.with_suffix(".plan")
     build_engine(validate_build_options(onnx_path, engine, min_batch=1, opt_batch=max_batch, max_batch=max_batch))
     return TensorRTRuntime(engine)
@@ -133,13 +139,6 @@ def open_runtime(onnx_path: Path, backend: str, threads: Optional[int], max_batc
 
 def make_checkpoint(entry: MatrixEntry, input_size: Optional[int], seed: int, path: Path) -> tuple[int, ...]:
     """Seeded random weights and BN statistics, as `deploy zoo create`; returns the input shape."""
-    import torch
-
-    from deploy.checkpoint import save_checkpoint
-    from deploy.models.random_init import randomize_model
-    from deploy.models.registry import build_model
-    from deploy.pipeline import probe_forward
-
     torch.manual_seed(seed)
     model = build_model(entry.arch, entry.conv, **entry.kwargs).eval()
     if input_size is not None:
@@ -154,9 +153,6 @@ def make_checkpoint(entry: MatrixEntry, input_size: Optional[int], seed: int, pa
 
 def export_entry(entry: MatrixEntry, ckpt: Path, out_dir: Path, settings: ClaimsSettings, rec: ModelRecord) -> None:
     """run_export with the entry's fold/simplify; parity failures are recorded, not raised."""
-    from deploy.atomic import sha256_file
-    from deploy.pipeline import ExportOptions, run_export
-
     samples = settings.parity_samples or settings.defaults()["parity_samples"]
     opts = ExportOptions(checkpoint=ckpt, output=out_dir / f"{entry.stem}.onnx", fold=entry.fold,
                          simplify=entry.simplify, strict=False, samples=samples, seed=settings.seed)
@@ -165,7 +161,7 @@ def export_entry(entry: MatrixEntry, ckpt: Path, out_dir: Path, settings: Claims
     try:
         outcome = run_export(opts)
     except ParityError as exc:
-        if entry is BASELINE:
+        if entry == baseline_entry():
             raise
         rec.parity_passed, rec.parity_detail, rec.skipped = False, str(exc), "parity failed"
         rec.extra["export_seconds"] = time.perf_counter() - start
@@ -173,7 +169,7 @@ def export_entry(entry: MatrixEntry, ckpt: Path, out_dir: Path, settings: Claims
     rec.graph = outcome.graph
     rec.parity_passed = outcome.parity.passed
     rec.parity_detail = "; ".join(outcome.parity.summary().splitlines())
-    fold = outcome.report.get("fold") or {}
+    fold = outcome.report.fold.to_dict() if outcome.report.fold else {}
     rec.extra.update(onnx=str(outcome.onnx_path), onnx_sha256=sha256_file(outcome.onnx_path),
                      export_seconds=time.perf_counter() - start, fold=fold, report=str(outcome.report_path))
 
@@ -181,12 +177,11 @@ def export_entry(entry: MatrixEntry, ckpt: Path, out_dir: Path, settings: Claims
 def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, backend: str, input_shape: tuple[int, ...],
                  ui: Ui) -> tuple[dict[tuple[str, int], RatioMeasure], list[dict[str, Any]]]:
     """Interleaved A/B of every exported model against the baseline, at every batch."""
-    from validators.latency import interleaved
-
     batches = settings.batch_list()
-    todo = [r for r in records.values() if r.entry is not BASELINE and "onnx" in r.extra]
+    baseline = baseline_entry()
+    base = records[baseline.key]
+    todo = [r for r in records.values() if r is not base and "onnx" in r.extra]
     ui.phase("timing", sum(settings.seconds_for(b) for b in batches) * len(todo))
-    base = records[BASELINE.key]
     start = time.perf_counter()
     base_rt = open_runtime(Path(base.extra["onnx"]), backend, settings.threads, max(batches))
     base.extra["session_load_s"] = time.perf_counter() - start
@@ -201,13 +196,13 @@ def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, back
         rec.extra["session_load_s"] = time.perf_counter() - start
         for b in batches:
             budget = settings.seconds_for(b)
-            ui.item(f"timing {rec.entry.label} vs {BASELINE.label}, batch {b} (~{budget:.0f} s)")
+            ui.item(f"timing {rec.entry.label} vs {baseline.label}, batch {b} (~{budget:.0f} s)")
             with ui.budget(budget):
                 ab = interleaved(rt, base_rt, inputs[b], warmup=warmup, iters=settings.iters, duration=budget,
                                  seed=settings.seed)
             m = RatioMeasure.from_ab(ab)
             measures[(rec.entry.key, b)] = m
-            raw.append({"model": rec.entry.key, "baseline": BASELINE.key, "batch": b, **ab.to_dict()})
+            raw.append({"model": rec.entry.key, "baseline": baseline.key, "batch": b, **ab.to_dict()})
             ui.log(f"{rec.entry.label}, batch {b}: ratio {m.text()}, CoV {100 * m.cov:.1f} %, {m.pairs} pairs")
         del rt
     return measures, raw
@@ -238,48 +233,39 @@ def _notes(settings: ClaimsSettings, backend: str, records: dict[str, ModelRecor
                      "unfolded export (claim 2) is folded by the runtime at load time; its graph check shows what a "
                      "strict deploy target sees.")
     if settings.quick:
-        notes.append("--quick: small inputs, short timing budgets and the faster TorchScript exporter, for CI; "
+        notes.append("quick mode: small inputs, short timing budgets and the faster TorchScript exporter, for CI; "
                      "use the full run for conclusions.")
     notes += [f"{r.entry.label}: {r.skipped}" for r in records.values() if r.skipped]
     return notes
 
 
-def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], ui: Optional[Ui] = None) -> dict[str, Any]:
-    """Do the whole run and write DIR/claims.{json,md,png}; returns the document."""
-    from deploy.atomic import sha256_file
-    from deploy.commands.bench import host_device
-    from deploy.commands.zoo import zoo_row
-    from deploy.pipeline import device_description, versions
-
-    ui = ui or Ui()
-    t0 = time.perf_counter()
-    settings.check()
-    batches = settings.batch_list()
-    backend, backend_text = resolve_backend(settings.backend)
+def _output_dir(settings: ClaimsSettings) -> Path:
     out = Path(settings.output_dir)
     if out.exists() and not out.is_dir():
-        raise BadInputError(f"-o {out} is a file: give a directory for claims.json, claims.md and claims.png")
+        raise BadInputError(f"output {out} is a file: give a directory for claims.json, claims.md and claims.png")
     if not out.parent.is_dir():
-        raise BadInputError(f"the parent of -o {out} does not exist: create it first")
-    out.mkdir(exist_ok=True)
-    input_size = settings.input_size or settings.defaults()["input_size"]
-    records = {e.key: ModelRecord(e) for e in entries}
+        raise BadInputError(f"the parent of the output directory {out} does not exist: create it first")
+    return out
 
+
+def make_checkpoints(records: dict[str, ModelRecord], settings: ClaimsSettings, out: Path,
+                     ui: Ui) -> tuple[int, ...]:
+    """One checkpoint per model (folded and unfolded share it) and its paper-form counts; the
+    baseline's input shape. A model that cannot take the input size is marked skipped."""
+    input_size = settings.input_size or settings.defaults()["input_size"]
+    entries = [r.entry for r in records.values()]
     ui.phase("checkpoints", len({e.checkpoint_stem for e in entries}))
-    ckpts: dict[str, Path] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     rows: dict[str, dict[str, Any]] = {}
     for e in entries:
-        if e.checkpoint_stem in ckpts or e.checkpoint_stem in shapes:
+        if e.checkpoint_stem in shapes:
             continue
         ui.item(f"checkpoint {e.label.split(' (')[0]}: seeded weights and BN statistics")
-        path = out / f"{e.checkpoint_stem}.pt"
         rows[e.checkpoint_stem] = zoo_row(e.arch, e.conv, e.kwargs)
         try:
-            shapes[e.checkpoint_stem] = make_checkpoint(e, input_size, settings.seed, path)
-            ckpts[e.checkpoint_stem] = path
+            shapes[e.checkpoint_stem] = make_checkpoint(e, input_size, settings.seed, out / f"{e.checkpoint_stem}.pt")
         except BadInputError as exc:
-            if e is BASELINE:
+            if e == baseline_entry():
                 raise
             shapes[e.checkpoint_stem] = ()
             for r in records.values():
@@ -289,53 +275,72 @@ def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], ui: Optiona
         ui.advance()
     for r in records.values():
         r.paper_form = {k: rows[r.entry.checkpoint_stem][k] for k in ("params", "macs", "input_shape")}
-        if r.entry.checkpoint_stem in ckpts:
-            r.extra.update(checkpoint=str(ckpts[r.entry.checkpoint_stem]),
-                           checkpoint_sha256=sha256_file(ckpts[r.entry.checkpoint_stem]))
-    input_shape = shapes[BASELINE.checkpoint_stem]
+        if shapes[r.entry.checkpoint_stem]:
+            ckpt = out / f"{r.entry.checkpoint_stem}.pt"
+            r.extra.update(checkpoint=str(ckpt), checkpoint_sha256=sha256_file(ckpt))
+    return shapes[baseline_entry().checkpoint_stem]
 
+
+def export_all(records: dict[str, ModelRecord], settings: ClaimsSettings, out: Path, ui: Ui) -> None:
     todo = [r for r in records.values() if not r.skipped]
     ui.phase("exports", len(todo))
     for r in todo:
         ui.item(f"export {r.entry.label}: fold, ONNX, simplify, graph check, parity")
-        export_entry(r.entry, ckpts[r.entry.checkpoint_stem], out, settings, r)
+        export_entry(r.entry, Path(r.extra["checkpoint"]), out, settings, r)
+        flagged = r.graph is not None and r.graph.reasons
         ui.log(f"exported {r.entry.label} in {r.extra['export_seconds']:.0f} s: parity "
-               f"{'ok' if r.parity_passed else 'FAILED'}" + (f", graph check flagged {len(r.graph.reasons)} issue(s)"
-                                                          if r.graph is not None and r.graph.reasons else ""))
+               f"{'ok' if r.parity_passed else 'FAILED'}"
+               + (f", graph check flagged {len(r.graph.reasons)} issue(s)" if flagged and r.graph else ""))
         ui.advance()
 
-    measures, raw = time_entries(records, settings, backend, input_shape, ui)
-    claims = evaluate(records, measures, batches, settings.cov_limit)
-    now = time.gmtime()
+
+def _settings_doc(settings: ClaimsSettings, input_shape: tuple[int, ...], entries: list[str]) -> dict[str, Any]:
+    batches = settings.batch_list()
+    d = settings.defaults()
+    return {"quick": settings.quick, "input_shape": list(input_shape), "batches": batches,
+            "band": list(ZERO_OVERHEAD_BAND), "faster_band": list(FASTER_BAND), "cov_limit": settings.cov_limit,
+            "parity_samples": settings.parity_samples or d["parity_samples"],
+            "warmup": settings.warmup or d["warmup"], "iters": settings.iters,
+            "exporter": settings.exporter or d["exporter"],
+            "seconds_per_comparison": {str(b): settings.seconds_for(b) for b in batches},
+            "seeds": {"weights": settings.seed, "parity": settings.seed, "inputs": settings.seed,
+                      "bootstrap": settings.seed},
+            "models": entries}
+
+
+def _environment_doc(settings: ClaimsSettings, backend: str, backend_text: str) -> dict[str, Any]:
     device = device_description()
     device_text = host_device()
     if backend == "trt":
-        from exporters.tensorrt import running_environment
-
         device["gpu"] = running_environment()
         device_text = f"{device['gpu'].get('gpu_name')} (host {device_text})"
+    threads = f", {settings.threads} intra-op thread(s)" if backend == "ort" and settings.threads else ""
+    return {"versions": versions(), "device": device, "device_text": device_text,
+            "backend": {"name": "onnxruntime" if backend == "ort" else "tensorrt", "text": backend_text + threads,
+                        "threads": settings.threads if settings.threads else "runtime default"}}
+
+
+def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], ui: Optional[Ui] = None) -> dict[str, Any]:
+    """Do the whole run and write DIR/claims.{json,md,png}; returns the document."""
+    ui = ui or Ui()
+    t0 = time.perf_counter()
+    settings.check()
+    batches = settings.batch_list()
+    backend, backend_text = resolve_backend(settings.backend)
+    out = _output_dir(settings)
+    out.mkdir(exist_ok=True)
+    records = {e.key: ModelRecord(e) for e in entries}
+    input_shape = make_checkpoints(records, settings, out, ui)
+    export_all(records, settings, out, ui)
+    measures, raw = time_entries(records, settings, backend, input_shape, ui)
+    claims = evaluate(records, measures, batches, settings.cov_limit)
+    now = time.gmtime()
     doc: dict[str, Any] = {
-        "format": "convdeploy-claims/1",
-        "title": "convdeploy claims",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
-        "date": time.strftime("%Y-%m-%d", now),
-        "versions": versions(),
-        "device": device,
-        "device_text": device_text,
-        "backend": {"name": "onnxruntime" if backend == "ort" else "tensorrt",
-                    "text": backend_text + (f", {settings.threads} intra-op thread(s)"
-                                            if backend == "ort" and settings.threads else ""),
-                    "threads": settings.threads if settings.threads else "runtime default"},
-        "settings": {"quick": settings.quick, "input_shape": list(input_shape), "batches": batches,
-                     "band": list(ZERO_OVERHEAD_BAND), "faster_band": list(FASTER_BAND), "cov_limit": settings.cov_limit,
-                     "parity_samples": settings.parity_samples or settings.defaults()["parity_samples"],
-                     "warmup": settings.warmup or settings.defaults()["warmup"], "iters": settings.iters,
-                     "exporter": settings.exporter or settings.defaults()["exporter"],
-                     "seconds_per_comparison": {str(b): settings.seconds_for(b) for b in batches},
-                     "seeds": {"weights": settings.seed, "parity": settings.seed, "inputs": settings.seed,
-                               "bootstrap": settings.seed},
-                     "models": [e.key for e in entries]},
-        "paper": PAPER,
+        "format": "convdeploy-claims/1", "title": "convdeploy claims",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now), "date": time.strftime("%Y-%m-%d", now),
+        **_environment_doc(settings, backend, backend_text),
+        "settings": _settings_doc(settings, input_shape, [e.key for e in entries]),
+        "paper": paper_figures(),
         "models": [_model_doc(r) for r in records.values()],
         "latency": raw,
         "latency_rows": latency_rows(records, measures, batches),

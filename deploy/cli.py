@@ -1,7 +1,7 @@
 """The `deploy` command line: wires the pipeline's plain functions together and prints.
 
 Every command runs inside ``deploy.commands.common.guarded()``: a ``ConvDeployError`` becomes one line on
-stderr and its exit code (DESIGN.md), anything else is a bug (exit 1) whose traceback
+stderr and its exit code (docs/architecture.md), anything else is a bug (exit 1) whose traceback
 is shown with ``deploy --debug …``.
 """
 

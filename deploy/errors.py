@@ -1,4 +1,4 @@
-"""Exceptions a user can act on, each tied to the CLI exit code of DESIGN.md.
+"""Exceptions a user can act on, each tied to the CLI exit code of docs/architecture.md.
 
 The CLI catches ``ConvDeployError`` and exits with ``exit_code``; anything else is a
 bug and exits 1 with a traceback hint.

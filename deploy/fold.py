@@ -1,6 +1,6 @@
 """fold_model(): turn a trained network into its deploy form, exactly, and prove it.
 
-Three passes, in this order (DESIGN.md, "Conventions"):
+Three passes, in this order (docs/architecture.md, "Conventions"):
 
 1. every layer that folds into one convolution (``folds_to_conv``: CoC, DO-Conv) is
    replaced in its parent by the ``nn.Conv2d`` its ``to_conv2d()`` returns;

@@ -1,22 +1,16 @@
-"""`deploy validate`: step 6 of the export alone, on an ONNX file made earlier."""
+"""`deploy validate`: the parity step of the export alone, on an ONNX file made earlier."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+import onnx
 
 from deploy.atomic import sha256_file
-from deploy.checkpoint import load_checkpoint
-from deploy.environment import device_description, versions
-from deploy.fold import fold_model
-from deploy.pipeline import (
-    explain_parity_failure,
-    held_out_accuracy,
-    probe_forward,
-    resolve_input_shape,
-    tolerance_from,
-)
+from deploy.report import RunReport
+from deploy.steps import fold_step, held_out_accuracy, load_step, parity_batches, parity_step, tolerance_from
+from validators.runtimes import OrtRuntime
 
 
 def run_validate(
@@ -25,43 +19,25 @@ def run_validate(
     *,
     samples: int = 8,
     seed: int = 0,
-    atol: Optional[float] = None,
-    rtol: Optional[float] = None,
-    input_size: Optional[int] = None,
-    arch: Optional[str] = None,
-    conv: Optional[str] = None,
-    conv_kwargs: Optional[dict[str, Any]] = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    input_size: int | None = None,
+    arch: str | None = None,
+    conv: str | None = None,
+    conv_kwargs: dict[str, Any] | None = None,
     trust_pickle: bool = False,
-) -> tuple[dict[str, Any], Any]:
-    """Step 6 of the export alone: training form vs folded vs ONNX Runtime; returns (report, parity)."""
-    import onnx
-
-    from validators.parity import check_parity
-    from validators.runtimes import OrtRuntime, TorchRuntime
-
+) -> RunReport:
+    """Training form vs folded vs ONNX Runtime on ``onnx_path``; the report says whether parity holds."""
     tol = tolerance_from(atol, rtol)
-    loaded = load_checkpoint(checkpoint, arch=arch, conv=conv, conv_kwargs=conv_kwargs, trust_pickle=trust_pickle)
-    input_shape = resolve_input_shape(loaded, input_size)
-    probe_forward(loaded.model, input_shape)
+    loaded, input_shape = load_step(Path(checkpoint), arch=arch, conv=conv, conv_kwargs=dict(conv_kwargs or {}),
+                                    trust_pickle=trust_pickle, input_size=input_size)
     ort = OrtRuntime(onnx_path, name="onnxruntime-cpu")
     dim0 = ort.session.get_inputs()[0].shape[0]
-    batches = (dim0,) if isinstance(dim0, int) else (1, 3)
-    folded, fold_report = fold_model(loaded.model, probe_shape=input_shape, seed=seed)
-    reference = TorchRuntime(loaded.model, name="training-form")
-    parity = check_parity(reference, [TorchRuntime(folded, name="folded-torch"), ort], input_shape, samples, batches, seed, tol)
-    if not parity.passed:
-        explain_parity_failure(parity, fold_report, folded, onnx.load(str(onnx_path)), input_shape, tol, seed)
-    report = {
-        "tool": "convdeploy validate",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": versions(),
-        "device": device_description(),
-        "input": {"path": str(checkpoint), **loaded.describe()},
-        "onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
-        "seeds": {"parity": seed, "fold_probe": seed},
-        "tolerance": parity.tolerance,
-        "fold": fold_report.to_dict(),
-        "parity": parity.to_dict(),
-        "accuracy": held_out_accuracy(loaded, {"training_form": reference.run, "onnxruntime": ort.run}),
-    }
-    return report, parity
+    folded, fold_report = fold_step(loaded, input_shape, seed)
+    proto = onnx.load(str(onnx_path))
+    parity, runs = parity_step(loaded, folded, ort, proto, input_shape,
+                               parity_batches(dim0 if isinstance(dim0, int) else None), samples, seed, tol, fold_report)
+    runs.pop("folded")
+    return RunReport("convdeploy validate", {"path": str(checkpoint), **loaded.describe()}, parity, seed,
+                     fold=fold_report, accuracy=held_out_accuracy(loaded, runs),
+                     onnx={"path": str(onnx_path), "sha256": sha256_file(onnx_path)})

@@ -1,4 +1,4 @@
-"""torch -> ONNX export, atomic save and onnxsim simplification (DESIGN.md; issue 3, steps 3-4).
+"""torch -> ONNX export, atomic save and onnxsim simplification (docs/architecture.md).
 
 One clear way to write: ``export_onnx`` returns the checked ``onnx.ModelProto`` and
 writes nothing unless a ``path`` is given; the pipeline exports with ``path=None``,
@@ -31,6 +31,8 @@ from torch import nn
 
 from deploy.atomic import check_output_path, write_bytes_atomic
 from deploy.errors import BadInputError, GraphCheckError
+from deploy.metrics import Tolerance, compare
+from validators.runtimes import OrtRuntime
 
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
 #: Protobuf cannot serialize a message of 2 GiB or more; above this, weights go to ``<name>.data``.
@@ -139,9 +141,9 @@ def export_onnx_detailed(
     except BadInputError:
         raise
     except Exception as exc:
-        hint = "try --exporter torchscript" if exporter == "dynamo" else "try --exporter dynamo"
+        hint = "try the `exporter` torchscript" if exporter == "dynamo" else "try the `exporter` dynamo"
         if dynamic_batch:
-            hint += " or a fixed --batch N"
+            hint += " or a fixed `batch` N"
         raise BadInputError(f"{exporter} export failed ({_first_line(exc)}): {hint}") from exc
     seconds = time.perf_counter() - start
     if dynamic_batch:
@@ -304,10 +306,7 @@ def simplify_onnx(
     input at batch 2, or the fixed batch). Otherwise return the input graph and say why.
     Node and model ``metadata_props`` (module scopes, our metadata) are carried over by node name.
     """
-    import onnxsim
-
-    from validators.parity import Tolerance, compare
-    from validators.runtimes import OrtRuntime
+    import onnxsim  # noqa: PLC0415 - heavy (its own onnxruntime and protobuf stack): only the simplify step needs it
 
     tol = tol or Tolerance()
     before = op_histogram(model_proto)

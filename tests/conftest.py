@@ -8,7 +8,7 @@ import pytest
 
 
 def _gpu_ready() -> tuple[bool, str]:
-    from exporters.tensorrt import tensorrt_available
+    from validators.trt_env import tensorrt_available
 
     return tensorrt_available()
 
@@ -52,7 +52,7 @@ class CliRun:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
     def one_error_line(self) -> str:
-        """The run's only error line (DESIGN.md: one line naming the problem and the fix), after
+        """The run's only error line (docs/architecture.md: one line naming the problem and the fix), after
         checking that no traceback was printed and the guard turned the error into an exit code."""
         lines = [ln for ln in self.error_lines if not ln.startswith("warning:")]
         assert len(lines) == 1 and lines[0].startswith("error: "), self.stderr

@@ -52,7 +52,7 @@ def test_pickled_module_needs_trust_and_is_never_modified(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(_module(), path)
     before = path.read_bytes()
-    with pytest.raises(BadInputError, match="--trust-pickle"):
+    with pytest.raises(BadInputError, match="`trust_pickle`"):
         load_checkpoint(path)
     with pytest.warns(UserWarning, match="runs code"):
         loaded = load_checkpoint(path, trust_pickle=True)
@@ -80,7 +80,7 @@ def test_nan_weights_are_refused():
 def test_bare_state_dict_without_arch_asks_for_it(tmp_path):
     path = tmp_path / "bare.pt"
     torch.save(_module().state_dict(), path)
-    with pytest.raises(BadInputError, match="--arch and --conv"):
+    with pytest.raises(BadInputError, match="give `arch` and `conv`"):
         load_checkpoint(path)
 
 

@@ -1,6 +1,6 @@
-"""`deploy claims` (issue 5): verdict rules, a broken fold refuted, and --quick end to end.
+"""`deploy claims`: verdict rules, a broken fold refuted, and --quick end to end.
 
-Latency verdicts are never asserted (DESIGN.md: shared, noisy machines); the structural
+Latency verdicts are never asserted (docs/architecture.md: shared, noisy machines); the structural
 parts (params, MACs, op histograms, parity) are deterministic and are asserted exactly.
 """
 
@@ -13,23 +13,25 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from deploy.claims_matrix import MATRIX, ModelRecord, evaluate, select_entries
+from deploy.claims_matrix import ModelRecord, evaluate, matrix, select_entries
 from deploy.cli import app
-from deploy.commands.zoo import zoo_row
+
 from deploy.errors import BadInputError
 from deploy.fold import fold_model
 from deploy.models.random_init import randomize_model
 from deploy.models.registry import build_model
+from deploy.zoo_counts import zoo_row
 from exporters.onnx import export_onnx
 from validators.claims import (CONFIRMED, FAIL, INCONCLUSIVE, PASS, REFUTED, Part, RatioMeasure, exit_code_for,
                                interval_status, make_claim, verdict_from, zero_overhead_claim)
 from validators.graph import check_graph
 from validators.latency import interleaved
 from validators.parity import check_parity
-from validators.runtimes import OrtRuntime, TorchRuntime
+from validators.runtimes import OrtRuntime
+from validators.torch_runtime import TorchRuntime
 
 runner = CliRunner()
-ENTRY = {e.key: e for e in MATRIX}
+ENTRY = {e.key: e for e in matrix()}
 
 
 def measure(ci: tuple[float, float], cov: float, ratio: float | None = None) -> RatioMeasure:
@@ -69,7 +71,7 @@ def test_verdict_precedence_and_exit_code():
 def test_select_entries():
     keys = [e.key for e in select_entries(["doconv,sp-1/2", "sc"])]
     assert keys == ["plain", "doconv", "doconv-unfolded", "sc", "sp-1/2"]
-    assert [e.key for e in select_entries(None)] == [e.key for e in MATRIX]
+    assert [e.key for e in select_entries(None)] == [e.key for e in matrix()]
     assert len(select_entries(["sp"])) == 4
     with pytest.raises(BadInputError, match="unknown nope"):
         select_entries(["nope"])
@@ -208,7 +210,7 @@ def test_quick_end_to_end(tmp_path):
 
 
 def test_trt_backend_unavailable_exits_5(tmp_path):
-    from exporters.tensorrt import tensorrt_available
+    from validators.trt_env import tensorrt_available
 
     if tensorrt_available()[0]:
         pytest.skip("TensorRT is available here")

@@ -1,5 +1,5 @@
-"""Every bad input of issue 3 through `deploy export` (and `deploy validate`): the exit code of
-DESIGN.md, one line naming the problem and the fix, no traceback (unless --debug), no output
+"""Every bad input through `deploy export` (and `deploy validate`): the exit code of
+docs/architecture.md, one line naming the problem and the fix, no traceback (unless --debug), no output
 file of any kind left behind, and the input file's bytes unchanged.
 """
 
@@ -88,10 +88,10 @@ CASES: dict[str, Case] = {
         lambda d, z: (_write(d / "r.pt", np.random.default_rng(0).bytes(8192)), []),
         2, ("not a PyTorch checkpoint", "torch.save")),
     "bare-state-dict-without-arch": Case(
-        lambda d, z: (_save(_state(z)["state_dict"], d / "sd.pt"), []), 2, ("bare state_dict", "pass --arch and --conv")),
+        lambda d, z: (_save(_state(z)["state_dict"], d / "sd.pt"), []), 2, ("bare state_dict", "give --arch and --conv")),
     "resnet20-weights-as-resnet18": Case(
         lambda d, z: (_save(_state(z)["state_dict"], d / "sd.pt"), ["--arch", "resnet18", "--conv", "plain"]), 2,
-        ("do not fit resnet18", "missing keys layer4.0.", "unexpected keys layer1.2.", "pass the --arch/--conv")),
+        ("do not fit resnet18", "missing keys layer4.0.", "unexpected keys layer1.2.", "give the --arch, --conv and --conv-opt")),
     "convdeploy-checkpoint-with-other-arch": Case(
         lambda d, z: (_zoo_copy(d, z), ["--arch", "resnet18"]), 2,
         ("convdeploy checkpoint of resnet20", "--arch resnet18", "drop --arch")),
@@ -261,7 +261,7 @@ def test_real_process_one_line_then_traceback_with_debug(tmp_path) -> None:
 
 
 def test_engine_without_tensorrt_is_exit_5_before_any_work(zoo_checkpoint, deploy_cli, tmp_path) -> None:
-    from exporters.tensorrt import tensorrt_available
+    from validators.trt_env import tensorrt_available
 
     if tensorrt_available()[0]:
         pytest.skip("TensorRT and a GPU are present here: the engine path is covered by the gpu tests")

@@ -6,10 +6,10 @@ import torch
 from deploy.fold import fold_model
 from deploy.models.complexity import count_macs, count_params
 from deploy.models.random_init import randomize_model
-from deploy.models.registry import ARCHS, build_model, supported_convs
+from deploy.models.registry import archs, build_model, supported_convs
 
 PROBE = {"scnet50": (3, 128, 128), "scnet101": (3, 128, 128), "resnet20": (3, 32, 32)}
-ENTRIES = [(arch, conv) for arch in ARCHS for conv in supported_convs(arch)]
+ENTRIES = [(arch, conv) for arch in archs() for conv in supported_convs(arch)]
 
 
 def _model(arch: str, conv: str, seed: int = 0) -> torch.nn.Module:

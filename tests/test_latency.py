@@ -1,6 +1,6 @@
 """The benchmark harness (validators/latency.py) and `deploy bench` on ONNX Runtime (CPU).
 
-No absolute time is asserted anywhere (DESIGN.md): only internal consistency of the
+No absolute time is asserted anywhere (docs/architecture.md): only internal consistency of the
 statistics, exact values on known samples, and ratios with their intervals.
 """
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from deploy.errors import BadInputError
 from exporters.onnx import export_onnx, export_onnx_detailed, op_histogram, save_onnx, simplify_onnx
-from validators.parity import Tolerance
+from deploy.metrics import Tolerance
 from validators.runtimes import OrtRuntime
 
 SHAPE = (3, 32, 32)

@@ -14,8 +14,10 @@ from torch import nn
 from deploy.errors import BackendUnavailableError, BadInputError, ParityError
 from exporters.onnx import export_onnx, simplify_onnx
 from validators.divergence import locate_divergence
-from validators.parity import Tolerance, check_parity, compare, first_divergence, seeded_inputs
-from validators.runtimes import OrtRuntime, TorchRuntime
+from deploy.metrics import Tolerance, compare
+from validators.parity import check_parity, first_divergence, seeded_inputs
+from validators.runtimes import OrtRuntime
+from validators.torch_runtime import TorchRuntime
 
 SHAPE = (3, 32, 32)
 

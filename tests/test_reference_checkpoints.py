@@ -1,4 +1,4 @@
-"""Checkpoints written by the papers' reference code load strictly (issue 3, step 1).
+"""Checkpoints written by the papers' reference code load strictly.
 
 The state_dicts below use the reference implementations' key names and shapes (SCNet's
 scnet.py, SPConv's resnet_sp.py, the DO-Conv layer; see the papers' README): they are built

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 from deploy.commands.bench import bench, build
 from deploy.commands.common import guarded
 from deploy.errors import BadInputError
-from exporters.tensorrt import (BatchProfile, OnnxInput, build_engine, check_batch_in_profile, check_engine_compat,
-                                compute_profile, engine_metadata, load_engine_metadata, metadata_path, onnx_input,
-                                tensorrt_available, validate_build_options)
+from exporters.tensorrt import OnnxInput, build_engine, compute_profile, engine_metadata, onnx_input, validate_build_options
+from validators.trt_env import (BatchProfile, check_batch_in_profile, check_engine_compat, load_engine_metadata,
+                                metadata_path, tensorrt_available)
 
 TRT_OK, TRT_REASON = tensorrt_available()
 no_trt_here = pytest.mark.skipif(TRT_OK, reason="TensorRT and a GPU are present: exit 5 does not apply")
@@ -114,7 +114,7 @@ def test_validate_build_options(onnx_files: dict[str, Path]) -> None:
     assert validate_build_options(onnx_files["dyn"], d / "e.plan").precision == "fp32"
     bad = [({"onnx_path": d / "nope.onnx"}, "does not exist"), ({"engine_path": d / "e.bin"}, "must end in .plan"),
            ({"engine_path": d / "missing_dir" / "e.plan"}, "does not exist"),
-           ({"workspace_gib": -1}, "--workspace"), ({"timing_cache": d / "no" / "c.bin"}, "--timing-cache"),
+           ({"workspace_gib": -1}, "`workspace`"), ({"timing_cache": d / "no" / "c.bin"}, "`timing_cache`"),
            ({"fp16": True, "tf32": True}, "exclusive")]
     for override, needle in bad:
         kw = {"onnx_path": onnx_files["dyn"], "engine_path": d / "e.plan"} | override
@@ -161,7 +161,7 @@ def test_tensorrt_available_never_raises_and_lazy_import() -> None:
         assert "TensorRT" in reason or "GPU" in reason
     import importlib
 
-    for mod in ("exporters.tensorrt", "validators.trt_runtime", "deploy.commands.bench"):
+    for mod in ("exporters.tensorrt", "validators.trt_env", "validators.trt_runtime", "deploy.commands.bench"):
         importlib.import_module(mod)
     assert TRT_OK or "tensorrt" not in sys.modules
 
@@ -201,13 +201,13 @@ def test_bench_engine_exits_5(onnx_files: dict[str, Path]) -> None:
 def test_bench_onnx_gpu_provider_exits_5(onnx_files: dict[str, Path], provider: str) -> None:
     import onnxruntime as ort
 
-    from deploy.commands.bench import ORT_PROVIDERS
+    from validators.runtimes import ORT_PROVIDERS
 
     if ORT_PROVIDERS[provider] in ort.get_available_providers():
         pytest.skip(f"{ORT_PROVIDERS[provider]} is installed here")
     res = invoke("bench", onnx_files["dyn"], "--provider", provider, "--iters", "3")
     assert res.exit_code == 5, res.output
-    assert ORT_PROVIDERS[provider] in res.output and "runs on CPU" in res.output
+    assert ORT_PROVIDERS[provider] in res.output and "--provider cpu" in res.output
 
 
 def test_build_bad_profile_is_exit_2_before_5(onnx_files: dict[str, Path]) -> None:

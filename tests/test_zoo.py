@@ -9,16 +9,14 @@ from torch import nn
 
 from deploy.errors import BadInputError
 from deploy.models.complexity import count_macs, count_params
-from deploy.models.registry import (
-    ARCHS,
-    CONVS,
-    PAPER_TARGETS,
-    build_model,
-    parse_count,
-    printed_range,
-    supported_convs,
-)
+from deploy.layers.paper import parse_count, printed_range
+from deploy.layers.registry import conv_kinds
+from deploy.models.registry import archs, build_model, paper_targets, supported_convs
 from deploy.models.resnet import CifarResNet, ConvFactory
+
+ARCHS = archs()
+CONVS = tuple(k.name for k in conv_kinds())
+PAPER_TARGETS = paper_targets()
 
 PAPER_CLASSES = {"CoCConv2d": "coc", "DOConv2d": "doconv", "ICConv2d": "ic", "SPConv3x3": "sp"}
 
@@ -234,10 +232,13 @@ def test_kwargs_are_passed_and_recorded():
     [
         (("resnet19",), {}, "unknown arch 'resnet19'"),
         (("resnet50", "octconv"), {}, "unknown conv 'octconv'"),
-        (("scnet50", "plain"), {}, "use conv='sc'"),
-        (("resnet50", "sc"), {}, "cannot be built with conv='sc'"),
+        (("scnet50", "plain"), {}, "scnet50 is resnet50 with conv='sc'"),
+        (("resnet50", "sc"), {}, "is called scnet50"),
+        (("resnet18", "sc"), {}, "cannot be built with conv='sc'"),
         (("resnet50", "coc"), {"ratio": 0.5}, "does not take ratio"),
-        (("resnet18",), {"alpha": 1.0}, "its options are none"),
+        (("resnet18",), {"alpha": 1.0}, "it takes no options"),
+        (("resnet20", "sp"), {"ratio": "half"}, "is not a number"),
+        (("resnet20", "ic"), {"learn_alpha": 1}, "is not true or false"),
         (("resnet20", "sp"), {"ratio": 0.0}, "cannot build resnet20"),
         (("resnet20",), {"num_classes": 0}, "num_classes"),
     ],

@@ -56,9 +56,16 @@ def test_zoo_create_is_seeded_and_has_nontrivial_batchnorm(tmp_path):
 
 def test_zoo_create_bad_options_write_nothing(tmp_path):
     cases = [
-        (["resnet20", "--conv", "plain", "--ratio", "0.5"], "--ratio applies to --conv sp only"),
+        (["resnet20", "--conv", "plain", "--ratio", "0.5"], "conv 'plain' does not take ratio: it takes no options"),
+        (["resnet20", "--conv", "sp", "--conv-opt", "alpha=2"], "conv 'sp' does not take alpha: its options are ratio"),
+        (["resnet20", "--conv", "sp", "--conv-opt", "ratio=half"], "option ratio='half' is not a number"),
+        (["resnet20", "--conv", "coc", "--conv-opt", "skip=maybe"], "option skip='maybe' is not true or false"),
+        (["resnet20", "--conv", "sp", "--conv-opt", "ratio"], "give KEY=VALUE"),
+        (["resnet20", "--conv-opt", "ratio=0.5"], "need --conv"),
+        (["resnet20", "--conv", "sp", "--ratio", "0.5", "--conv-opt", "ratio=0.25"], "both given"),
+        (["resnet20", "--conv", "nope"], "unknown conv 'nope': choose one of plain, coc, doconv, ic, sc, sp"),
         (["resnet20", "--conv", "sp", "--ratio", "0.3"], "ratio"),
-        (["resnet20", "--conv", "sc"], "sc"),
+        (["resnet20", "--conv", "sc"], "cannot be built with conv='sc'"),
         (["scnet50", "--conv", "sc", "--input-size", "64"], "cannot take a 64x64 input"),
     ]
     for args, needle in cases:

@@ -1,4 +1,4 @@
-"""Claims as checks with verdicts, and the claims report writers (DESIGN.md, validators/claims.py).
+"""Claims as checks with verdicts, and the claims report writers (docs/architecture.md, validators/claims.py).
 
 Generic on purpose: nothing here knows which paper a layer came from. The caller
 (deploy/claims_matrix.py) passes in the numbers a paper prints and the bands a claim
@@ -30,7 +30,7 @@ from validators.graph import compare_reports
 
 PASS, FAIL, INCONCLUSIVE, INFO = "pass", "fail", "inconclusive", "info"
 CONFIRMED, REFUTED, REPORTED = "confirmed", "refuted", "reported"
-COV_LIMIT = 0.05  # DESIGN.md: warn above 5 %
+COV_LIMIT = 0.05  # docs/architecture.md: warn above 5 %
 
 
 @dataclass
@@ -217,7 +217,7 @@ def zero_overhead_claim(claim: str, title: str, subject: str, candidate: Any, tw
 
 
 def exit_code_for(claims: Iterable[ClaimResult]) -> int:
-    """6 when any claim is refuted (DESIGN.md exit codes), else 0."""
+    """6 when any claim is refuted (docs/architecture.md exit codes), else 0."""
     return 6 if any(c.verdict == REFUTED for c in claims) else 0
 
 
@@ -257,7 +257,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     shape = "x".join(str(d) for d in s["input_shape"])
     lines = [f"# {doc.get('title', 'Claims')}", "",
              f"Measured {doc['date']} on {doc['device_text']} with {doc['backend']['text']}; input {shape}, "
-             f"batches {', '.join(map(str, batches))}{' (--quick)' if s.get('quick') else ''}. "
+             f"batches {', '.join(map(str, batches))}{' (quick mode)' if s.get('quick') else ''}. "
              f"Ratios are latency / baseline (median of interleaved A/B runs, 95 % bootstrap interval).", "",
              "| # | claim | model | verdict | " + " | ".join(f"ratio b={b}" for b in batches) + " | why |",
              "|---" * (5 + len(batches)) + "|"]

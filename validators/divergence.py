@@ -1,6 +1,6 @@
 """First-diverging-layer search: torch forward hooks vs every intermediate ONNX tensor.
 
-Used by ``validators.parity.first_divergence`` when parity fails (issue 3, step 6).
+Used by ``validators.parity.first_divergence`` when parity fails.
 
 How a torch module is matched to an ONNX tensor:
 
@@ -35,7 +35,8 @@ import onnx
 import torch
 from torch import nn
 
-from validators.parity import Tolerance, compare
+from deploy.metrics import Tolerance, compare
+from validators.runtimes import all_node_outputs
 
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
@@ -104,8 +105,6 @@ def _torch_calls(model: nn.Module, x: np.ndarray) -> tuple[list[_Call], np.ndarr
 
 
 def _all_intermediates(onnx_model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
-    from validators.runtimes import all_node_outputs
-
     return {n: v for n, v in all_node_outputs(onnx_model, x).items() if v.dtype.kind == "f"}
 
 

@@ -1,4 +1,4 @@
-"""Static checks of an exported ONNX graph (DESIGN.md, validators/graph.py; issue 3, step 5).
+"""Static checks of an exported ONNX graph (docs/architecture.md, validators/graph.py).
 
 ``check_graph`` verifies that a deploy graph is custom-op free (default ONNX domain only),
 parseable by TensorRT's ONNX parser (packaged support matrix, validators/trt_ops.py), and
@@ -76,7 +76,7 @@ class GraphReport:
     def raise_if_failed(self) -> None:
         """Raise ``GraphCheckError`` (exit 4) with every reason on one line."""
         if self.reasons:
-            raise GraphCheckError("graph check failed: " + "; ".join(self.reasons) + ": fold the model (--fold) "
+            raise GraphCheckError("graph check failed: " + "; ".join(self.reasons) + ": fold the model (`fold`) "
                                   "or replace the flagged layers before deploying")
 
 

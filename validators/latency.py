@@ -1,6 +1,6 @@
 """Benchmark harness: warm-up, timed runs, statistics and interleaved A/B ratios.
 
-DESIGN.md "Measuring speed": warm up, then N timed runs (or a time budget); report
+docs/architecture.md "Measuring speed": warm up, then N timed runs (or a time budget); report
 min, median, mean, p90/p95/p99, max, throughput and the coefficient of variation
 (warn above 5 %). Two artifacts are compared only by interleaving them (A B A B …)
 in one process on the same input, reporting the ratio of medians A/B with a seeded
@@ -63,7 +63,7 @@ class Warmup:
         if isinstance(value, Warmup):
             return value
         if isinstance(value, bool):
-            raise BadInputError(f"--warmup {value!r}: give a run count (10) or seconds (2s)")
+            raise BadInputError(f"`warmup` {value!r}: give a run count (10) or seconds (2s)")
         if isinstance(value, int):
             out = cls(runs=value, seconds=None)
         elif isinstance(value, float):
@@ -78,9 +78,9 @@ class Warmup:
                 else:
                     out = cls(runs=int(text), seconds=None)
             except ValueError:
-                raise BadInputError(f"--warmup {value!r}: give a run count (10) or seconds (2s)") from None
+                raise BadInputError(f"`warmup` {value!r}: give a run count (10) or seconds (2s)") from None
         if (out.runs is not None and out.runs < 0) or (out.seconds is not None and out.seconds < 0):
-            raise BadInputError(f"--warmup {value!r} is negative: use 0 or more")
+            raise BadInputError(f"`warmup` {value!r} is negative: use 0 or more")
         return out
 
     def describe(self) -> str:
@@ -120,7 +120,7 @@ class LatencyStats:
         """Statistics of ``samples_ms`` (one entry per timed batch)."""
         arr = np.asarray(samples_ms, dtype=np.float64)
         if arr.size == 0:
-            raise BadInputError("no timed runs: give --iters >= 1 or a longer --duration")
+            raise BadInputError("no timed runs: give `iters` >= 1 or a longer `duration`")
         if batch < 1:
             raise BadInputError(f"batch {batch} must be >= 1")
         srt = np.sort(arr)
@@ -183,9 +183,9 @@ class _Budget:
 
     def __init__(self, iters: int | None, duration: float | None, started_ns: int):
         if iters is not None and iters < 1:
-            raise BadInputError(f"--iters {iters} must be >= 1")
+            raise BadInputError(f"`iters` {iters} must be >= 1")
         if duration is not None and duration <= 0:
-            raise BadInputError(f"--duration {duration} must be > 0 seconds")
+            raise BadInputError(f"`duration` {duration} must be > 0 seconds")
         if iters is None and duration is None:
             iters, duration = AUTO_ITERS, AUTO_DURATION_S
         self.iters, self.duration, self.started_ns = iters, duration, started_ns

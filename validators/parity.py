@@ -1,25 +1,22 @@
-"""Numerical parity between runtimes (DESIGN.md, validators/parity.py; issue 3, step 6).
+"""Numerical parity between runtimes: the gate every export passes before it is written.
 
-``compare`` measures one output pair; ``check_parity`` runs a reference runtime and any
-number of candidates on K seeded random inputs at batch 1 and at a batch > 1 and applies a
-``Tolerance``; on failure ``first_divergence`` (validators/divergence.py) names the first
-module whose intermediate output differs between PyTorch and the ONNX graph.
-
-Error conventions: ``max_abs_err = max|out - ref|``; ``max_rel_err = max_abs_err / max|ref|``
-(relative to the largest reference magnitude, so near-zero logits do not blow it up);
-cosine similarity per batch row of the flattened outputs, minimum over rows; top-1
-agreement = fraction of rows whose arg-max class is the same.
+``check_parity`` runs a reference runtime and any number of candidates on K seeded random
+inputs at batch 1 and at a batch > 1 and judges each with a ``Tolerance``
+(``deploy.metrics``: the error conventions are there); on failure ``first_divergence``
+(``validators.divergence``) names the first module whose intermediate output differs
+between PyTorch and the ONNX graph.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
 from deploy.errors import BadInputError, ParityError
+from deploy.metrics import Tolerance, compare
+from validators.divergence import locate_divergence
 
 
 class Runtime(Protocol):
@@ -28,72 +25,6 @@ class Runtime(Protocol):
     name: str
 
     def run(self, x: np.ndarray) -> np.ndarray: ...
-
-
-def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    """Error metrics of ``out`` against ``ref`` (same shape, batch on axis 0)."""
-    ref = np.asarray(ref, dtype=np.float64)
-    out = np.asarray(out, dtype=np.float64)
-    if ref.shape != out.shape:
-        raise ParityError(f"output shapes differ: reference {ref.shape} vs candidate {out.shape}: the exported graph is wrong")
-    diff = np.abs(out - ref)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    if diff.size and not np.isfinite(out).all():
-        max_abs = math.inf
-    max_ref = float(np.abs(ref).max()) if ref.size else 0.0
-    max_rel = max_abs / max_ref if max_ref > 0 else (0.0 if max_abs == 0 else math.inf)
-    rows_ref = ref.reshape(ref.shape[0], -1) if ref.ndim else ref.reshape(1, 1)
-    rows_out = out.reshape(out.shape[0], -1) if out.ndim else out.reshape(1, 1)
-    norms = np.linalg.norm(rows_ref, axis=1) * np.linalg.norm(rows_out, axis=1)
-    dots = np.sum(rows_ref * rows_out, axis=1)
-    cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(dots == 0, 1.0, 0.0))
-    cos = np.nan_to_num(cos, nan=-1.0)
-    top1 = np.argmax(rows_ref, axis=1) == np.argmax(np.nan_to_num(rows_out, nan=-np.inf), axis=1)
-    return {
-        "max_abs_err": max_abs,
-        "max_ref": max_ref,
-        "max_rel_err": max_rel,
-        "min_cosine": float(cos.min()) if cos.size else 1.0,
-        "top1_agreement": float(top1.mean()) if top1.size else 1.0,
-        "rows": int(rows_ref.shape[0]),
-    }
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Pass rule: ``max_abs_err <= atol + rtol * max|ref|`` and top-1 agreement >= ``min_top1``."""
-
-    rtol: float = 1e-4
-    atol: float = 0.0
-    min_top1: float = 1.0
-    name: str = "float32"
-
-    @classmethod
-    def for_precision(cls, precision: str) -> "Tolerance":
-        """Defaults: float32 = 1e-4 * max|ref| and 100 % top-1; fp16 = 1e-2 * max|ref| and 99 % top-1."""
-        key = precision.lower()
-        if key in ("fp32", "float32"):
-            return cls()
-        if key in ("fp16", "float16", "half"):
-            return cls(rtol=1e-2, atol=0.0, min_top1=0.99, name="float16")
-        raise BadInputError(f"unknown precision {precision!r}: use fp32 or fp16")
-
-    def bound(self, max_ref: float) -> float:
-        """The largest allowed absolute error for an output whose max magnitude is ``max_ref``."""
-        return self.atol + self.rtol * max_ref
-
-    def violations(self, metrics: Mapping[str, float], *, check_top1: bool = True) -> list[str]:
-        """Reasons ``metrics`` (from ``compare``) fail this tolerance; empty when it passes."""
-        reasons = []
-        bound = self.bound(metrics["max_ref"])
-        if not metrics["max_abs_err"] <= bound:
-            reasons.append(
-                f"max abs error {metrics['max_abs_err']:.3g} > {bound:.3g} "
-                f"(= {self.atol:g} + {self.rtol:g} * max|ref| {metrics['max_ref']:.3g})"
-            )
-        if check_top1 and not metrics["top1_agreement"] >= self.min_top1:
-            reasons.append(f"top-1 agreement {100 * metrics['top1_agreement']:.1f} % < {100 * self.min_top1:.1f} %")
-        return reasons
 
 
 @dataclass
@@ -152,7 +83,7 @@ class ParityReport:
                 where = f"; first diverging layer: {self.first_divergence}" if self.first_divergence else ""
                 raise ParityError(
                     f"parity failed for {c.name} vs {self.reference}: {'; '.join(c.reasons)}{where}: "
-                    "do not ship this export (re-export, or loosen --atol/--rtol only if the error is expected)"
+                    "do not ship this export (re-export, or loosen `atol`/`rtol` only if the error is expected)"
                 )
 
 
@@ -240,7 +171,5 @@ def first_divergence(model: Any, onnx_model: Any, x: np.ndarray, tol: Tolerance 
     See ``validators.divergence.locate_divergence`` for the matching rules; returns None
     when every mapped intermediate output agrees within ``tol``.
     """
-    from validators.divergence import locate_divergence
-
     found = locate_divergence(model, onnx_model, x, tol or Tolerance())
     return found.module if found else None

@@ -1,21 +1,19 @@
-"""One ``run(x) -> logits`` interface over PyTorch and ONNX Runtime (DESIGN.md, validators/).
+"""ONNX Runtime behind the one ``run(x) -> output`` interface every runtime offers.
 
-Every runtime takes a float32 NCHW ``np.ndarray`` and returns the model's first output
-as a float32 ``np.ndarray``; ``describe()`` says where and with what it ran, for reports.
-TensorRT lives in ``validators/trt_runtime.py`` (imported lazily, GPU only).
+Every runtime takes a float32 NCHW ``np.ndarray`` and returns the model's output as a
+float32 ``np.ndarray``; ``describe()`` says where and with what it ran, for reports.
+PyTorch is ``validators.torch_runtime`` and TensorRT ``validators.trt_runtime``: this
+module imports neither torch nor TensorRT, so ONNX-only commands start fast.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import torch
-from torch import nn
 
 from deploy.errors import BackendUnavailableError, BadInputError
 
@@ -27,42 +25,11 @@ ORT_PROVIDERS: dict[str, str] = {
 }
 
 
-def _as_float32_nchw(x: np.ndarray) -> np.ndarray:
+def as_float32_nchw(x: np.ndarray) -> np.ndarray:
     arr = np.asarray(x)
     if arr.ndim != 4:
         raise BadInputError(f"expected an NCHW input with 4 dimensions, got shape {arr.shape}: pass (N, C, H, W)")
     return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-class TorchRuntime:
-    """A PyTorch module in eval mode, run under ``torch.inference_mode`` on the device of its weights."""
-
-    def __init__(self, model: nn.Module, *, name: str = "torch") -> None:
-        if model.training:
-            raise BadInputError("the model is in training mode: call model.eval() before running or exporting it")
-        self.model = model
-        first = next(model.parameters(), None)
-        self.device = first.device if first is not None else torch.device("cpu")
-        self.name = name
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Forward ``x`` and return the first output as float32 numpy."""
-        inp = torch.from_numpy(_as_float32_nchw(x)).to(self.device)
-        with torch.inference_mode():
-            out = self.model(inp)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.detach().float().cpu().numpy()
-
-    def describe(self) -> dict[str, Any]:
-        """Device, threads and library versions."""
-        return {
-            "runtime": self.name,
-            "device": str(self.device),
-            "provider": "pytorch-eager",
-            "threads": torch.get_num_threads(),
-            "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
-        }
 
 
 class OrtRuntime:
@@ -94,7 +61,7 @@ class OrtRuntime:
             raise BackendUnavailableError(
                 f"ONNX Runtime provider {provider!r} ({ort_name}) is not available in this onnxruntime "
                 f"{ort.__version__} build (has: {', '.join(available)}): install the matching onnxruntime "
-                "package or use --provider cpu"
+                "package or use the `provider` cpu"
             )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -125,7 +92,7 @@ class OrtRuntime:
         if not active or active[0] != ort_name:
             raise BackendUnavailableError(
                 f"ONNX Runtime could not start provider {provider!r} ({ort_name}); it fell back to {active}: "
-                "check the GPU driver/CUDA libraries or use --provider cpu"
+                "check the GPU driver/CUDA libraries or use the `provider` cpu"
             )
         self.provider = provider
         self.threads = threads
@@ -135,7 +102,7 @@ class OrtRuntime:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run ``x`` through the session and return the first output."""
-        (out,) = self.session.run([self.output_name], {self.input_name: _as_float32_nchw(x)})
+        (out,) = self.session.run([self.output_name], {self.input_name: as_float32_nchw(x)})
         return np.asarray(out)
 
     def describe(self) -> dict[str, Any]:

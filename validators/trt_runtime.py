@@ -1,13 +1,13 @@
 """TensorRT engine runtime: the same ``run(x) -> logits`` interface as the others.
 
 Deserializes ``engine.plan``, refuses an engine built for another TensorRT version or
-GPU architecture (engine.plan.json, exporters/tensorrt.check_engine_compat), sets the
+GPU architecture (engine.plan.json, ``validators.trt_env.check_engine_compat``), sets the
 input shape, allocates device buffers as torch CUDA tensors, and runs
 ``execute_async_v3`` on a CUDA stream (TensorRT 10 API). ``timed_run`` times one batch
 with CUDA events: the engine alone by default, host<->device copies included with
 ``include_copies=True``. ``cuda_graph=True`` captures the enqueue into a CUDA graph
 per input shape and replays it. GPU only; TensorRT is imported through
-exporters.tensorrt, the project's single import of it.
+``validators.trt_env``, the project's single import of it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from deploy.errors import BadInputError
-from exporters.tensorrt import (BatchProfile, check_engine_compat, load_engine_metadata, require_tensorrt,
+from validators.trt_env import (BatchProfile, check_engine_compat, load_engine_metadata, require_tensorrt,
                                 running_environment)
 
 
@@ -99,7 +99,7 @@ class TensorRTRuntime:
             return
         if not self.profile.admits(shape):
             raise BadInputError(f"input shape {shape} is outside the engine's profile "
-                                f"[{self.profile.min}, {self.profile.max}]: rebuild with --max-batch {shape[0]}")
+                                f"[{self.profile.min}, {self.profile.max}]: rebuild with `max_batch` {shape[0]}")
         torch, name_in = self._torch, self.inputs[0]
         if not self.context.set_input_shape(name_in, shape):
             raise BadInputError(f"TensorRT refused input shape {shape} for {name_in!r}")

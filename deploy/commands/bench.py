@@ -3,14 +3,11 @@
 bench: model.onnx runs on ONNX Runtime (CPU by default; --provider cuda|tensorrt when
 installed), engine.plan on TensorRT. The harness is validators/latency.py; --vs times
 two artifacts interleaved (A B A B …) and reports the ratio of medians A/B with a
-bootstrap 95 % interval (DESIGN.md "Measuring speed").
+bootstrap 95 % interval (docs/architecture.md "Measuring speed").
 """
 
 from __future__ import annotations
 
-import os
-import platform
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,17 +15,18 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from deploy import __version__
 from deploy.atomic import check_output_path, sha256_file, write_json_atomic
 from deploy.commands.common import console
+from deploy.environment import host_device, versions
 from deploy.errors import BackendUnavailableError, BadInputError
-from exporters.tensorrt import (CPU_HINT, ENGINE_SUFFIXES, build_engine, check_batch_in_profile, compute_profile,
-                                load_engine_metadata, onnx_input, require_tensorrt, validate_build_options)
+from exporters.tensorrt import build_engine, compute_profile, onnx_input, validate_build_options
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, interleaved
+from validators.runtimes import ORT_PROVIDERS, OrtRuntime
+from validators.trt_env import (CPU_HINT, ENGINE_SUFFIXES, check_batch_in_profile, load_engine_metadata,
+                                require_tensorrt)
+from validators.trt_runtime import TensorRTRuntime
 
 BENCH_FORMAT = "convdeploy-bench/1"
-ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                 "tensorrt": "TensorrtExecutionProvider"}
 
 
 # ---------------------------------------------------------------- plain helpers
@@ -83,43 +81,12 @@ def engine_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tup
     return tuple(int(d) for d in shape)
 
 
-def host_device() -> str:
-    """CPU model name and logical core count (for the report)."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} logical cores)"
-
-
-def check_ort_provider(provider: str) -> str:
-    """ONNX Runtime provider name, or BackendUnavailableError when not in this build."""
-    import onnxruntime as ort
-
-    if provider not in ORT_PROVIDERS:
-        raise BadInputError(f"--provider {provider}: choose cpu, cuda or tensorrt")
-    ep = ORT_PROVIDERS[provider]
-    available = ort.get_available_providers()
-    if ep not in available:
-        raise BackendUnavailableError(f"ONNX Runtime here has no {ep} (available: {', '.join(available)}); "
-                                      f"{CPU_HINT}")
-    return ep
-
-
 def open_runtime(path: Path, kind: str, provider: Optional[str], threads: Optional[int],
                  include_copies: bool, cuda_graph: bool, spin: bool = True) -> Any:
     """Construct the runtime for an artifact; every availability check happens here first."""
     if kind == "onnx":
         if cuda_graph:
             raise BadInputError("--cuda-graph applies to engine.plan (TensorRT) only")
-        check_ort_provider(provider or "cpu")
-        from validators.runtimes import OrtRuntime
-
         return OrtRuntime(str(path), threads=threads, provider=provider or "cpu", spin=spin)
     if provider not in (None, "tensorrt"):
         raise BadInputError(f"--provider {provider}: an engine.plan runs on TensorRT only; "
@@ -127,8 +94,6 @@ def open_runtime(path: Path, kind: str, provider: Optional[str], threads: Option
     if threads is not None:
         raise BadInputError("--threads sets ONNX Runtime's intra-op threads; it does not apply to engine.plan")
     require_tensorrt()
-    from validators.trt_runtime import TensorRTRuntime
-
     return TensorRTRuntime(path, include_copies=include_copies, cuda_graph=cuda_graph)
 
 
@@ -150,7 +115,7 @@ def runtime_facts(rt: Any, kind: str, provider: Optional[str], threads: Optional
 
 def _gpu_name() -> str:
     try:
-        import torch
+        import torch  # noqa: PLC0415 - heavy; only a GPU provider's label needs it
 
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CUDA GPU"
     except Exception:  # noqa: BLE001 - only a label
@@ -184,16 +149,6 @@ def stats_table(title: str, columns: list[tuple[str, LatencyStats, dict[str, Any
         table.add_row("[bold]median A/B[/]", f"[bold]{ab.ratio:.3f}[/]",
                       f"95 % CI [{ab.ci_low:.3f}, {ab.ci_high:.3f}]")
     return table
-
-
-def _versions() -> dict[str, str]:
-    out = {"convdeploy": __version__, "python": sys.version.split()[0], "numpy": np.__version__}
-    for mod in ("onnxruntime", "torch", "onnx"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a version we cannot read is just left out
-            pass
-    return out
 
 
 # ---------------------------------------------------------------- commands
@@ -277,7 +232,7 @@ def bench_record(paths: list[Path], facts: list[dict[str, Any]], stats: list[Lat
                for p, f, s in zip(paths, facts, stats)]
     return {"format": BENCH_FORMAT, "seed": seed, "warmup": warmup.describe(), "results": entries,
             "vs": None if ab is None else {k: v for k, v in ab.to_dict().items() if k not in ("a", "b")},
-            "versions": _versions()}
+            "versions": versions()}
 
 
 def build(

@@ -17,6 +17,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from deploy.claims_matrix import model_choices, select_entries
 from deploy.claims_run import ClaimsSettings, Ui, run_claims
 from deploy.commands.common import console
 from deploy.errors import BadInputError, ClaimRefutedError
@@ -114,9 +115,9 @@ def claims(
     batch: Optional[list[str]] = typer.Option(None, "--batch", help="Batch size, repeatable or comma-separated "
                                               "(default 1 and 64; --quick: 1 and 8)."),
     quick: bool = typer.Option(False, "--quick", help="The same matrix at 64x64 with short timing budgets (CI)."),
-    models: Optional[list[str]] = typer.Option(None, "--models", help="Subset, comma-separated: plain, coc, doconv, "
-                                               "ic, sc, sp (all three alphas) or sp-1/2, sp-1/4, sp-1/8, "
-                                               "coc-unfolded, doconv-unfolded. The ResNet-50 baseline always runs."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help="Subset, comma-separated, of: "
+                                               f"{', '.join(model_choices())} (a kind's name selects all its "
+                                               "models). The ResNet-50 baseline always runs."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height = width (default 224; --quick 64)."),
     warmup: Optional[str] = typer.Option(None, "--warmup", help="Warm-up per comparison: runs (10) or seconds (2s)."),
     iters: Optional[int] = typer.Option(None, "--iters", help="At most this many A/B pairs per comparison."),
@@ -128,8 +129,6 @@ def claims(
     seed: int = typer.Option(0, "--seed", help="Seed of the weights, parity inputs, timing input and bootstrap."),
 ) -> None:
     """Verify the papers' efficiency claims on this machine: verdicts in DIR/claims.md (exit 6 if any is refuted)."""
-    from deploy.claims_matrix import select_entries
-
     settings = ClaimsSettings(output_dir=output_dir, backend=backend, batches=_batches(batch), quick=quick,
                               input_size=input_size, warmup=warmup, iters=iters, duration=duration, threads=threads,
                               seed=seed, exporter=exporter)

@@ -6,21 +6,31 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+import onnx
 import typer
 from rich.table import Table
 
 from deploy.atomic import check_output_path, write_json_atomic
-from deploy.commands.common import console, err_console
-from deploy.commands.zoo import conv_kwargs_from_options
+from deploy.checkpoint import load_checkpoint
+from deploy.commands.common import conv_help, conv_opt_help, conv_options, console, err_console, ratio_help
 from deploy.errors import BadInputError
-from deploy.pipeline import ExportOptions, StepLog, run_export
+from deploy.models.complexity import count_params
+from deploy.pipeline import ExportOptions, ExportOutcome, StepLog, run_export
+from deploy.report import RunReport
 from deploy.validate import run_validate
+from validators.graph import GraphReport, check_graph
+from validators.parity import ParityReport
 
 _MODEL = typer.Argument(..., help="model.pt: a convdeploy checkpoint, a bare state_dict (with --arch/--conv), "
                         "a reference checkpoint (SCNet, SPConv, DO-Conv), or a pickled module (--trust-pickle).")
+_ARCH = typer.Option(None, "--arch", help="Arch of a bare state_dict.")
+_CONV = typer.Option(None, "--conv", help=conv_help("Conv kind of a bare state_dict"))
+_CONV_OPT = typer.Option(None, "--conv-opt", help=conv_opt_help())
+_RATIO = typer.Option(None, "--ratio", help=ratio_help())
 
 
 def _step_log() -> tuple[StepLog, Any]:
+    """A StepLog that shows a spinner while a step runs and a line when it is done."""
     status = console.status("starting")
 
     def on_start(name: str) -> None:
@@ -32,7 +42,7 @@ def _step_log() -> tuple[StepLog, Any]:
     return StepLog(on_start, on_done), status
 
 
-def _parity_table(parity: Any) -> Table:
+def _parity_table(parity: ParityReport) -> Table:
     table = Table(title=f"parity vs {parity.reference} ({parity.samples} inputs x batches {list(parity.batches)})")
     for col in ("candidate", "max abs err", "max rel err", "min cosine", "top-1", "verdict"):
         table.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")
@@ -57,13 +67,13 @@ def _print_accuracy(accuracy: Optional[dict[str, Any]]) -> None:
 
 
 def _warn_pickle(trust_pickle: bool) -> None:
-    """The issue's "warning that it runs code": a UserWarning would be filtered by the CLI, so print it."""
+    """Say that a pickle runs code: a UserWarning would be filtered by the CLI, so print it."""
     if trust_pickle:
         err_console.print("[bold yellow]warning:[/] --trust-pickle: a pickled module runs code from the file while "
                           "it loads; use it only for files you trust", highlight=False, soft_wrap=True)
 
 
-def _print_graph(graph: Any) -> None:
+def _print_graph(graph: GraphReport) -> None:
     ops = ", ".join(f"{op} {n}" for op, n in sorted(graph.op_histogram.items(), key=lambda kv: -kv[1]))
     macs = f"{graph.macs / 1e6:.2f} M" if graph.macs is not None else "unknown"
     verdict = "[green]clean[/]" if graph.ok else "[red]FLAGGED[/]: " + "; ".join(graph.reasons)
@@ -89,9 +99,10 @@ def export(
     report: Optional[Path] = typer.Option(None, "--report", help="Report JSON (default: OUT.report.json)."),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Fail (exit 4) on graph-check findings; "
                                 "--no-strict writes the model and records them."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Arch of a bare state_dict."),
-    conv: Optional[str] = typer.Option(None, "--conv", help="Conv kind of a bare state_dict."),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="SPConv ratio of a bare state_dict."),
+    arch: Optional[str] = _ARCH,
+    conv: Optional[str] = _CONV,
+    conv_opt: Optional[list[str]] = _CONV_OPT,
+    ratio: Optional[float] = _RATIO,
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code from the file)."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="Also build a TensorRT engine.plan (GPU + TensorRT 10) "
                                           "and check it against ONNX Runtime; exit 5 where TensorRT is missing."),
@@ -110,9 +121,7 @@ def export(
     """
     if exporter not in ("dynamo", "torchscript"):
         raise BadInputError(f"--exporter must be dynamo or torchscript, got {exporter!r}")
-    kwargs = conv_kwargs_from_options(conv, ratio) if conv else {}
-    if ratio is not None and conv is None:
-        raise BadInputError("--ratio needs --conv sp (it describes a bare SPConv state_dict)")
+    kwargs = conv_options(conv, conv_opt, ratio)
     opts = ExportOptions(
         checkpoint=model, output=output, report=report, fold=fold, opset=opset, batch=batch,
         input_size=input_size, exporter=exporter, simplify=simplify, atol=atol, rtol=rtol, samples=samples,
@@ -125,25 +134,27 @@ def export(
     console.print(f"[bold]deploy export[/] {model} ({'fold' if fold else 'no fold'}, {exporter} exporter)")
     with status:
         outcome = run_export(opts, log)
+    _print_export(outcome)
+
+
+def _print_export(outcome: ExportOutcome) -> None:
     rep = outcome.report
-    if rep["fold"]:
-        rows = rep["fold"]["rows"]
-        console.print(f"fold: {len(rows)} layers folded, worst float64 rel error {rep['fold']['worst_rel_error']:.2e}")
-    if rep["simplify"]:
-        s = rep["simplify"]
-        if s["applied"]:
-            changes = ", ".join(f"{op} {a}->{b}" for op, (a, b) in s["op_changes"].items()) or "no op-count change"
-            console.print(f"onnxsim: {s['nodes_before']} -> {s['nodes_after']} nodes ({changes})")
+    if rep.fold is not None:
+        console.print(f"fold: {len(rep.fold.rows)} layers folded, worst float64 rel error {rep.fold.worst_rel_error:.2e}")
+    if rep.simplify is not None:
+        if rep.simplify.applied:
+            console.print(rep.simplify.summary())
         else:
-            console.print(f"[bold yellow]WARNING: onnxsim NOT applied, the unsimplified graph is kept:[/] {s['reason']}")
+            console.print(f"[bold yellow]WARNING: onnxsim NOT applied, the unsimplified graph is kept:[/] "
+                          f"{rep.simplify.reason}")
     _print_graph(outcome.graph)
     console.print(_parity_table(outcome.parity))
-    _print_accuracy(rep["accuracy"])
-    if rep.get("engine"):
-        trt = rep["engine"]["parity"]["candidates"][0]
-        console.print(f"TensorRT engine {rep['engine']['path']}: vs onnxruntime max rel err {trt['max_rel_err']:.3g}, "
-                      f"top-1 {100 * trt['top1_agreement']:.1f} % (tolerance {rep['engine']['parity']['tolerance']['name']})")
-    console.print(f"wrote {outcome.onnx_path} and {outcome.report_path} (total {sum(rep['seconds'].values()):.1f} s)")
+    _print_accuracy(rep.accuracy)
+    if rep.engine:
+        trt = rep.engine["parity"]["candidates"][0]
+        console.print(f"TensorRT engine {rep.engine['path']}: vs onnxruntime max rel err {trt['max_rel_err']:.3g}, "
+                      f"top-1 {100 * trt['top1_agreement']:.1f} % (tolerance {rep.engine['parity']['tolerance']['name']})")
+    console.print(f"wrote {outcome.onnx_path} and {outcome.report_path} (total {sum(rep.seconds.values()):.1f} s)")
 
 
 def validate(
@@ -155,9 +166,10 @@ def validate(
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height/width (default: the checkpoint's)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the report JSON here."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Arch of a bare state_dict."),
-    conv: Optional[str] = typer.Option(None, "--conv", help="Conv kind of a bare state_dict."),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="SPConv ratio of a bare state_dict."),
+    arch: Optional[str] = _ARCH,
+    conv: Optional[str] = _CONV,
+    conv_opt: Optional[list[str]] = _CONV_OPT,
+    ratio: Optional[float] = _RATIO,
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code)."),
 ) -> None:
     """Prove MODEL.onnx computes what MODEL.pt computes: training form vs folded vs ONNX Runtime (exit 3 if not)."""
@@ -165,26 +177,22 @@ def validate(
         raise BadInputError(f"{onnx_file}: no such ONNX file; export one with `deploy export`")
     if report is not None:
         check_output_path(report)
-    kwargs = conv_kwargs_from_options(conv, ratio) if conv else {}
+    kwargs = conv_options(conv, conv_opt, ratio)
     _warn_pickle(trust_pickle)
     with console.status("checking parity …"):
-        rep, parity = run_validate(
+        rep: RunReport = run_validate(
             model, onnx_file, samples=samples, seed=seed, atol=atol, rtol=rtol, input_size=input_size,
             arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
         )
-    console.print(_parity_table(parity))
-    _print_accuracy(rep["accuracy"])
+    console.print(_parity_table(rep.parity))
+    _print_accuracy(rep.accuracy)
     if report is not None:
-        write_json_atomic(report, rep)
+        write_json_atomic(report, rep.to_dict())
         console.print(f"wrote {report}")
-    parity.raise_if_failed()
+    rep.parity.raise_if_failed()
 
 
 def _inspect_onnx(path: Path) -> dict[str, Any]:
-    import onnx
-
-    from validators.graph import check_graph
-
     try:
         proto = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
@@ -207,9 +215,6 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
 
 
 def _inspect_checkpoint(path: Path, trust_pickle: bool) -> dict[str, Any]:
-    from deploy.checkpoint import load_checkpoint
-    from deploy.models.complexity import count_params
-
     loaded = load_checkpoint(path, trust_pickle=trust_pickle)
     return {"file": str(path), **loaded.describe(), "params": count_params(loaded.model), "meta": loaded.meta}
 

@@ -1,4 +1,4 @@
-"""One file per paper: the training-form module, its deploy form and its fold.
+"""One file per paper: the training-form module, its deploy form, its fold and its registration.
 
 Conventions shared by every layer here:
 
@@ -7,4 +7,13 @@ Conventions shared by every layer here:
 * Layers that fold into a single convolution (CoC, DO-Conv) also offer
   ``to_conv2d() -> nn.Conv2d``; ``deploy.fold.fold_model`` swaps them for it, so the
   folded network is indistinguishable from its plain twin.
+* Each file ends with one ``register_conv_kind(...)`` call (``deploy.layers.registry``);
+  importing this package registers the built-in kinds, one import per file below.
 """
+
+from deploy.layers import plain  # noqa: F401 - registers the baseline kind first
+from deploy.layers import coc  # noqa: F401
+from deploy.layers import doconv  # noqa: F401
+from deploy.layers import ic  # noqa: F401
+from deploy.layers import scconv  # noqa: F401
+from deploy.layers import spconv  # noqa: F401

@@ -60,6 +60,7 @@ Decisions of ours (not in, or different from, the reference):
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,8 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from deploy.layers.conv_bn import conv2d_from_kernel, install_kernel
+from deploy.layers.paper import ClaimCheck, ClaimFacts
+from deploy.layers.registry import ConvKind, ConvSpec, options_from_signature, register_conv_kind
 
 # Reference table (dilat=True, "larger"): kernel -> {skp: (super kernel, super dilation)}.
 _DILATED_SUPER = {
@@ -291,3 +294,30 @@ class CoCConv2d(nn.Module):
         if self.deployed:
             s += ", deployed"
         return s
+
+
+def _build(role: str, spec: ConvSpec, options: Mapping[str, Any]) -> CoCConv2d:
+    return CoCConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, stride=spec.stride,
+                     padding=spec.padding, bias=False, **options)
+
+
+register_conv_kind(ConvKind(
+    name="coc", title="CoC", module=CoCConv2d, build=_build,
+    # Sec. 4.1 (and the reference: c1x1=False): every conv with a kernel larger than 1x1,
+    # i.e. the 3x3s in the blocks and the stem; 1x1s stay plain.
+    roles=frozenset({"stem", "block3x3"}),
+    options=options_from_signature(CoCConv2d, ("sa", "skp", "sl", "skip", "dilate", "stnd", "ln_super", "ln_kernel"), help={
+        "sa": "spatial association: kernels grouped sa x sa",
+        "skp": "super kernel plus (super kernel = k + skp)",
+        "sl": "number of super layers",
+        "skip": "residual around the super layers",
+        "dilate": "dilated super kernel (reference table)",
+        "stnd": "weight-standardised super kernel",
+        "ln_super": "LayerNorm after each super layer",
+        "ln_kernel": "LayerNorm on each final kernel",
+    }),
+    folded_twin="CoC Sec. 4.2",
+    claim=ClaimFacts(ClaimCheck.ZERO_OVERHEAD, subject="CoC-ResNet50",
+                     source='CoC Sec. 4.2 ("definitely no extra cost")'),
+    paper="Convolution of Convolution: Let Kernels Spatially Collaborate (CVPR 2022)",
+))

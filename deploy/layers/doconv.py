@@ -45,6 +45,7 @@ Decisions of ours (differences from the reference layer):
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,8 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from deploy.layers.conv_bn import conv2d_from_kernel, install_kernel
+from deploy.layers.paper import ClaimCheck, ClaimFacts
+from deploy.layers.registry import CONV_ROLES, ConvKind, ConvSpec, options_from_signature, register_conv_kind
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -206,3 +209,29 @@ class DOConv2d(nn.Module):
         if self.deployed:
             s += ", deployed"
         return s
+
+
+def _build(role: str, spec: ConvSpec, options: Mapping[str, Any]) -> DOConv2d:
+    return DOConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, stride=spec.stride,
+                    padding=spec.padding, bias=False, **options)
+
+
+def _recognise(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A reference DO-Conv network: its layers hold ``W`` beside ``D`` / ``d_diag``."""
+    keys = set(state)
+    if any(k.endswith(".W") for k in keys) and any(k.endswith((".d_diag", ".D")) for k in keys):
+        return {}
+    return None
+
+
+register_conv_kind(ConvKind(
+    name="doconv", title="DO-Conv", module=DOConv2d, build=_build,
+    # Sec. 4: every conv layer is over-parameterized (a 1x1 simply has no D).
+    roles=frozenset(CONV_ROLES),
+    options=options_from_signature(DOConv2d, ("D_mul",), help={"D_mul": "depth multiplier, >= M*N (default M*N)"}),
+    recognise=_recognise, reference="doconv",
+    folded_twin="DO-Conv Sec. 3",
+    claim=ClaimFacts(ClaimCheck.ZERO_OVERHEAD, subject="DO-Conv-ResNet50",
+                     source='DO-Conv abstract and Sec. 3 ("exactly equivalent to that of a convolutional layer")'),
+    paper="DO-Conv: Depthwise Over-parameterized Convolutional Layer (IEEE TIP 2022)",
+))

@@ -50,10 +50,14 @@ ReLU (valid only for α ≥ 0) would need a second, scaled copy of y.
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from deploy.layers.paper import ClaimCheck, ClaimFacts, target
+from deploy.layers.registry import ConvKind, ConvSpec, options_from_signature, register_conv_kind
 
 _IntOr2 = int | tuple[int, int]
 
@@ -156,3 +160,29 @@ class ICConv2d(nn.Module):
     def extra_repr(self) -> str:
         alpha = "meta" if self.alpha.is_meta else f"{self.alpha.item():g}"
         return f"alpha={alpha}, learn_alpha={self.learn_alpha}, bias={self.has_bias}, deployed={self.deployed}"
+
+
+def _build(role: str, spec: ConvSpec, options: Mapping[str, Any]) -> ICConv2d:
+    return ICConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, stride=spec.stride,
+                    padding=spec.padding, **options)
+
+
+register_conv_kind(ConvKind(
+    name="ic", title="IC", module=ICConv2d, build=_build,
+    # Sec. 3.3 / 4.1: "replacing the whole 3x3 convolutional layers in blocks".
+    roles=frozenset({"block3x3"}),
+    options=options_from_signature(ICConv2d, ("alpha", "learn_alpha", "bias"), help={
+        "alpha": "scale of the ReLU branch (Eq. 7)",
+        "learn_alpha": "train alpha with the other parameters",
+        "bias": "the outer bias b2 of Eq. 3",
+    }),
+    targets=(
+        target("resnet18", "12.9 M", "2.01 G", "IC Table 1"),
+        target("resnet34", "24.2 M", "4.07 G", "IC Table 1"),
+        target("resnet50", "26.8 M", "4.33 G", "IC Table 1"),
+    ),
+    # Sec. 4.1 / Table 1: ResNet-50 4.12 G -> IC-ResNet50 4.33 G, "+5.1 % FLOPs"
+    claim=ClaimFacts(ClaimCheck.MACS_OVERHEAD, subject="IC-ResNet50", title="IC adds about +5.1 % MACs",
+                     source="IC Sec. 4.1 / Table 1", figures={"baseline_macs": "4.12 G", "overhead": 0.051}),
+    paper="IC Networks: Remodeling the Basic Unit for Convolutional Neural Networks",
+))

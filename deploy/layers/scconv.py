@@ -32,12 +32,16 @@ every Conv+BN pair folds exactly (``deploy.layers.conv_bn``); each BN becomes
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from deploy.layers.conv_bn import fuse_conv_bn
+from deploy.layers.paper import ClaimCheck, ClaimFacts, target
+from deploy.layers.registry import BlockSpec, ConvKind, options_from_signature, register_conv_kind
 
 _INTERPOLATIONS = ("nearest", "bilinear")
 
@@ -72,6 +76,8 @@ class SCConv(nn.Module):
 
     ``inplanes`` must equal ``planes``: the gate adds the input to k2's output.
     """
+
+    initialised_by_network = True  # the reference SCNet initialises the convs and BNs inside its blocks
 
     def __init__(
         self,
@@ -145,6 +151,7 @@ class SCBottleneck(nn.Module):
     """
 
     expansion = 4
+    initialised_by_network = True  # the reference SCNet initialises the convs and BNs inside its blocks
     pooling_r = 4  # down-sampling rate r of the self-calibration (paper: r = 4)
 
     def __init__(
@@ -225,3 +232,34 @@ class SCBottleneck(nn.Module):
         _fuse_pair(self, "conv3", "bn3")
         if isinstance(self.downsample, nn.Sequential):
             fuse_sequential_conv_bn(self.downsample)
+
+
+def _build(role: str, spec: BlockSpec, options: Mapping[str, Any]) -> SCBottleneck:
+    return SCBottleneck(spec.inplanes, spec.planes, spec.stride, downsample=spec.downsample,
+                        is_first=spec.is_first, **options)
+
+
+def _recognise(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A reference SCNet: its bottlenecks hold ``scconv.k2`` (the down-sampled calibration branch)."""
+    return {} if any(".scconv.k2." in k for k in state) else None
+
+
+register_conv_kind(ConvKind(
+    name="sc", title="SCConv", module=SCBottleneck, build=_build,
+    # Sec. 3.2: SCNet is ResNet with every bottleneck replaced by the SC bottleneck
+    roles=frozenset({"bottleneck"}),
+    options=options_from_signature(SCBottleneck, ("interpolation", "pooling_r"), help={
+        "interpolation": "Up() of Eq. 3: nearest (reference code) or bilinear (paper text)",
+        "pooling_r": "down-sampling rate r of the calibration branch (default 4)",
+    }, choices={"interpolation": _INTERPOLATIONS}),
+    recognise=_recognise, reference="scnet",
+    zoo_names={"resnet50": "scnet50", "resnet101": "scnet101"},
+    targets=(
+        target("scnet50", "25.6 M", "4.0 G", "SCNet Table 1"),
+        target("scnet101", "44.6 M", "7.2 G", "SCNet Table 1"),
+    ),
+    claim=ClaimFacts(ClaimCheck.SAME_COST, subject="SCNet-50", title="SCNet-50 costs what ResNet-50 costs",
+                     source="SCNet Table 1"),
+    aliases=("scnet",),
+    paper="Improving Convolutional Networks with Self-Calibrated Convolutions (CVPR 2020)",
+))

@@ -40,10 +40,15 @@ per-channel affine map after the fusion is not a change of any kernel inside it.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
+from deploy.errors import BadInputError
 from deploy.layers.conv_bn import bn_scale_shift, fuse_conv_bn
+from deploy.layers.paper import ClaimCheck, ClaimFacts, target
+from deploy.layers.registry import ConvKind, ConvSpec, ZooVariant, options_from_signature, register_conv_kind
 
 
 def _eager(x: torch.Tensor) -> bool:
@@ -140,3 +145,62 @@ class SPConv3x3(nn.Module):
         self.bn1 = nn.Identity()
         self.bn2 = nn.Identity()
         self.deployed = True
+
+
+def _build(role: str, spec: ConvSpec, options: Mapping[str, Any]) -> SPConv3x3:
+    if spec.kernel_size != 3 or spec.padding != 1:  # a drop-in for 3x3, padding-1 convolutions only
+        raise ValueError(f"SPConv replaces 3x3 convolutions with padding 1, not k={spec.kernel_size} p={spec.padding}")
+    return SPConv3x3(spec.in_channels, spec.out_channels, stride=spec.stride, **options)
+
+
+def _recognise(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A reference ``resnet_sp`` network: its SPConv layers hold ``gwc``; alpha from their widths."""
+    gwc = sorted(k for k in state if k.endswith(".gwc.weight"))
+    return {"ratio": _ratio_from_weights(state, gwc[0][: -len(".gwc.weight")])} if gwc else None
+
+
+def _ratio_from_weights(state: Mapping[str, Any], layer: str) -> float:
+    """alpha from one SPConv3x3's weights: pwc reads the int(in * alpha) representative channels,
+    conv1x1 the rest (Sec. 3.2); else, in the reference ResNet-50, the block's conv1 output
+    width is the SPConv's input width."""
+    rep_in = state[f"{layer}.pwc.weight"].shape[1]
+    rest = state.get(f"{layer}.conv1x1.weight")
+    if rest is not None:
+        return rep_in / (rep_in + rest.shape[1])
+    block_conv1 = state.get(f"{layer.rsplit('.', 1)[0]}.conv1.weight")
+    if block_conv1 is None:
+        raise BadInputError(f"SPConv checkpoint without {layer}.conv1x1.weight: its ratio cannot be read; "
+                            "give `arch`, `conv` and the `conv_kwargs` ratio")
+    return rep_in / block_conv1.shape[0]
+
+
+_TABLE1_NOTE = (
+    "SPConv Table 1 FLOPs count more than Conv/Linear MACs (BN, biases, pooling): the conv part "
+    "matches (alpha=1/2 minus alpha=1/4: 5.02 M in the paper, 5.01 M here) but a constant "
+    "~2.7 M, the same at both alphas, does not"
+)
+
+register_conv_kind(ConvKind(
+    name="sp", title="SPConv", module=SPConv3x3, build=_build,
+    # Sec. 4 / 4.1-4.2: only the 3x3 convs; in a Bottleneck that is conv2 alone, in ResNet-20
+    # every 3x3 "except the initial one".
+    roles=frozenset({"block3x3"}),
+    options=options_from_signature(SPConv3x3, ("ratio",), help={"ratio": "split ratio alpha (Sec. 3.2)"},
+                                   recorded=("ratio",)),
+    variants=tuple(ZooVariant((("ratio", r),), f"α=1/{int(1 / r)}", f"1/{int(1 / r)}") for r in (0.5, 0.25, 0.125)),
+    recognise=_recognise, reference="spconv",
+    targets=(
+        target("resnet50", "18.34 M", "2.97 G", "SPConv Table 2", ratio=0.5),
+        target("resnet50", "16.93 M", "2.74 G", "SPConv Table 2", ratio=0.25),
+        target("resnet50", "16.22 M", "2.62 G", "SPConv Table 2", ratio=0.125),
+        target("resnet20", "0.10 M", "17.91 M", "SPConv Table 1", ratio=0.5, macs_conv_only=False, note=_TABLE1_NOTE),
+        target("resnet20", "0.071 M", "12.89 M", "SPConv Table 1", ratio=0.25, macs_conv_only=False, note=_TABLE1_NOTE),
+    ),
+    # Table 2: ResNet-50 25.56 M, 4.14 G; latency per image on a V100 at batch 64 (DALI)
+    claim=ClaimFacts(ClaimCheck.FASTER, subject="SPConv-ResNet50", title="SPConv is faster than ResNet-50",
+                     source="SPConv Table 2", figures={
+                         "baseline_params": "25.56 M", "baseline_macs": "4.14 G",
+                         "gpu_ms": {"baseline": 1.32, "1/2": 1.23, "1/4": 1.19, "1/8": 1.17},
+                         "gpu_note": "V100, batch 64"}),
+    paper="Split to Be Slim: An Overlooked Redundancy in Vanilla Convolution (IJCAI 2020)",
+))

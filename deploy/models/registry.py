@@ -1,189 +1,172 @@
-"""The model zoo: ``build_model(arch, conv, ...)`` and the papers' complexity figures.
+"""The model zoo: ``build_model(arch, conv, ...)``, its archs, and the papers' figures for each.
 
 Every built model carries ``arch``, ``conv``, ``conv_kwargs``, ``num_classes`` and
-``input_shape`` (C, H, W), which is what a convdeploy checkpoint records.
-``PAPER_TARGETS`` holds the parameter and MAC figures the papers print (the project's
-``paper-targets.md`` as data, since the installed product cannot read that file).
+``input_shape`` (C, H, W), which is what a convdeploy checkpoint records. The conv kinds
+come from ``deploy.layers.registry``: a kind applies to an arch when it replaces a role
+the arch has, and a kind may give its models of a base arch their own name (the SC kind
+turns ResNet-50 into ``scnet50``), which the zoo lists instead of the base arch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from torch import nn
 
 from deploy.errors import BadInputError
+from deploy.layers.paper import PaperTarget
+from deploy.layers.registry import ConvKind, baseline_kind, conv_kind, conv_kinds
 from deploy.models.resnet import CifarResNet, ConvFactory, imagenet_resnet
-from deploy.models.scnet import scnet
 
 IMAGENET_SHAPE = (3, 224, 224)
 CIFAR_SHAPE = (3, 32, 32)
-
-_RESNET_CONVS = ("plain", "coc", "doconv", "ic", "sp")
-# arch -> (default classes, input shape, supported convs)
-_ARCH_INFO: dict[str, tuple[int, tuple[int, int, int], tuple[str, ...]]] = {
-    "resnet18": (1000, IMAGENET_SHAPE, _RESNET_CONVS),
-    "resnet34": (1000, IMAGENET_SHAPE, _RESNET_CONVS),
-    "resnet50": (1000, IMAGENET_SHAPE, _RESNET_CONVS),
-    "resnet101": (1000, IMAGENET_SHAPE, _RESNET_CONVS),
-    "resnet20": (10, CIFAR_SHAPE, _RESNET_CONVS),
-    "scnet50": (1000, IMAGENET_SHAPE, ("sc",)),
-    "scnet101": (1000, IMAGENET_SHAPE, ("sc",)),
-}
-ARCHS: tuple[str, ...] = tuple(_ARCH_INFO)
-CONVS: tuple[str, ...] = (*_RESNET_CONVS, "sc")
-
-# keyword arguments each conv kind accepts (passed on to the paper's layer)
-CONV_KWARGS: dict[str, tuple[str, ...]] = {
-    "plain": (),
-    "coc": ("sa", "skp", "sl", "skip", "dilate", "stnd", "ln_super", "ln_kernel"),
-    "doconv": ("D_mul",),
-    "ic": ("alpha", "learn_alpha", "bias"),
-    "sp": ("ratio",),
-    "sc": ("interpolation", "pooling_r"),
-}
-# defaults recorded in model.conv_kwargs because they change the architecture
-_DEFAULT_KWARGS: dict[str, dict[str, Any]] = {"sp": {"ratio": 0.5}}
-
-
-def supported_convs(arch: str) -> tuple[str, ...]:
-    """The conv kinds ``arch`` can be built with."""
-    _check_arch(arch)
-    return _ARCH_INFO[arch][2]
-
-
-def _check_arch(arch: str) -> None:
-    if arch not in _ARCH_INFO:
-        raise BadInputError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
-
-
-def _check_conv(arch: str, conv: str, conv_kwargs: dict[str, Any]) -> None:
-    if conv not in CONVS:
-        raise BadInputError(f"unknown conv {conv!r}: choose one of {', '.join(CONVS)}")
-    allowed = supported_convs(arch)
-    if conv not in allowed:
-        raise BadInputError(f"{arch} cannot be built with conv={conv!r}: use conv={' or '.join(map(repr, allowed))}")
-    unknown = sorted(set(conv_kwargs) - set(CONV_KWARGS[conv]))
-    if unknown:
-        valid = ", ".join(CONV_KWARGS[conv]) or "none"
-        raise BadInputError(f"conv={conv!r} does not take {', '.join(unknown)}: its options are {valid}")
-
-
-def build_model(arch: str, conv: str = "plain", num_classes: int | None = None, **conv_kwargs: Any) -> nn.Module:
-    """Build ``arch`` with the convolutions of paper ``conv`` where that paper puts them.
-
-    ``num_classes`` defaults to 1000 (ImageNet archs) or 10 (resnet20). Unknown archs,
-    convs or options raise ``BadInputError``; so do options the layer rejects.
-    """
-    _check_arch(arch)
-    _check_conv(arch, conv, conv_kwargs)
-    default_classes, input_shape, _ = _ARCH_INFO[arch]
-    classes = default_classes if num_classes is None else int(num_classes)
-    if classes < 1:
-        raise BadInputError(f"num_classes must be >= 1, got {num_classes}")
-    kwargs = {**_DEFAULT_KWARGS.get(conv, {}), **conv_kwargs}
-    try:
-        if conv == "sc":
-            model: nn.Module = scnet(arch, classes, **kwargs)
-        elif arch == "resnet20":
-            model = CifarResNet(20, classes, ConvFactory(conv, **kwargs))
-        else:
-            model = imagenet_resnet(arch, classes, ConvFactory(conv, **kwargs))
-    except (ValueError, TypeError, ZeroDivisionError) as exc:
-        raise BadInputError(f"cannot build {arch} with conv={conv} {kwargs}: {exc}") from exc
-    model.arch = arch
-    model.conv = conv
-    model.conv_kwargs = kwargs
-    model.num_classes = classes
-    model.input_shape = input_shape
-    return model
+_BASIC_ROLES = frozenset({"stem", "block3x3", "shortcut"})
+_BOTTLENECK_ROLES = frozenset({"stem", "block3x3", "block1x1", "shortcut", "bottleneck"})
 
 
 @dataclass(frozen=True)
-class PaperTarget:
-    """One (model, params, MACs) row a paper prints, numbers kept as printed.
+class Arch:
+    """One base architecture: its default classes, input shape, the roles it offers and its builder."""
 
-    ``params``/``macs`` are strings such as ``"18.34 M"`` so that the precision the
-    paper printed is kept: ``printed_range`` turns one into value ± one unit of its
-    last printed digit (18.34 M -> 18.33 M .. 18.35 M), the tolerance the tests use.
-    ``macs_conv_only`` is False where the paper's count demonstrably includes more than
-    the Conv/Linear MACs ``count_macs`` measures (see ``note``).
+    name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    roles: frozenset[str]
+    build: Callable[[int, ConvFactory], nn.Module]
+
+
+def _imagenet(name: str) -> Callable[[int, ConvFactory], nn.Module]:
+    return lambda classes, factory: imagenet_resnet(name, classes, factory)
+
+
+_BASE: dict[str, Arch] = {
+    a.name: a for a in (
+        Arch("resnet18", 1000, IMAGENET_SHAPE, _BASIC_ROLES, _imagenet("resnet18")),
+        Arch("resnet34", 1000, IMAGENET_SHAPE, _BASIC_ROLES, _imagenet("resnet34")),
+        Arch("resnet50", 1000, IMAGENET_SHAPE, _BOTTLENECK_ROLES, _imagenet("resnet50")),
+        Arch("resnet101", 1000, IMAGENET_SHAPE, _BOTTLENECK_ROLES, _imagenet("resnet101")),
+        Arch("resnet20", 10, CIFAR_SHAPE, _BASIC_ROLES, lambda classes, factory: CifarResNet(20, classes, factory)),
+    )
+}
+
+
+def _named_models() -> dict[str, tuple[str, ConvKind]]:
+    """Zoo name -> (base arch, kind) for the kinds that name their models (scnet50 -> resnet50 + sc)."""
+    return {name: (base, kind) for kind in conv_kinds() for base, name in kind.zoo_names.items() if base in _BASE}
+
+
+def archs() -> tuple[str, ...]:
+    """Every arch the zoo builds: the base archs, then the kinds' named models."""
+    return (*_BASE, *_named_models())
+
+
+def resolve_arch(arch: str, conv: str | None) -> tuple[Arch, ConvKind, str]:
+    """(base arch, kind, the model's zoo name) for ``arch`` built with ``conv``; BadInputError if it cannot be."""
+    named = _named_models()
+    if arch in named:
+        base, kind = named[arch]
+        if conv is not None and conv_kind(conv) is not kind:
+            raise BadInputError(f"{arch} is {base} with conv={kind.name!r}: build {base} for conv={conv!r}")
+        return _BASE[base], kind, arch
+    if arch not in _BASE:
+        raise BadInputError(f"unknown arch {arch!r}: choose one of {', '.join(archs())}")
+    kind = conv_kind(conv) if conv is not None else baseline_kind()
+    base = _BASE[arch]
+    if arch in kind.zoo_names:
+        raise BadInputError(f"{arch} with conv={kind.name!r} is called {kind.zoo_names[arch]}: build that arch")
+    if kind.roles and not kind.roles & base.roles:
+        usable = " or ".join(repr(k) for k in supported_convs(arch))
+        raise BadInputError(f"{arch} cannot be built with conv={kind.name!r} (it has no layer that kind replaces): "
+                            f"use conv={usable}")
+    return base, kind, arch
+
+
+def supported_convs(arch: str) -> tuple[str, ...]:
+    """The conv kinds the zoo builds ``arch`` with."""
+    named = _named_models()
+    if arch in named:
+        return (named[arch][1].name,)
+    if arch not in _BASE:
+        raise BadInputError(f"unknown arch {arch!r}: choose one of {', '.join(archs())}")
+    roles = _BASE[arch].roles
+    return tuple(k.name for k in conv_kinds() if (not k.roles or k.roles & roles) and arch not in k.zoo_names)
+
+
+def default_input_shape(arch: str) -> tuple[int, int, int]:
+    """(C, H, W) the arch is built for."""
+    return resolve_arch(arch, None)[0].input_shape
+
+
+def build_model(arch: str, conv: str | None = None, num_classes: int | None = None, **conv_kwargs: Any) -> nn.Module:
+    """Build ``arch`` with the convolutions of kind ``conv`` where that kind puts them.
+
+    ``conv`` defaults to the baseline kind (``plain``), or to the kind a named model
+    belongs to (``scnet50``). ``num_classes`` defaults to 1000 (ImageNet archs) or 10
+    (resnet20). Unknown archs, convs or options raise ``BadInputError``; so do options the
+    layer rejects.
     """
-
-    arch: str
-    conv: str
-    kwargs: tuple[tuple[str, Any], ...]
-    params: str
-    macs: str
-    source: str
-    macs_conv_only: bool = True
-    note: str = field(default="")
-
-    @property
-    def conv_kwargs(self) -> dict[str, Any]:
-        return dict(self.kwargs)
-
-    @property
-    def label(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in self.kwargs)
-        return f"{self.arch}/{self.conv}" + (f"({opts})" if opts else "")
+    base, kind, name = resolve_arch(arch, conv)
+    classes = base.num_classes if num_classes is None else int(num_classes)
+    if classes < 1:
+        raise BadInputError(f"num_classes must be >= 1, got {num_classes}")
+    factory = ConvFactory(kind.name, **conv_kwargs)
+    try:
+        model = base.build(classes, factory)
+    except (ValueError, TypeError, ZeroDivisionError) as exc:
+        raise BadInputError(f"cannot build {name} with conv={kind.name} {factory.conv_kwargs}: {exc}") from exc
+    model.arch = name
+    model.conv = kind.name
+    model.conv_kwargs = dict(factory.conv_kwargs)
+    model.num_classes = classes
+    model.input_shape = base.input_shape
+    return model
 
 
-_UNITS = {"K": 1e3, "M": 1e6, "G": 1e9}
+def zoo_entries(arch_names: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(arch, conv, kwargs) for every zoo model of ``arch_names``: each kind at each of its variants."""
+    return [(arch, conv, variant.kwargs) for arch in arch_names for conv in supported_convs(arch)
+            for variant in conv_kind(conv).variants]
 
 
-def parse_count(text: str) -> tuple[float, float]:
-    """``"18.34 M" -> (18.34e6, 0.01e6)``: the value and one unit of its last printed digit."""
-    number, unit = text.split()
-    scale = _UNITS[unit]
-    decimals = len(number.split(".")[1]) if "." in number else 0
-    return float(number) * scale, 10.0 ** (-decimals) * scale
+def paper_target(arch: str, conv: str, kwargs: dict[str, Any]) -> PaperTarget | None:
+    """The paper's row for this model, or None when no paper prints one.
+
+    A kind whose folded network is the baseline network (CoC, DO-Conv) is held against
+    the baseline's rows, relabelled with the section that says so.
+    """
+    kind = conv_kind(conv)
+    for t in kind.targets:
+        if (t.arch, t.conv_kwargs) == (arch, kwargs):
+            return t
+    if kind.folded_twin and not kwargs:
+        twin = paper_target(arch, baseline_kind().name, {})
+        if twin is not None:
+            return PaperTarget(arch, twin.params, twin.macs, f"{kind.folded_twin}: folded = plain twin ({twin.source})",
+                               conv=kind.name)
+    return None
 
 
-def printed_range(text: str) -> tuple[float, float]:
-    """Closed interval of counts within one unit of the last printed digit of ``text``."""
-    value, step = parse_count(text)
-    return value - step, value + step
+def paper_targets() -> tuple[PaperTarget, ...]:
+    """Every row the papers print for a zoo model (the folded twins' included)."""
+    rows = [paper_target(a, c, kw) for a, c, kw in zoo_entries(list(archs()))]
+    return tuple(r for r in rows if r is not None)
 
 
-def _t(arch: str, conv: str, params: str, macs: str, source: str, **kw: Any) -> PaperTarget:
-    opts = {k: v for k, v in kw.items() if k in ("macs_conv_only", "note")}
-    kwargs = tuple(sorted((k, v) for k, v in kw.items() if k not in opts))
-    return PaperTarget(arch, conv, kwargs, params, macs, source, **opts)
+_BOTTLENECK_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
+_BASIC_DEPTHS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34", (3, 3, 3): "resnet20"}
 
 
-_SP20_NOTE = (
-    "SPConv Table 1 FLOPs count more than Conv/Linear MACs (BN, biases, pooling): the conv part "
-    "matches (alpha=1/2 minus alpha=1/4: 5.02 M in the paper, 5.01 M here) but a constant "
-    "~2.7 M, the same at both alphas, does not"
-)
-
-_PLAIN_TARGETS = [
-    _t("resnet18", "plain", "11.7 M", "1.82 G", "IC Table 1"),
-    _t("resnet34", "plain", "21.8 M", "3.68 G", "IC Table 1"),
-    _t("resnet50", "plain", "25.56 M", "4.1 G", "SPConv Table 2 (params); SCNet Table 1 MAdds "
-       "(IC Table 1: 4.12 G, SPConv Table 2: 4.14 G)"),
-    _t("resnet101", "plain", "44.5 M", "7.8 G", "SCNet Table 1"),
-    _t("resnet20", "plain", "0.27 M", "41.62 M", "SPConv Table 1"),
-]
-
-PAPER_TARGETS: tuple[PaperTarget, ...] = (
-    *_PLAIN_TARGETS,
-    _t("resnet18", "ic", "12.9 M", "2.01 G", "IC Table 1"),
-    _t("resnet34", "ic", "24.2 M", "4.07 G", "IC Table 1"),
-    _t("resnet50", "ic", "26.8 M", "4.33 G", "IC Table 1"),
-    _t("scnet50", "sc", "25.6 M", "4.0 G", "SCNet Table 1"),
-    _t("scnet101", "sc", "44.6 M", "7.2 G", "SCNet Table 1"),
-    _t("resnet50", "sp", "18.34 M", "2.97 G", "SPConv Table 2", ratio=0.5),
-    _t("resnet50", "sp", "16.93 M", "2.74 G", "SPConv Table 2", ratio=0.25),
-    _t("resnet50", "sp", "16.22 M", "2.62 G", "SPConv Table 2", ratio=0.125),
-    _t("resnet20", "sp", "0.10 M", "17.91 M", "SPConv Table 1", ratio=0.5, macs_conv_only=False, note=_SP20_NOTE),
-    _t("resnet20", "sp", "0.071 M", "12.89 M", "SPConv Table 1", ratio=0.25, macs_conv_only=False, note=_SP20_NOTE),
-    # folded CoC / DO-Conv networks are their plain twins (DO-Conv Sec. 3, CoC Sec. 4.2)
-    *(
-        PaperTarget(t.arch, conv, (), t.params, t.macs, f"{src}: folded = plain twin ({t.source})")
-        for conv, src in (("coc", "CoC Sec. 4.2"), ("doconv", "DO-Conv Sec. 3"))
-        for t in _PLAIN_TARGETS
-    ),
-)
+def arch_from_keys(keys: set[str]) -> str:
+    """The base ResNet arch of a state_dict, from its blocks per stage and block type."""
+    counts = []
+    for stage in range(1, 5):
+        blocks = {k.split(".")[1] for k in keys if k.startswith(f"layer{stage}.")}
+        if not blocks:
+            break
+        counts.append(len(blocks))
+    bottleneck = any(k.startswith(("layer1.0.conv3.", "layer1.0.bn3.")) for k in keys)
+    arch = (_BOTTLENECK_DEPTHS if bottleneck else _BASIC_DEPTHS).get(tuple(counts))
+    if arch is None:
+        raise BadInputError(f"cannot tell the ResNet depth from the checkpoint's blocks per stage {tuple(counts)}")
+    return arch

@@ -1,15 +1,17 @@
-"""ResNets whose convolutions are chosen, per role, by a conv factory.
+"""ResNets whose convolutions (and bottleneck blocks) are chosen, per role, by a conv factory.
 
 ImageNet ResNet-18/34/50/101 follow torchvision's layout (He et al. 2016, Table 1;
 the "v1.5" Bottleneck with its stride on ``conv2``), module names included, so the
-reference checkpoints of SPConv (``resnet_sp``) and DO-Conv load strictly. The CIFAR
-ResNet-20 is He et al. 2016, Sec. 4.2 (16/32/64 filters, 3 stages of 3 basic blocks).
+reference checkpoints of SPConv (``resnet_sp``), DO-Conv and SCNet load strictly. The
+CIFAR ResNet-20 is He et al. 2016, Sec. 4.2 (16/32/64 filters, 3 stages of 3 basic blocks).
 
-Every convolution is created through ``ConvFactory(role, ...)`` with one of four roles:
-``stem`` (the first conv), ``block3x3`` (the 3x3 convs inside residual blocks),
-``block1x1`` (the 1x1 convs of a Bottleneck) and ``shortcut`` (the projection
-``downsample.0``). Which roles a paper replaces is ``REPLACED_ROLES`` below; everything
-else — the fully connected classifier included — stays a plain ``nn.Conv2d``/``nn.Linear``.
+Every convolution is created through ``ConvFactory(role, ...)`` with one of the roles of
+``deploy.layers.registry.CONV_ROLES``: ``stem`` (the first conv), ``block3x3`` (the 3x3
+convs inside residual blocks), ``block1x1`` (the 1x1 convs of a Bottleneck) and
+``shortcut`` (the projection ``downsample.0``); every bottleneck block through
+``ConvFactory.block("bottleneck", ...)``. Which roles a kind replaces is its registry
+record's business; everything else — the fully connected classifier included — stays a
+plain ``nn.Conv2d``/``nn.Linear`` and the torchvision blocks below.
 """
 
 from __future__ import annotations
@@ -21,23 +23,7 @@ import torch
 from torch import nn
 
 from deploy.errors import BadInputError
-
-ROLES = ("stem", "block3x3", "block1x1", "shortcut")
-
-# conv kind -> the roles whose convolutions that paper replaces
-REPLACED_ROLES: dict[str, frozenset[str]] = {
-    "plain": frozenset(),
-    # CoC Sec. 4.1 (and the reference repo: c1x1=False): every conv with a kernel larger
-    # than 1x1, i.e. the 3x3s in the blocks and the stem; 1x1s stay plain.
-    "coc": frozenset({"stem", "block3x3"}),
-    # DO-Conv Sec. 4: every conv layer is over-parameterized (a 1x1 simply has no D).
-    "doconv": frozenset(ROLES),
-    # IC Sec. 3.3 / 4.1: "replacing the whole 3x3 convolutional layers in blocks".
-    "ic": frozenset({"block3x3"}),
-    # SPConv Sec. 4 / 4.1-4.2: only the 3x3 convs; in a Bottleneck that is conv2 alone,
-    # in ResNet-20 every 3x3 "except the initial one".
-    "sp": frozenset({"block3x3"}),
-}
+from deploy.layers.registry import BLOCK_ROLES, CONV_ROLES, BlockSpec, ConvSpec, baseline_kind, conv_kind
 
 ConvMaker = Callable[[str, int, int, int, int, int], nn.Module]
 
@@ -47,43 +33,30 @@ def _is_paper_layer(module: nn.Module) -> bool:
 
 
 class ConvFactory:
-    """Builds the conv for one role: the paper's layer where the paper replaces it.
+    """Builds the conv (or block) for one role: the kind's module where the kind replaces that role.
 
-    ``conv_kwargs`` (e.g. ``ratio`` for SPConv, ``sa`` for CoC) are passed to every
-    replaced layer. The paper layers are imported only when first needed.
+    ``conv_kwargs`` (e.g. ``ratio`` for SPConv, ``sa`` for CoC) are checked against the
+    kind's options and passed to every replaced layer.
     """
 
-    def __init__(self, conv: str = "plain", **conv_kwargs: Any) -> None:
-        if conv not in REPLACED_ROLES:
-            raise BadInputError(f"unknown conv kind {conv!r} for a ResNet: choose one of {sorted(REPLACED_ROLES)}")
-        self.conv = conv
-        self.conv_kwargs = dict(conv_kwargs)
-        self.replaced = REPLACED_ROLES[conv]
+    def __init__(self, conv: str | None = None, **conv_kwargs: Any) -> None:
+        self.kind = conv_kind(conv) if conv is not None else baseline_kind()
+        self.conv = self.kind.name
+        self.conv_kwargs = self.kind.check_options(conv_kwargs)
+        self.replaced = self.kind.roles
 
     def __call__(self, role: str, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Module:
-        if role not in ROLES:
-            raise ValueError(f"unknown conv role {role!r}: expected one of {ROLES}")
-        if role not in self.replaced:
-            return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=False)
-        kw = self.conv_kwargs
-        if self.conv == "coc":
-            from deploy.layers.coc import CoCConv2d
+        if role not in CONV_ROLES:
+            raise ValueError(f"unknown conv role {role!r}: expected one of {CONV_ROLES}")
+        spec = ConvSpec(in_ch, out_ch, kernel_size, stride, padding)
+        kind = self.kind if role in self.replaced else baseline_kind()
+        return kind.build(role, spec, self.conv_kwargs if kind is self.kind else {})
 
-            return CoCConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=False, **kw)
-        if self.conv == "doconv":
-            from deploy.layers.doconv import DOConv2d
-
-            return DOConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=False, **kw)
-        if self.conv == "ic":
-            from deploy.layers.ic import ICConv2d
-
-            return ICConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, **kw)
-        # sp: SPConv3x3 is a drop-in for a 3x3, padding 1 convolution only
-        from deploy.layers.spconv import SPConv3x3
-
-        if kernel_size != 3 or padding != 1:
-            raise ValueError(f"SPConv replaces 3x3 convolutions with padding 1, not k={kernel_size} p={padding}")
-        return SPConv3x3(in_ch, out_ch, stride=stride, **kw)
+    def block(self, role: str, spec: BlockSpec) -> nn.Module | None:
+        """The kind's block for ``role``, or None where the network keeps its own block."""
+        if role not in BLOCK_ROLES:
+            raise ValueError(f"unknown block role {role!r}: expected one of {BLOCK_ROLES}")
+        return self.kind.build(role, spec, self.conv_kwargs) if role in self.replaced else None
 
 
 class BasicBlock(nn.Module):
@@ -156,9 +129,11 @@ def init_weights(model: nn.Module) -> None:
     """torchvision's init (Kaiming-normal fan_out convs, BN 1/0) for the plain modules only.
 
     Paper layers initialise themselves (DO-Conv's D = 0, IC's frozen ones kernel, ...),
-    so nothing inside them is touched.
+    so nothing inside them is touched, except in those marked ``initialised_by_network``
+    (SCNet's blocks, which its reference initialises like the rest of the network).
     """
-    paper = [name for name, m in model.named_modules() if name and _is_paper_layer(m)]
+    paper = [name for name, m in model.named_modules()
+             if name and _is_paper_layer(m) and not getattr(m, "initialised_by_network", False)]
     for name, m in model.named_modules():
         if any(name == p or name.startswith(p + ".") for p in paper):
             continue
@@ -173,15 +148,15 @@ class ResNet(nn.Module):
     """ImageNet ResNet (224x224 input): stem 7x7/2 + max-pool, four stages, global pool, fc."""
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 1000,
-                 make_conv: ConvMaker | None = None) -> None:
+                 make_conv: ConvFactory | None = None) -> None:
         super().__init__()
-        make_conv = make_conv or ConvFactory("plain")
+        make_conv = make_conv or ConvFactory()
         self.inplanes = 64
         self.conv1 = make_conv("stem", 3, 64, 7, 2, 3)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0], 1, make_conv)
+        self.layer1 = self._make_layer(block, 64, layers[0], 1, make_conv, is_first=False)
         self.layer2 = self._make_layer(block, 128, layers[1], 2, make_conv)
         self.layer3 = self._make_layer(block, 256, layers[2], 2, make_conv)
         self.layer4 = self._make_layer(block, 512, layers[3], 2, make_conv)
@@ -189,14 +164,21 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         init_weights(self)
 
-    def _make_layer(self, block, planes: int, blocks: int, stride: int, make_conv: ConvMaker) -> nn.Sequential:
+    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int,
+                    make_conv: ConvFactory, is_first: bool = True) -> nn.Sequential:
+        """One stage; ``is_first`` marks the stage's first block as the SCNet reference does (layer1: no)."""
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = _projection(self.inplanes, planes * block.expansion, stride, make_conv)
-        layers = [block(self.inplanes, planes, stride, downsample, make_conv)]
+        specs = [BlockSpec(self.inplanes, planes, stride, downsample, is_first)]
+        specs += [BlockSpec(planes * block.expansion, planes, 1, None, False) for _ in range(1, blocks)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, 1, None, make_conv) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        return nn.Sequential(*(self._block(block, spec, make_conv) for spec in specs))
+
+    @staticmethod
+    def _block(block: type[BasicBlock | Bottleneck], spec: BlockSpec, make_conv: ConvFactory) -> nn.Module:
+        replaced = make_conv.block("bottleneck", spec) if block is Bottleneck else None
+        return replaced or block(spec.inplanes, spec.planes, spec.stride, spec.downsample, make_conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -209,18 +191,18 @@ class CifarResNet(nn.Module):
 
     ``shortcut="B"`` (default) projects with 1x1 conv + BN where the shape changes; "A"
     subsamples and zero-pads instead (no parameters). B is the one whose counts match
-    SPConv Table 1 (see registry.PAPER_TARGETS): at alpha = 1/4 option A gives 0.069 M
+    SPConv Table 1 (the SPConv kind's targets): at alpha = 1/4 option A gives 0.069 M
     parameters against the paper's 0.071 M, option B 0.072 M.
     """
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, make_conv: ConvMaker | None = None,
+    def __init__(self, depth: int = 20, num_classes: int = 10, make_conv: ConvFactory | None = None,
                  shortcut: str = "B") -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise BadInputError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
         if shortcut not in ("A", "B"):
             raise BadInputError(f"shortcut must be 'A' (zero-pad) or 'B' (1x1 projection), got {shortcut!r}")
-        make_conv = make_conv or ConvFactory("plain")
+        make_conv = make_conv or ConvFactory()
         n = (depth - 2) // 6
         self.shortcut = shortcut
         self.inplanes = 16
@@ -260,7 +242,7 @@ _IMAGENET = {
 }
 
 
-def imagenet_resnet(arch: str, num_classes: int = 1000, make_conv: ConvMaker | None = None) -> ResNet:
+def imagenet_resnet(arch: str, num_classes: int = 1000, make_conv: ConvFactory | None = None) -> ResNet:
     """``resnet18``/``34``/``50``/``101`` with torchvision's module names."""
     if arch not in _IMAGENET:
         raise BadInputError(f"unknown ImageNet ResNet {arch!r}: choose one of {sorted(_IMAGENET)}")
