@@ -25,6 +25,8 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/ruff check deploy exporters validators tests benchmarks
+	$(VENV)/bin/mypy
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2
@@ -32,6 +34,8 @@ test: $(STAMP) lint
 # The parity suite the Docker images run (no $(STAMP): the image installs its own venv).
 ci:
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/ruff check deploy exporters validators tests benchmarks
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -n 2
 	@mkdir -p $(OUT)
 	$(DEPLOY) claims --quick --threads 1 -o $(OUT)/claims

@@ -25,6 +25,7 @@ from deploy.atomic import atomic_path, sha256_file
 from deploy.errors import BadInputError
 from deploy.layers.registry import conv_kinds
 from deploy.models.registry import arch_from_keys, build_model
+from deploy.models.resnet import ZooNet
 
 FORMAT = "convdeploy/1"
 
@@ -55,7 +56,7 @@ class LoadedModel:
         }
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(model: ZooNet, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Write a zoo model as a convdeploy/1 checkpoint, atomically."""
     payload = {
         "format": FORMAT,
@@ -183,7 +184,7 @@ def check_finite(model: nn.Module) -> None:
         )
 
 
-def _build(arch: str, conv: str, conv_kwargs: dict[str, Any], num_classes: int | None) -> nn.Module:
+def _build(arch: str, conv: str, conv_kwargs: dict[str, Any], num_classes: int | None) -> ZooNet:
     try:
         return build_model(arch, conv, num_classes=num_classes, **conv_kwargs)
     except (ValueError, TypeError, KeyError) as exc:
@@ -239,15 +240,32 @@ def load_checkpoint(
     _strict_load(model, state, f"{arch} (conv={conv})")
     check_finite(model)
     model.eval()
-    return LoadedModel(model, source, digest, arch, conv, kwargs, model.num_classes, tuple(model.input_shape))
+    return LoadedModel(model, source, digest, arch, conv, kwargs, model.num_classes, model.input_shape)
+
+
+def _field(obj: dict, name: str, kind: type | tuple[type, ...], path: Path) -> Any:
+    if name not in obj:
+        raise BadInputError(f"{path}: the convdeploy checkpoint has no {name!r} field: save it again")
+    if not isinstance(obj[name], kind):
+        raise BadInputError(f"{path}: the convdeploy checkpoint's {name!r} field holds a {type(obj[name]).__name__}, "
+                            "which is not what it should: save it again")
+    return obj[name]
+
+
+def _input_shape(value: Any, path: Path) -> tuple[int, int, int]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise BadInputError(f"{path}: the checkpoint's input_shape {value!r} is not (C, H, W) with positive sizes: "
+                            "save it again")
+    return (value[0], value[1], value[2])
 
 
 def _load_convdeploy(obj: dict, path: Path, digest: str) -> LoadedModel:
-    try:
-        arch, conv, kwargs = obj["arch"], obj["conv"], dict(obj.get("conv_kwargs") or {})
-        num_classes, input_shape, state = obj["num_classes"], tuple(obj["input_shape"]), obj["state_dict"]
-    except (KeyError, TypeError) as exc:
-        raise BadInputError(f"{path}: convdeploy checkpoint is missing the field {exc}") from exc
+    arch, conv = _field(obj, "arch", str, path), _field(obj, "conv", str, path)
+    kwargs = dict(_field(obj, "conv_kwargs", dict, path)) if obj.get("conv_kwargs") is not None else {}
+    num_classes = _field(obj, "num_classes", int, path)
+    input_shape = _input_shape(_field(obj, "input_shape", (list, tuple), path), path)
+    state = _field(obj, "state_dict", dict, path)
     model = _build(arch, conv, kwargs, num_classes)
     _strict_load(model, state, f"{arch} (conv={conv})")
     check_finite(model)

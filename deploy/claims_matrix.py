@@ -25,8 +25,19 @@ from deploy.errors import BadInputError
 from deploy.layers.paper import ClaimCheck, ClaimFacts, printed_range
 from deploy.layers.registry import ConvKind, baseline_kind, conv_kind, conv_kinds
 from deploy.models.registry import paper_target
-from validators.claims import (ClaimResult, Part, RatioMeasure, graph_part, info_part, latency_part, make_claim,
-                               range_part, reported_claim, twin_part, zero_overhead_claim)
+from validators.claims import (
+    ClaimResult,
+    Part,
+    RatioMeasure,
+    graph_part,
+    info_part,
+    latency_part,
+    make_claim,
+    range_part,
+    reported_claim,
+    twin_part,
+    zero_overhead_claim,
+)
 from validators.graph import GraphReport
 
 CLAIMS_ARCH = "resnet50"

@@ -22,8 +22,16 @@ import torch
 
 from deploy.atomic import sha256_file
 from deploy.checkpoint import save_checkpoint
-from deploy.claims_matrix import (FASTER_BAND, ZERO_OVERHEAD_BAND, MatrixEntry, ModelRecord, baseline_entry, evaluate,
-                                  latency_rows, paper_figures)
+from deploy.claims_matrix import (
+    FASTER_BAND,
+    ZERO_OVERHEAD_BAND,
+    MatrixEntry,
+    ModelRecord,
+    baseline_entry,
+    evaluate,
+    latency_rows,
+    paper_figures,
+)
 from deploy.environment import device_description, host_device, versions
 from deploy.errors import BackendUnavailableError, BadInputError, ParityError
 from deploy.models.random_init import randomize_model
@@ -33,8 +41,15 @@ from deploy.steps import probe_forward
 from deploy.version import __version__
 from deploy.zoo_counts import zoo_row
 from exporters.tensorrt import build_engine, validate_build_options
-from validators.claims import (COV_LIMIT, RatioMeasure, exit_code_for, tally, write_claims_json, write_claims_md,
-                               write_claims_png)
+from validators.claims import (
+    COV_LIMIT,
+    RatioMeasure,
+    exit_code_for,
+    tally,
+    write_claims_json,
+    write_claims_md,
+    write_claims_png,
+)
 from validators.latency import interleaved
 from validators.runtimes import OrtRuntime
 from validators.trt_env import running_environment, tensorrt_available

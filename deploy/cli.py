@@ -7,13 +7,13 @@ is shown with ``deploy --debug …``.
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import typer
 
-from deploy import __version__
+from deploy.commands import bench, claims, export, zoo
 from deploy.commands.common import guarded, state
+from deploy.version import __version__
 
 app = typer.Typer(
     name="deploy",
@@ -47,8 +47,6 @@ def _root(
 
 
 def _register() -> None:
-    from deploy.commands import bench, claims, export, zoo
-
     app.add_typer(zoo.app, name="zoo")
     for fn in (export.export, export.validate, export.inspect, bench.bench, bench.build, claims.claims):
         app.command(fn.__name__)(guarded(fn))
@@ -63,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

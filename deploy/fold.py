@@ -124,7 +124,7 @@ def _fold_paper_convs(model: nn.Module, probe: torch.Tensor | None, report: Fold
     inputs = _capture_inputs(model, set(names), probe)
     for name in names:
         layer = model.get_submodule(name)
-        conv = layer.to_conv2d()
+        conv = layer.to_conv2d()  # type: ignore[operator]  # folds_to_conv layers have it
         err = _measure(layer, conv, inputs.get(name))
         model.set_submodule(name, conv)
         report.rows.append(FoldRow(name, f"{type(layer).__name__}->Conv2d", *err))
@@ -142,7 +142,7 @@ def _switch_paper_layers(model: nn.Module, probe: torch.Tensor | None, report: F
     for name in outer:
         layer = model.get_submodule(name)
         before = copy.deepcopy(layer)
-        layer.switch_to_deploy()
+        layer.switch_to_deploy()  # type: ignore[operator]  # the layers selected above have it
         err = _measure(before, layer, inputs.get(name))
         report.rows.append(FoldRow(name, f"{type(layer).__name__} (inner Conv+BN)", *err))
 
@@ -157,18 +157,19 @@ def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> list[tuple[str, str]
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(model.get_submodule(node.target), nn.BatchNorm2d):
+        if node.op != "call_module" or not isinstance(model.get_submodule(str(node.target)), nn.BatchNorm2d):
             continue
         src = node.args[0] if node.args else None
         if not isinstance(src, torch.fx.Node) or src.op != "call_module":
             continue
-        if not isinstance(model.get_submodule(src.target), nn.Conv2d):
+        conv_name, bn_name = str(src.target), str(node.target)
+        if not isinstance(model.get_submodule(conv_name), nn.Conv2d):
             continue
-        if len(src.users) == 1 and calls[src.target] == 1 and calls[node.target] == 1:
-            pairs.append((src.target, node.target))
+        if len(src.users) == 1 and calls[conv_name] == 1 and calls[bn_name] == 1:
+            pairs.append((conv_name, bn_name))
     return pairs
 
 
@@ -190,6 +191,7 @@ def _fuse_conv_bn_pairs(model: nn.Module, probe: torch.Tensor | None, report: Fo
     inputs = _capture_inputs(model, {c for c, _ in pairs}, probe)
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # what _conv_bn_pairs found
         fused = fuse_conv_bn(conv, bn)
         err = _measure(nn.Sequential(conv, bn), fused, inputs.get(conv_name))
         model.set_submodule(conv_name, fused)

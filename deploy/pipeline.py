@@ -22,8 +22,17 @@ from deploy.checkpoint import LoadedModel
 from deploy.errors import BadInputError
 from deploy.metrics import Tolerance
 from deploy.report import RunReport
-from deploy.steps import (fold_step, held_out_accuracy, load_step, onnx_metadata, parity_batches, parity_step,
-                          parse_batch, tolerance_from, write_step)
+from deploy.steps import (
+    fold_step,
+    held_out_accuracy,
+    load_step,
+    onnx_metadata,
+    parity_batches,
+    parity_step,
+    parse_batch,
+    tolerance_from,
+    write_step,
+)
 from exporters.onnx import export_onnx_detailed, save_onnx, simplify_onnx
 from exporters.tensorrt import build_engine, validate_build_options
 from validators.graph import GraphReport, check_graph

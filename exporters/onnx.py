@@ -132,7 +132,8 @@ def export_onnx_detailed(
         with torch.no_grad():
             model(x[:1])  # cheap probe: a clear message for an input size the model cannot take
     except Exception as exc:
-        raise BadInputError(f"the model cannot take input (N, {', '.join(map(str, shape))}) ({_first_line(exc)}): choose an input size it supports") from exc
+        raise BadInputError(f"the model cannot take input (N, {', '.join(map(str, shape))}) ({_first_line(exc)}): "
+                            "choose an input size it supports") from exc
     captured: dict[str, Any] = {}
     start = time.perf_counter()
     try:
@@ -171,10 +172,12 @@ def _run_exporter(model: nn.Module, x: torch.Tensor, exporter: str, opset: int, 
         dims = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
         program = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=opset, input_names=["input"],
                                     output_names=["output"], dynamic_shapes=dims, optimize=optimize, verbose=False)
+        assert program is not None  # the dynamo exporter always returns its program
         return program.model_proto
     buf = io.BytesIO()
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None
-    torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
+    torch.onnx.export(model, (x,), buf, dynamo=False,  # type: ignore[arg-type]  # it writes to file objects too
+                      opset_version=opset, input_names=["input"],
                       output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())
 
@@ -234,7 +237,8 @@ def _save_external(proto: onnx.ModelProto, path: Path) -> None:
                     location=f"{path.name}.data", size_threshold=1024)
 
 
-def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str], *, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
+def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str], *,
+              external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
     """Write ``proto`` atomically. Below ``external_data_threshold`` bytes of weights: one
     self-contained file. Above: weights in ``<name>.data`` beside it, renamed into place
     before the .onnx so that a half-finished write never leaves a loadable model."""
@@ -334,7 +338,7 @@ def simplify_onnx(
             reason = "onnxsim changed the outputs: " + "; ".join(bad)
         else:
             simplified = candidate
-    except Exception as exc:  # onnxsim raises plain RuntimeError/ValueError from C++
+    except Exception as exc:  # noqa: BLE001 - onnxsim raises plain RuntimeError/ValueError from C++: kept as a reason
         reason = f"{stage}: {_first_line(exc)}"
     result_model = simplified if simplified is not None else model_proto
     after = op_histogram(result_model)

@@ -25,8 +25,14 @@ import onnx
 
 from deploy.atomic import check_output_path, sha256_file, write_bytes_atomic, write_json_atomic
 from deploy.errors import BadInputError
-from validators.trt_env import (ENGINE_FORMAT, ENGINE_SUFFIXES, BatchProfile, metadata_path, require_tensorrt,
-                                running_environment)
+from validators.trt_env import (
+    ENGINE_FORMAT,
+    ENGINE_SUFFIXES,
+    BatchProfile,
+    metadata_path,
+    require_tensorrt,
+    running_environment,
+)
 
 MAX_WORKSPACE_GIB = 1024.0
 
@@ -48,7 +54,7 @@ def onnx_input(path: str | Path) -> OnnxInput:
         raise BadInputError(f"{p} does not exist: give the path of a model.onnx (deploy export … -o model.onnx)")
     try:
         model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
         raise BadInputError(f"{p} is not a readable ONNX model ({type(exc).__name__}): re-export it") from None
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]

@@ -15,15 +15,26 @@ from typer.testing import CliRunner
 
 from deploy.claims_matrix import ModelRecord, evaluate, matrix, select_entries
 from deploy.cli import app
-
 from deploy.errors import BadInputError
 from deploy.fold import fold_model
 from deploy.models.random_init import randomize_model
 from deploy.models.registry import build_model
 from deploy.zoo_counts import zoo_row
 from exporters.onnx import export_onnx
-from validators.claims import (CONFIRMED, FAIL, INCONCLUSIVE, PASS, REFUTED, Part, RatioMeasure, exit_code_for,
-                               interval_status, make_claim, verdict_from, zero_overhead_claim)
+from validators.claims import (
+    CONFIRMED,
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    REFUTED,
+    Part,
+    RatioMeasure,
+    exit_code_for,
+    interval_status,
+    make_claim,
+    verdict_from,
+    zero_overhead_claim,
+)
 from validators.graph import check_graph
 from validators.latency import interleaved
 from validators.parity import check_parity

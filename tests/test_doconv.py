@@ -58,7 +58,8 @@ def _randomized(cfg: dict, dtype: torch.dtype) -> DOConv2d:
     return layer.eval()
 
 
-def reference_kernel(W: torch.Tensor, D: torch.Tensor, d_diag: torch.Tensor, groups: int, kernel_size) -> torch.Tensor:
+def reference_kernel(W: torch.Tensor, D: torch.Tensor,  # noqa: N803 - the reference's names
+                      d_diag: torch.Tensor, groups: int, kernel_size) -> torch.Tensor:
     """The reference's einsum + raw reshape, spelled out: filter o, input j use D[(o*in/g + j) mod in]."""
     out_c, ipg, d_mul = W.shape
     in_c = D.shape[0]
@@ -213,7 +214,7 @@ def test_init_follows_paper_sec4() -> None:
     assert torch.allclose(wide.composite_kernel(), (w[:, :, :9] + w[:, :, 9:18]).reshape(3, 2, 3, 3))
 
 
-def test_pointwise_has_no_D_and_backprop_reaches_D() -> None:
+def test_pointwise_has_no_d_and_backprop_reaches_d() -> None:
     one = DOConv2d(4, 5, 1, D_mul=7)
     assert set(one.state_dict()) == {"W"} and one.D_mul == 1 and one.W.shape == (5, 4, 1)
     layer = DOConv2d(3, 4, 3, padding=1)

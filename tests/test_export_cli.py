@@ -27,7 +27,6 @@ from tests.conftest import E2E_SAMPLES
 from validators.graph import check_graph, compare_reports
 from validators.runtimes import OrtRuntime
 
-
 R20 = [("resnet20", conv, 32) for conv in ("plain", "coc", "doconv", "ic", "sp")]
 R18 = [("resnet18", conv, 64) for conv in ("plain", "coc", "doconv", "sp")]
 MAX_REL = 1e-4

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from deploy.errors import BackendUnavailableError, BadInputError, ParityError
+from deploy.metrics import Tolerance, compare
 from exporters.onnx import export_onnx, simplify_onnx
 from validators.divergence import locate_divergence
-from deploy.metrics import Tolerance, compare
 from validators.parity import check_parity, first_divergence, seeded_inputs
 from validators.runtimes import OrtRuntime
 from validators.torch_runtime import TorchRuntime

@@ -23,7 +23,6 @@ from deploy.models.complexity import count_params
 from deploy.models.registry import build_model
 
 
-
 def _bare(state: dict, path: Path) -> Path:
     torch.save({k: v.clone() for k, v in state.items()}, path)
     return path

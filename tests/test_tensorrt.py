@@ -21,9 +21,22 @@ from typer.testing import CliRunner
 from deploy.commands.bench import bench, build
 from deploy.commands.common import guarded
 from deploy.errors import BadInputError
-from exporters.tensorrt import OnnxInput, build_engine, compute_profile, engine_metadata, onnx_input, validate_build_options
-from validators.trt_env import (BatchProfile, check_batch_in_profile, check_engine_compat, load_engine_metadata,
-                                metadata_path, tensorrt_available)
+from exporters.tensorrt import (
+    OnnxInput,
+    build_engine,
+    compute_profile,
+    engine_metadata,
+    onnx_input,
+    validate_build_options,
+)
+from validators.trt_env import (
+    BatchProfile,
+    check_batch_in_profile,
+    check_engine_compat,
+    load_engine_metadata,
+    metadata_path,
+    tensorrt_available,
+)
 
 TRT_OK, TRT_REASON = tensorrt_available()
 no_trt_here = pytest.mark.skipif(TRT_OK, reason="TensorRT and a GPU are present: exit 5 does not apply")

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from deploy.errors import BadInputError
-from deploy.models.complexity import count_macs, count_params
 from deploy.layers.paper import parse_count, printed_range
 from deploy.layers.registry import conv_kinds
+from deploy.models.complexity import count_macs, count_params
 from deploy.models.registry import archs, build_model, paper_targets, supported_convs
 from deploy.models.resnet import CifarResNet, ConvFactory
 

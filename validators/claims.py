@@ -21,6 +21,7 @@ large or too small; inconclusive when CoV > limit: the machine was too noisy to 
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -308,12 +309,10 @@ def write_claims_md(path: str | Path, doc: dict[str, Any]) -> Path:
 def write_claims_png(path: str | Path, doc: dict[str, Any]) -> Path:
     """claims.png: one panel per batch, each model's ratio with its interval, the band shaded,
     1.0 marked, and each row's marks (e.g. a MAC-ratio floor, a paper's ratio) as symbols."""
-    import io
-
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - optional and slow to import: only the claims plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - after choosing the Agg backend above
 
     rows = doc.get("latency_rows", [])
     batches = [int(b) for b in doc["settings"]["batches"]]

@@ -13,7 +13,8 @@ counts (deploy/models/complexity.py) and between a folded model and its plain tw
   counted once per consuming node input (seen through Identity aliases); excluded are
   integer/bool tensors (shapes, axes, pads, indices), rank-0 literals (``x * 0.5``,
   epsilons), BatchNormalization running mean/var (inputs 3 and 4: buffers in torch, not
-  parameters) and uses that read only a shape or type (Shape, Size, CastLike's target). Counting per use, not per tensor, matters: both exporters deduplicate
+  parameters) and uses that read only a shape or type (Shape, Size, CastLike's target).
+  Counting per use, not per tensor, matters: both exporters deduplicate
   identical tensors (e.g. the all-zero biases that Conv+BN fusion gives freshly initialised
   BNs), which would otherwise hide parameters. (A weight that torch truly shares between two
   layers is counted once per layer; CNNs of this project share none.)
@@ -34,6 +35,7 @@ import numpy as np
 import onnx
 
 from deploy.errors import GraphCheckError
+from validators.runtimes import all_node_outputs
 from validators.trt_ops import load_tensorrt_ops
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -201,7 +203,7 @@ def _shapes(model: onnx.ModelProto, input_shape: Sequence[int] | None) -> dict[s
             dims = vi.type.tensor_type.shape.dim
             if dims and all(d.HasField("dim_value") for d in dims):
                 shapes[vi.name] = tuple(d.dim_value for d in dims)
-    except Exception:  # fall through to the ONNX Runtime pass below
+    except Exception:  # noqa: BLE001 - shape inference fails in many ways; the ONNX Runtime pass below covers it
         pass
     needed = {o for n in probe.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") for o in (n.output[0], n.input[0])}
     if needed - set(shapes):
@@ -210,9 +212,8 @@ def _shapes(model: onnx.ModelProto, input_shape: Sequence[int] | None) -> dict[s
 
 
 def _shapes_by_running(probe: onnx.ModelProto, fixed: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    from validators.runtimes import all_node_outputs
-
-    return {n: tuple(v.shape) for n, v in all_node_outputs(probe, np.zeros(fixed, dtype=np.float32), skip_constants=False).items()}
+    values = all_node_outputs(probe, np.zeros(fixed, dtype=np.float32), skip_constants=False)
+    return {n: tuple(v.shape) for n, v in values.items()}
 
 
 def count_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None) -> tuple[int, dict[str, int]]:
@@ -225,7 +226,8 @@ def count_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None)
         out, w = shapes.get(node.output[0]), shapes.get(node.input[1])
         a = shapes.get(node.input[0])
         if out is None or w is None or a is None:
-            raise GraphCheckError(f"cannot infer the shapes around {node.op_type} node {node.name}: export with a static input size")
+            raise GraphCheckError(f"cannot infer the shapes around {node.op_type} node {node.name}: "
+                                  "export with a static input size")
         if node.op_type == "Conv":
             k = int(np.prod(w[1:], dtype=np.int64))  # C_in/groups * kH * kW
         elif node.op_type == "Gemm":

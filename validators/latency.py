@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from deploy.errors import BadInputError
 
@@ -171,8 +172,6 @@ def _maybe_progress(enabled: bool):
     """A transient rich progress bar over runs (or seconds when bounded by --duration)."""
     if not enabled:
         return contextlib.nullcontext(None)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                     TextColumn("{task.completed:.0f}/{task.total:.0f} {task.fields[unit]}"),
                     TimeElapsedColumn(), transient=True)
@@ -202,10 +201,10 @@ class _Budget:
         return self.duration is not None and self.elapsed_s() + last_run_s > self.duration
 
     def progress_total(self) -> tuple[float, str]:
-        return (float(self.iters), "runs") if self.iters is not None else (float(self.duration), "s")
+        return (float(self.iters), "runs") if self.iters is not None else (float(self.duration or 0.0), "s")
 
     def progress_value(self, n_done: int) -> float:
-        return float(n_done) if self.iters is not None else min(self.elapsed_s(), float(self.duration))
+        return float(n_done) if self.iters is not None else min(self.elapsed_s(), float(self.duration or 0.0))
 
 
 def _warm(steps: Sequence[Callable[[], float]], warm: Warmup, deadline_s: float | None, started_ns: int) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from deploy.errors import BackendUnavailableError, BadInputError
 
@@ -51,8 +52,6 @@ class OrtRuntime:
         name: str | None = None,
         spin: bool = True,
     ) -> None:
-        import onnxruntime as ort
-
         if provider not in ORT_PROVIDERS:
             raise BadInputError(f"unknown provider {provider!r}: choose one of {', '.join(ORT_PROVIDERS)}")
         ort_name = ORT_PROVIDERS[provider]
@@ -107,8 +106,6 @@ class OrtRuntime:
 
     def describe(self) -> dict[str, Any]:
         """Device, provider, threads and library versions."""
-        import onnxruntime as ort
-
         return {
             "runtime": self.name,
             "device": ort.get_device(),
@@ -122,8 +119,6 @@ class OrtRuntime:
 def all_node_outputs(onnx_model: onnx.ModelProto, x: np.ndarray, skip_constants: bool = True) -> dict[str, np.ndarray]:
     """Every node output of ``onnx_model`` for input ``x`` (a copy of the graph marks them all
     as graph outputs; ONNX Runtime CPU runs it), Constant nodes' outputs only if asked."""
-    import onnxruntime as ort
-
     probe = onnx.ModelProto()
     probe.CopyFrom(onnx_model)
     present = {o.name for o in probe.graph.output}

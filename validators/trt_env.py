@@ -23,7 +23,7 @@ CPU_HINT = "`deploy bench model.onnx` runs on CPU"
 
 def import_tensorrt() -> Any:
     """Import and return the ``tensorrt`` module (the project's only import of it)."""
-    import tensorrt  # noqa: PLC0415  (lazy on purpose)
+    import tensorrt  # noqa: PLC0415 - optional, GPU-only backend: everything else works where it is missing
 
     return tensorrt
 
@@ -32,19 +32,19 @@ def tensorrt_available() -> tuple[bool, str]:
     """(True, "TensorRT x.y on <GPU>") or (False, what is missing). Never raises."""
     try:
         trt = import_tensorrt()
-    except Exception as exc:  # ImportError, or a broken install raising OSError
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install raising OSError
         kind = "not installed" if isinstance(exc, ImportError) else f"not importable ({type(exc).__name__}: {exc})"
         return False, f"TensorRT is {kind} (pip install 'tensorrt>=10,<11' on a machine with an NVIDIA GPU)"
     try:
         version = str(trt.__version__)
         if int(version.split(".")[0]) < 10:
             return False, f"TensorRT {version} is too old: convdeploy needs TensorRT 10"
-        import torch
+        import torch  # noqa: PLC0415 - torch is heavy and only the GPU path needs it: ONNX-only commands stay torch-free
 
         if not torch.cuda.is_available():
             return False, "no CUDA GPU is visible (torch.cuda.is_available() is False)"
         return True, f"TensorRT {version} on {torch.cuda.get_device_name(0)}"
-    except Exception as exc:  # pragma: no cover - defensive: this function must not raise
+    except Exception as exc:  # noqa: BLE001 - defensive: this function must not raise
         return False, f"TensorRT/CUDA check failed: {type(exc).__name__}: {exc}"
 
 
@@ -59,7 +59,7 @@ def require_tensorrt() -> Any:
 def running_environment() -> dict[str, Any]:
     """TensorRT version, GPU name and compute capability of this machine (GPU only)."""
     trt = require_tensorrt()
-    import torch
+    import torch  # noqa: PLC0415 - torch is heavy and only the GPU path needs it: ONNX-only commands stay torch-free
 
     major, minor = torch.cuda.get_device_capability(0)
     return {"tensorrt_version": str(trt.__version__), "gpu_name": torch.cuda.get_device_name(0),
@@ -120,7 +120,8 @@ def check_engine_compat(meta: dict[str, Any], env: dict[str, Any]) -> list[str]:
         raise BadInputError(
             f"engine was built with TensorRT {built[0]} for compute capability {built[1]} "
             f"({meta.get('gpu_name')}), this machine has TensorRT {here[0]} and {here[1]} "
-            f"({env.get('gpu_name')}): rebuild it here with `deploy build {meta.get('source_onnx', 'model.onnx')} -o ENGINE.plan`")
+            f"({env.get('gpu_name')}): rebuild it here with "
+            f"`deploy build {meta.get('source_onnx', 'model.onnx')} -o ENGINE.plan`")
     warnings = []
     if meta.get("gpu_name") != env.get("gpu_name"):
         warnings.append(f"engine was tuned on {meta.get('gpu_name')}, running on {env.get('gpu_name')}: "

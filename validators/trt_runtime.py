@@ -19,15 +19,20 @@ from typing import Any
 import numpy as np
 
 from deploy.errors import BadInputError
-from validators.trt_env import (BatchProfile, check_engine_compat, load_engine_metadata, require_tensorrt,
-                                running_environment)
+from validators.trt_env import (
+    BatchProfile,
+    check_engine_compat,
+    load_engine_metadata,
+    require_tensorrt,
+    running_environment,
+)
 
 
 class CudaEventTimer:
     """Elapsed GPU time between two events recorded on ``stream`` (milliseconds)."""
 
     def __init__(self, stream: Any):
-        import torch
+        import torch  # noqa: PLC0415 - torch is heavy and only the GPU path needs it: ONNX-only commands stay torch-free
 
         self.stream = stream
         self.start = torch.cuda.Event(enable_timing=True)
@@ -56,7 +61,7 @@ class TensorRTRuntime:
         if not path.is_file():
             raise BadInputError(f"{path} does not exist: build it with `deploy build model.onnx -o {path}`")
         trt = require_tensorrt()
-        import torch
+        import torch  # noqa: PLC0415 - torch is heavy and only the GPU path needs it: ONNX-only commands stay torch-free
 
         self._trt, self._torch = trt, torch
         self.path, self.include_copies, self.cuda_graph = path, include_copies, cuda_graph

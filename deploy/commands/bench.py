@@ -18,12 +18,11 @@ from rich.table import Table
 from deploy.atomic import check_output_path, sha256_file, write_json_atomic
 from deploy.commands.common import console
 from deploy.environment import host_device, versions
-from deploy.errors import BackendUnavailableError, BadInputError
+from deploy.errors import BadInputError
 from exporters.tensorrt import build_engine, compute_profile, onnx_input, validate_build_options
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, interleaved
 from validators.runtimes import ORT_PROVIDERS, OrtRuntime
-from validators.trt_env import (CPU_HINT, ENGINE_SUFFIXES, check_batch_in_profile, load_engine_metadata,
-                                require_tensorrt)
+from validators.trt_env import ENGINE_SUFFIXES, check_batch_in_profile, load_engine_metadata, require_tensorrt
 from validators.trt_runtime import TensorRTRuntime
 
 BENCH_FORMAT = "convdeploy-bench/1"
@@ -194,7 +193,7 @@ def bench(
     for rt in {id(r): r for r in runtimes}.values():
         for w in getattr(rt, "warnings", []):
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    shapes = [s or (batch, *getattr(rt, "profile").opt[1:]) for s, rt in zip(shapes, runtimes)]
+    shapes = [s or (batch, *rt.profile.opt[1:]) for s, rt in zip(shapes, runtimes)]
     if len(shapes) == 2 and shapes[0] != shapes[1]:
         raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "
                             "--vs compares on the same input; export both at the same input size")

@@ -38,8 +38,14 @@ class RichUi(Ui):
         self.phase_name = name
         self.task = self.progress.add_task(name, total=max(total, 1e-9))
 
+    @property
+    def current(self) -> TaskID:
+        """The task of the phase running now (``phase`` starts one)."""
+        assert self.task is not None, "phase() starts a task first"
+        return self.task
+
     def item(self, text: str) -> None:
-        self.progress.update(self.task, description=f"[bold]{self.phase_name}[/]: {text}")
+        self.progress.update(self.current, description=f"[bold]{self.phase_name}[/]: {text}")
 
     def close(self) -> None:
         """Mark the last phase done."""
@@ -48,7 +54,7 @@ class RichUi(Ui):
                                  description=f"{self.phase_name} done")
 
     def advance(self, amount: float = 1.0) -> None:
-        self.progress.advance(self.task, amount)
+        self.progress.advance(self.current, amount)
 
     def log(self, text: str) -> None:
         self.progress.console.print(f"  {text}", highlight=False, soft_wrap=True)
@@ -56,13 +62,14 @@ class RichUi(Ui):
     @contextlib.contextmanager
     def budget(self, seconds: float) -> Iterator[None]:
         """Move the bar with the clock while an A/B comparison (bounded by ``seconds``) runs."""
-        start_done = self.progress.tasks[self.task].completed
+        task = self.current
+        start_done = self.progress.tasks[task].completed
         stop = threading.Event()
         t0 = time.perf_counter()
 
         def tick() -> None:
             while not stop.wait(0.5):
-                self.progress.update(self.task, completed=start_done + min(time.perf_counter() - t0, seconds))
+                self.progress.update(task, completed=start_done + min(time.perf_counter() - t0, seconds))
 
         thread = threading.Thread(target=tick, daemon=True)
         thread.start()
@@ -71,7 +78,7 @@ class RichUi(Ui):
         finally:
             stop.set()
             thread.join()
-            self.progress.update(self.task, completed=start_done + seconds)
+            self.progress.update(task, completed=start_done + seconds)
 
 
 def _batches(values: Optional[list[str]]) -> Optional[tuple[int, ...]]:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from deploy.atomic import check_output_path, write_json_atomic
 from deploy.checkpoint import load_checkpoint
-from deploy.commands.common import conv_help, conv_opt_help, conv_options, console, err_console, ratio_help
+from deploy.commands.common import console, conv_help, conv_opt_help, conv_options, err_console, ratio_help
 from deploy.errors import BadInputError
 from deploy.models.complexity import count_params
 from deploy.pipeline import ExportOptions, ExportOutcome, StepLog, run_export
@@ -79,7 +79,8 @@ def _print_graph(graph: GraphReport) -> None:
     verdict = "[green]clean[/]" if graph.ok else "[red]FLAGGED[/]: " + "; ".join(graph.reasons)
     console.print(f"graph check: {verdict}")
     console.print(f"  opset {graph.opset}, {graph.nodes} nodes: {ops}")
-    console.print(f"  params {graph.params / 1e6:.4f} M, MACs {macs} (from the ONNX graph), TensorRT {graph.tensorrt.get('version')} parser: "
+    console.print(f"  params {graph.params / 1e6:.4f} M, MACs {macs} (from the ONNX graph), "
+                  f"TensorRT {graph.tensorrt.get('version')} parser: "
                   + ("all ops supported" if not graph.unsupported_ops else "unsupported ops present"))
 
 
@@ -91,7 +92,8 @@ def export(
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' (axis named 'batch') or a fixed batch size."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height/width (default: the checkpoint's)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18) or torchscript (opset 17)."),
-    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (kept only if outputs still match; skipped with --no-fold, which keeps the graph as exported)."),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (kept only if outputs still "
+                                  "match; skipped with --no-fold, which keeps the graph as exported)."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute part of the parity bound (default 0)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
     samples: int = typer.Option(8, "--samples", help="Seeded random inputs per batch size for parity."),

@@ -11,9 +11,9 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from deploy.checkpoint import save_checkpoint
 from deploy.atomic import check_output_path
-from deploy.commands.common import conv_help, conv_opt_help, conv_options, console, guarded, ratio_help
+from deploy.checkpoint import save_checkpoint
+from deploy.commands.common import console, conv_help, conv_opt_help, conv_options, guarded, ratio_help
 from deploy.digits import load_digits
 from deploy.errors import BadInputError
 from deploy.models.complexity import count_params
@@ -91,7 +91,8 @@ def list_models(
         return
     table = Table(title="convdeploy zoo", caption=CONVENTION, caption_justify="left")
     for col in ("arch", "conv", "params M", "paper", "MACs", "paper MACs", "MACs/paper", "paper source"):
-        table.add_column(col, justify="left" if col in ("arch", "conv", "paper source") else "right", no_wrap=col != "paper source")
+        left = col in ("arch", "conv", "paper source")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col != "paper source")
     for row in rows:
         table.add_row(*_row_text(row))
     console.print(table)
@@ -154,7 +155,7 @@ def train(
     torch.manual_seed(seed)
     model = build_model(arch, conv, 10, **kwargs)
     train_split, test_split = load_digits(size=32)
-    model.input_shape = tuple(train_split.x.shape[1:])
+    model.input_shape = (int(train_split.x.shape[1]), int(train_split.x.shape[2]), int(train_split.x.shape[3]))
     steps = epochs * ((len(train_split.y) + 63) // 64)
     with _progress() as progress:
         name = f"{model.arch} conv={model.conv}"

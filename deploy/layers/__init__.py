@@ -11,9 +11,12 @@ Conventions shared by every layer here:
   importing this package registers the built-in kinds, one import per file below.
 """
 
-from deploy.layers import plain  # noqa: F401 - registers the baseline kind first
+# The order below is the registration order (the zoo's order): the baseline first, then the papers.
+# isort: off
+from deploy.layers import plain  # noqa: F401
 from deploy.layers import coc  # noqa: F401
 from deploy.layers import doconv  # noqa: F401
 from deploy.layers import ic  # noqa: F401
 from deploy.layers import scconv  # noqa: F401
 from deploy.layers import spconv  # noqa: F401
+# isort: on

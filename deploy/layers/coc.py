@@ -65,9 +65,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
-from deploy.layers.conv_bn import conv2d_from_kernel, install_kernel
+from deploy.layers.conv_bn import conv2d_from_kernel, install_kernel, int_pair
 from deploy.layers.paper import ClaimCheck, ClaimFacts
 from deploy.layers.registry import ConvKind, ConvSpec, options_from_signature, register_conv_kind
 
@@ -78,15 +77,6 @@ _DILATED_SUPER = {
     7: {2: (5, 3), 4: (5, 4), 6: (7, 3)},
 }
 _NOISE = 0.1  # relative size of the super kernels' random part at init
-
-
-def _int_pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(value, str):
-        raise ValueError(f"CoCConv2d: string {name}={value!r} is not supported; pass integer(s)")
-    pair = tuple(int(v) for v in _pair(value))
-    if len(pair) != 2 or any(v < minimum for v in pair):
-        raise ValueError(f"CoCConv2d: {name}={value!r} must be one or two integers >= {minimum}")
-    return pair  # type: ignore[return-value]
 
 
 def super_geometry(k: int, skp: int, dilate: bool) -> tuple[int, int]:
@@ -111,7 +101,7 @@ class SuperLayer(nn.Module):
         stnd: bool, layer_norm: bool,
     ) -> None:
         super().__init__()
-        padding = tuple(d * (s - 1) // 2 for s, d in zip(kernel, dilation))
+        padding = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
         self.stnd = stnd
         # Holds the parameters under the reference's key names; called functionally so that
         # MAC-counting hooks on nn.Conv2d see only the real convolution.
@@ -134,6 +124,7 @@ class CoCConv2d(nn.Module):
     """
 
     folds_to_conv = True
+    weight: torch.Tensor  # the folded kernel, once deployed
 
     def __init__(
         self,
@@ -164,7 +155,7 @@ class CoCConv2d(nn.Module):
                 f"CoCConv2d: in_channels={in_channels} and out_channels={out_channels} must both be "
                 f"divisible by groups={groups}"
             )
-        self.kernel_size = _int_pair(kernel_size, "kernel_size", 1)
+        self.kernel_size = int_pair(kernel_size, "kernel_size", 1, "CoCConv2d")
         if any(k < 3 or k % 2 == 0 for k in self.kernel_size):
             raise ValueError(
                 f"CoCConv2d: kernel_size={kernel_size} must be odd and >= 3 in each dimension; "
@@ -186,9 +177,9 @@ class CoCConv2d(nn.Module):
                 )
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.stride = _int_pair(stride, "stride", 1)
-        self.padding = _int_pair(padding, "padding", 0)
-        self.dilation = _int_pair(dilation, "dilation", 1)
+        self.stride = int_pair(stride, "stride", 1, "CoCConv2d")
+        self.padding = int_pair(padding, "padding", 0, "CoCConv2d")
+        self.dilation = int_pair(dilation, "dilation", 1, "CoCConv2d")
         self.groups = groups
         self.padding_mode = "zeros"
         self.sa, self.skp, self.sl = int(sa), int(skp), int(sl)
@@ -251,7 +242,7 @@ class CoCConv2d(nn.Module):
         """The (out, in/groups, kh, kw) kernel ``xi^-1(s * xi(b0))`` of Eq. 1 (+ norms)."""
         if self.deployed:
             return self.weight
-        z = self.weight9
+        z: torch.Tensor = self.weight9
         for layer in self.super_layers():
             z = layer(z)
         if self.skip:

@@ -7,11 +7,33 @@ convolution with kernel s * W and bias s * (b - mu) + beta.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+class ConvGeometry(Protocol):
+    """What a fold target copies from the layer it replaces (``nn.Conv2d`` has all of it)."""
+
+    @property
+    def stride(self) -> tuple[int, ...]: ...
+
+    @property
+    def padding(self) -> Any: ...  # a tuple of ints, or 'same' / 'valid'
+
+    @property
+    def dilation(self) -> tuple[int, ...]: ...
+
+    @property
+    def groups(self) -> int: ...
+
+    @property
+    def training(self) -> bool: ...
+
+
+def bn_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (scale, shift) of an eval-mode BatchNorm, using the module's own eps."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(f"{bn} has no running statistics (track_running_stats=False): it cannot be folded")
@@ -23,7 +45,7 @@ def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fuse_conv_bn_weights(
-    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: _BatchNorm
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernel and bias of conv-then-BN as one convolution (exact, any groups)."""
     scale, shift = bn_scale_shift(bn)
@@ -33,16 +55,16 @@ def fuse_conv_bn_weights(
 
 
 @torch.no_grad()
-def conv2d_from_kernel(layer: nn.Module, kernel: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
+def conv2d_from_kernel(layer: ConvGeometry, kernel: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
     """A plain ``nn.Conv2d`` with ``layer``'s geometry (stride, padding, dilation, groups,
     padding_mode) holding ``kernel`` and ``bias``: the target of every fold into one conv."""
     conv = nn.Conv2d(
         kernel.shape[1] * layer.groups,
         kernel.shape[0],
-        tuple(kernel.shape[2:]),
-        stride=layer.stride,
-        padding=layer.padding,
-        dilation=layer.dilation,
+        (kernel.shape[2], kernel.shape[3]),
+        stride=_pair2(layer.stride),
+        padding=layer.padding if isinstance(layer.padding, str) else _pair2(layer.padding),
+        dilation=_pair2(layer.dilation),
         groups=layer.groups,
         bias=bias is not None,
         padding_mode=getattr(layer, "padding_mode", "zeros"),
@@ -50,14 +72,14 @@ def conv2d_from_kernel(layer: nn.Module, kernel: torch.Tensor, bias: torch.Tenso
         dtype=kernel.dtype,
     )
     conv.weight.copy_(kernel)
-    if bias is not None:
+    if bias is not None and conv.bias is not None:
         conv.bias.copy_(bias)
     conv.train(layer.training)
     return conv
 
 
 @torch.no_grad()
-def install_kernel(layer: nn.Module, drop: list[str]) -> None:
+def install_kernel(layer: Any, drop: list[str]) -> None:
     """``switch_to_deploy`` of a layer that folds into one conv: compute ``layer.composite_kernel()``,
     delete the training-form attributes ``drop``, keep ``weight`` then ``bias`` (``nn.Conv2d``'s
     key order) and set ``layer.deployed``. Idempotent."""
@@ -74,15 +96,15 @@ def install_kernel(layer: nn.Module, drop: list[str]) -> None:
 
 
 @torch.no_grad()
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+def fuse_conv_bn(conv: nn.Conv2d, bn: _BatchNorm) -> nn.Conv2d:
     """A new ``nn.Conv2d`` equal to ``bn(conv(x))`` in eval mode; inputs are not modified."""
     fused = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
+        _pair2(conv.kernel_size),
+        stride=_pair2(conv.stride),
+        padding=conv.padding if isinstance(conv.padding, str) else _pair2(conv.padding),
+        dilation=_pair2(conv.dilation),
         groups=conv.groups,
         bias=True,
         padding_mode=conv.padding_mode,
@@ -91,5 +113,21 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     )
     w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn)
     fused.weight.copy_(w)
+    assert fused.bias is not None
     fused.bias.copy_(b)
     return fused
+
+
+def int_pair(value: int | tuple[int, int], name: str, minimum: int, owner: str) -> tuple[int, int]:
+    """One or two integers >= ``minimum`` as a pair, or a ValueError naming ``owner`` and ``name``."""
+    if isinstance(value, str):
+        raise ValueError(f"{owner}: string {name}={value!r} is not supported; pass integer(s)")
+    items = (value, value) if isinstance(value, int) else tuple(value)
+    if len(items) != 2 or any(int(v) < minimum for v in items):
+        raise ValueError(f"{owner}: {name}={value!r} must be one or two integers >= {minimum}")
+    return (int(items[0]), int(items[1]))
+
+
+def _pair2(value: Any) -> tuple[int, int]:
+    """``nn.Conv2d``'s 2-tuples (its attributes are typed as variable-length tuples)."""
+    return (int(value[0]), int(value[1]))

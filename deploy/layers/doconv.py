@@ -50,22 +50,12 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
-from deploy.layers.conv_bn import conv2d_from_kernel, install_kernel
+from deploy.layers.conv_bn import conv2d_from_kernel, install_kernel, int_pair
 from deploy.layers.paper import ClaimCheck, ClaimFacts
 from deploy.layers.registry import CONV_ROLES, ConvKind, ConvSpec, options_from_signature, register_conv_kind
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-
-
-def _positive_pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(value, str):
-        raise ValueError(f"DOConv2d: string {name}={value!r} is not supported; pass integer(s)")
-    pair = tuple(int(v) for v in _pair(value))
-    if len(pair) != 2 or any(v < minimum for v in pair):
-        raise ValueError(f"DOConv2d: {name}={value!r} must be one or two integers >= {minimum}")
-    return pair  # type: ignore[return-value]
 
 
 def identity_tiled(in_channels: int, mn: int, d_mul: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -84,6 +74,7 @@ class DOConv2d(nn.Module):
     """
 
     folds_to_conv = True
+    weight: torch.Tensor  # the folded kernel, once deployed
 
     def __init__(
         self,
@@ -112,10 +103,10 @@ class DOConv2d(nn.Module):
             raise ValueError(f"DOConv2d: padding_mode={padding_mode!r} must be one of {_PADDING_MODES}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _positive_pair(kernel_size, "kernel_size", 1)
-        self.stride = _positive_pair(stride, "stride", 1)
-        self.padding = _positive_pair(padding, "padding", 0)
-        self.dilation = _positive_pair(dilation, "dilation", 1)
+        self.kernel_size = int_pair(kernel_size, "kernel_size", 1, "DOConv2d")
+        self.stride = int_pair(stride, "stride", 1, "DOConv2d")
+        self.padding = int_pair(padding, "padding", 0, "DOConv2d")
+        self.dilation = int_pair(dilation, "dilation", 1, "DOConv2d")
         self.groups = groups
         self.padding_mode = padding_mode
         self._reversed_padding_repeated_twice = (self.padding[1],) * 2 + (self.padding[0],) * 2

@@ -65,6 +65,8 @@ _IntOr2 = int | tuple[int, int]
 class ICConv2d(nn.Module):
     """IC layer of Eq. 6/7: a drop-in replacement for a k×k ``nn.Conv2d`` (groups = 1)."""
 
+    b1: nn.Parameter | None
+
     def __init__(
         self,
         in_channels: int,
@@ -82,10 +84,11 @@ class ICConv2d(nn.Module):
             raise ValueError(
                 f"ICConv2d needs positive channel counts, got in={in_channels}, out={out_channels}"
             )
-        geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
-        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **geometry)
-        # 1 ⊗̂ X: depthwise window sum with a frozen all-ones kernel (Eq. 6).
-        self.window_sum = nn.Conv2d(in_channels, in_channels, groups=in_channels, bias=False, **geometry)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                              dilation=dilation, bias=False)
+        # 1 ⊗̂ X: depthwise window sum with a frozen all-ones kernel (Eq. 6), the same geometry as W
+        self.window_sum = nn.Conv2d(in_channels, in_channels, kernel_size, stride=stride, padding=padding,
+                                    dilation=dilation, groups=in_channels, bias=False)
         self.window_sum.weight.requires_grad_(False)
         with torch.no_grad():
             self.window_sum.weight.fill_(1.0)
@@ -138,6 +141,7 @@ class ICConv2d(nn.Module):
         if self.deployed:
             # biases already inside conv (b2) and adjust (b2 - b1)
             return y + self.alpha * F.relu(y - z)
+        assert self.b1 is not None  # present until switch_to_deploy moves it into adjust
         inner = y - z + self.b1.view(1, -1, 1, 1)
         out = y + self.alpha * F.relu(inner)
         if self.bias is not None:
@@ -147,12 +151,13 @@ class ICConv2d(nn.Module):
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
         """Move b2 into ``conv`` and (b2 − b1) into ``adjust``; exact, in place, idempotent."""
-        if self.deployed:
+        if self.deployed or self.b1 is None:
             return
-        b2 = self.bias.detach() if self.bias is not None else torch.zeros_like(self.b1)
+        b1 = self.b1.detach()
+        b2 = self.bias.detach() if self.bias is not None else torch.zeros_like(b1)
         if self.bias is not None:
             self.conv.bias = nn.Parameter(b2.clone())
-        self.adjust.bias = nn.Parameter(b2 - self.b1.detach())
+        self.adjust.bias = nn.Parameter(b2 - b1)
         self.b1 = None
         self.bias = None
         self.deployed = True

@@ -248,7 +248,7 @@ def options_from_signature(fn: Callable[..., Any], names: Sequence[str], help: M
                            recorded: Sequence[str] = ()) -> tuple[ConvOption, ...]:
     """``ConvOption``s for the parameters ``names`` of ``fn`` (a layer's constructor): type and
     default from its signature and annotations, help and choices from the mappings given."""
-    target_fn = fn.__init__ if inspect.isclass(fn) else fn  # type: ignore[misc]
+    target_fn = fn.__init__ if inspect.isclass(fn) else fn
     hints = typing.get_type_hints(target_fn)
     params = inspect.signature(target_fn).parameters
     out = []

@@ -105,8 +105,8 @@ class SPConv3x3(nn.Module):
         self.avgpool_s2_3 = nn.AvgPool2d(kernel_size=2, stride=2)
         self.avgpool_add_1 = nn.AdaptiveAvgPool2d(1)
         self.avgpool_add_3 = nn.AdaptiveAvgPool2d(1)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.bn1: nn.Module = nn.BatchNorm2d(out_channels)  # nn.Identity once folded
+        self.bn2: nn.Module = nn.BatchNorm2d(out_channels)
         self.deployed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,6 +135,7 @@ class SPConv3x3(nn.Module):
         """Fold bn1 into gwc and pwc and bn2 into conv1x1; exact, in place, idempotent."""
         if self.deployed:
             return
+        assert isinstance(self.bn1, nn.BatchNorm2d) and isinstance(self.bn2, nn.BatchNorm2d)
         scale, _ = bn_scale_shift(self.bn1)
         pwc = nn.Conv2d(self.inplanes_3x3, self.outplanes, kernel_size=1, bias=False,
                         device=self.pwc.weight.device, dtype=self.pwc.weight.dtype)

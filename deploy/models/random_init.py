@@ -32,6 +32,7 @@ def randomize_model(model: nn.Module, input_shape: tuple[int, ...], seed: int = 
     model.train(was_training)
     for bn in bns:
         bn.momentum = 0.1
+        assert bn.running_mean is not None and bn.running_var is not None  # reset_running_stats above made them
         std = bn.running_var.sqrt()
         bn.running_mean.add_(0.1 * std * torch.randn(bn.num_features, generator=gen))
         bn.running_var.mul_(torch.empty(bn.num_features).uniform_(0.8, 1.25, generator=gen))

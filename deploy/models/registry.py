@@ -12,12 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from torch import nn
-
 from deploy.errors import BadInputError
 from deploy.layers.paper import PaperTarget
 from deploy.layers.registry import ConvKind, baseline_kind, conv_kind, conv_kinds
-from deploy.models.resnet import CifarResNet, ConvFactory, imagenet_resnet
+from deploy.models.resnet import CifarResNet, ConvFactory, ZooNet, imagenet_resnet
 
 IMAGENET_SHAPE = (3, 224, 224)
 CIFAR_SHAPE = (3, 32, 32)
@@ -33,10 +31,10 @@ class Arch:
     num_classes: int
     input_shape: tuple[int, int, int]
     roles: frozenset[str]
-    build: Callable[[int, ConvFactory], nn.Module]
+    build: Callable[[int, ConvFactory], ZooNet]
 
 
-def _imagenet(name: str) -> Callable[[int, ConvFactory], nn.Module]:
+def _imagenet(name: str) -> Callable[[int, ConvFactory], ZooNet]:
     return lambda classes, factory: imagenet_resnet(name, classes, factory)
 
 
@@ -65,10 +63,10 @@ def resolve_arch(arch: str, conv: str | None) -> tuple[Arch, ConvKind, str]:
     """(base arch, kind, the model's zoo name) for ``arch`` built with ``conv``; BadInputError if it cannot be."""
     named = _named_models()
     if arch in named:
-        base, kind = named[arch]
-        if conv is not None and conv_kind(conv) is not kind:
-            raise BadInputError(f"{arch} is {base} with conv={kind.name!r}: build {base} for conv={conv!r}")
-        return _BASE[base], kind, arch
+        base_name, named_kind = named[arch]
+        if conv is not None and conv_kind(conv) is not named_kind:
+            raise BadInputError(f"{arch} is {base_name} with conv={named_kind.name!r}: build {base_name} for conv={conv!r}")
+        return _BASE[base_name], named_kind, arch
     if arch not in _BASE:
         raise BadInputError(f"unknown arch {arch!r}: choose one of {', '.join(archs())}")
     kind = conv_kind(conv) if conv is not None else baseline_kind()
@@ -98,7 +96,7 @@ def default_input_shape(arch: str) -> tuple[int, int, int]:
     return resolve_arch(arch, None)[0].input_shape
 
 
-def build_model(arch: str, conv: str | None = None, num_classes: int | None = None, **conv_kwargs: Any) -> nn.Module:
+def build_model(arch: str, conv: str | None = None, num_classes: int | None = None, **conv_kwargs: Any) -> ZooNet:
     """Build ``arch`` with the convolutions of kind ``conv`` where that kind puts them.
 
     ``conv`` defaults to the baseline kind (``plain``), or to the kind a named model
@@ -153,8 +151,8 @@ def paper_targets() -> tuple[PaperTarget, ...]:
     return tuple(r for r in rows if r is not None)
 
 
-_BOTTLENECK_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
-_BASIC_DEPTHS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34", (3, 3, 3): "resnet20"}
+_BOTTLENECK_DEPTHS: dict[tuple[int, ...], str] = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
+_BASIC_DEPTHS: dict[tuple[int, ...], str] = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34", (3, 3, 3): "resnet20"}
 
 
 def arch_from_keys(keys: set[str]) -> str:
@@ -166,7 +164,8 @@ def arch_from_keys(keys: set[str]) -> str:
             break
         counts.append(len(blocks))
     bottleneck = any(k.startswith(("layer1.0.conv3.", "layer1.0.bn3.")) for k in keys)
-    arch = (_BOTTLENECK_DEPTHS if bottleneck else _BASIC_DEPTHS).get(tuple(counts))
+    depths: dict[tuple[int, ...], str] = _BOTTLENECK_DEPTHS if bottleneck else _BASIC_DEPTHS
+    arch = depths.get(tuple(counts))
     if arch is None:
         raise BadInputError(f"cannot tell the ResNet depth from the checkpoint's blocks per stage {tuple(counts)}")
     return arch

@@ -28,6 +28,16 @@ from deploy.layers.registry import BLOCK_ROLES, CONV_ROLES, BlockSpec, ConvSpec,
 ConvMaker = Callable[[str, int, int, int, int, int], nn.Module]
 
 
+class ZooNet(nn.Module):
+    """A zoo network: besides its modules it carries what a convdeploy checkpoint records."""
+
+    arch: str
+    conv: str
+    conv_kwargs: dict[str, Any]
+    num_classes: int
+    input_shape: tuple[int, int, int]
+
+
 def _is_paper_layer(module: nn.Module) -> bool:
     return hasattr(module, "switch_to_deploy") or getattr(module, "folds_to_conv", False)
 
@@ -144,7 +154,7 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class ResNet(nn.Module):
+class ResNet(ZooNet):
     """ImageNet ResNet (224x224 input): stem 7x7/2 + max-pool, four stages, global pool, fc."""
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 1000,
@@ -186,7 +196,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ZooNet):
     """CIFAR ResNet-(6n+2) (He et al. 2016, Sec. 4.2): 3x3 stem, stages of 16/32/64 filters.
 
     ``shortcut="B"`` (default) projects with 1x1 conv + BN where the shape changes; "A"
@@ -234,7 +244,7 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-_IMAGENET = {
+_IMAGENET: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),

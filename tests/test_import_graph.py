@@ -1,0 +1,193 @@
+"""The package's import graph: layers only look down, no cycles, function-level imports included.
+
+Every module of deploy/, exporters/ and validators/ is parsed (never imported); each import
+of another project module is an edge. The layer order is the one docs/architecture.md
+documents. Function-local imports are allowed only for heavy or optional third-party
+backends, each with a comment saying why.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import io
+import re
+import tokenize
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("deploy", "exporters", "validators")
+
+#: lowest first; a module may import from its own layer or any layer below it
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundations", ("deploy.version", "deploy.errors", "deploy.atomic", "deploy.environment", "deploy.metrics")),
+    ("layers", ("deploy.layers", "deploy.layers.*")),
+    ("models", ("deploy.models", "deploy.models.*", "deploy.digits", "deploy.train")),
+    ("fold / checkpoint", ("deploy.fold", "deploy.checkpoint", "deploy.zoo_counts")),
+    ("runtimes", ("validators", "validators.runtimes", "validators.torch_runtime", "validators.trt_env",
+                  "validators.trt_runtime")),
+    ("exporters / graph checks / parity / latency", ("exporters", "exporters.*", "validators.*")),
+    ("pipeline / claims", ("deploy.steps", "deploy.report", "deploy.pipeline", "deploy.validate",
+                           "deploy.claims_matrix", "deploy.claims_run")),
+    ("CLI / API", ("deploy", "deploy.cli", "deploy.commands", "deploy.commands.*")),
+]
+#: third-party modules a function may import lazily (heavy or optional backends)
+LAZY_OK = ("tensorrt", "polygraphy", "matplotlib", "onnxsim", "torch", "onnxconverter_common")
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules(root: Path = ROOT) -> dict[str, Path]:
+    return {module_name(p, root): p for pkg in PACKAGES for p in sorted((root / pkg).rglob("*.py"))}
+
+
+def layer_of(module: str) -> int:
+    """The first layer whose patterns match ``module`` (exact names before wildcards)."""
+    for exact in (True, False):
+        for i, (_, patterns) in enumerate(LAYERS):
+            for pat in patterns:
+                if ("*" in pat) != (not exact):
+                    continue
+                if module == pat or (not exact and fnmatch.fnmatchcase(module, pat)):
+                    return i
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS and docs/architecture.md")
+
+
+def _targets(node: ast.Import | ast.ImportFrom, modules: dict[str, Path]) -> list[str]:
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        base = node.module or ""
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+    return [n for n in names if n.split(".")[0] in PACKAGES and n in modules]
+
+
+def imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, int, bool]]:
+    """(imported project module, line, inside a function) for every import statement of ``path``."""
+    tree = ast.parse(path.read_text())
+    local: set[int] = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            local.update(id(n) for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom)))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.extend((t, node.lineno, id(node) in local) for t in _targets(node, modules))
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {m: {t for t, _, _ in imports(p, modules) if t != m} for m, p in modules.items()}
+
+
+def test_every_module_is_in_a_layer():
+    for m in all_modules():
+        layer_of(m)
+
+
+def upward_imports(root: Path = ROOT) -> list[str]:
+    """Every import of a module from a higher layer, as ``file:line: what``."""
+    modules = all_modules(root)
+    bad = []
+    for m, path in modules.items():
+        for target, line, _ in imports(path, modules):
+            if layer_of(target) > layer_of(m):
+                bad.append(f"{path.relative_to(root)}:{line}: {m} ({LAYERS[layer_of(m)][0]}) imports "
+                           f"{target} ({LAYERS[layer_of(target)][0]})")
+    return bad
+
+
+def test_layers_only_look_down():
+    bad = upward_imports()
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    edges = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(edges[m]):
+            if state.get(t) == 1:
+                cycle = stack[stack.index(t):] + [t]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+
+
+def _comment_lines(path: Path) -> dict[int, str]:
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+    return {t.start[0]: t.string for t in tokens if t.type == tokenize.COMMENT}
+
+
+def test_function_level_imports_are_only_heavy_backends_with_a_reason():
+    bad = []
+    for path in all_modules().values():
+        comments = _comment_lines(path)
+        tree = ast.parse(path.read_text())
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in (n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                if any(n.split(".")[0] not in LAZY_OK for n in names):
+                    bad.append(f"{where}: function-level import of {names} (only {LAZY_OK} may be lazy)")
+                elif len(comments.get(node.lineno, "")) < 20:
+                    bad.append(f"{where}: a lazy import needs a comment saying why")
+    assert not bad, "\n".join(bad)
+
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
+
+
+def _docstring_ids(tree: ast.AST) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def test_library_messages_name_no_cli_flags():
+    """Only the CLI layer knows flag names; the library names its parameters in backticks."""
+    bad = []
+    for m, path in all_modules().items():
+        if layer_of(m) == len(LAYERS) - 1:
+            continue
+        tree = ast.parse(path.read_text())
+        docs = _docstring_ids(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                found = _FLAG.findall(node.value)
+                if found:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {found}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    """The layer rule really fires: a foundation importing the CLI inside a function is caught."""
+    for pkg in PACKAGES:
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "deploy" / "cli.py").write_text("from deploy.errors import X\n")
+    (tmp_path / "deploy" / "errors.py").write_text("def f():\n    from deploy.cli import app\n")
+    assert upward_imports(tmp_path) == ["deploy/errors.py:2: deploy.errors (foundations) imports deploy.cli (CLI / API)"]
+    assert layer_of("validators.parity") > layer_of("validators.runtimes")
