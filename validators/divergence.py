@@ -159,73 +159,84 @@ def _weight_owner(node: onnx.NodeProto | None, inits: set[str], modules: set[str
     return None
 
 
-def locate_divergence(model: nn.Module, onnx_model: onnx.ModelProto, x: np.ndarray, tol: Tolerance) -> Divergence | None:
-    """The first module whose output disagrees with the ONNX graph beyond ``tol``, or None."""
-    calls, final = _torch_calls(model, x)
-    values = _all_intermediates(onnx_model, x)
-    mods = dict(model.named_modules())
-    modules = set(mods) - {""}
-    exits = _exits(onnx_model, modules)
-    producer = {t: n for n in onnx_model.graph.node for t in n.output}
-    inits = {i.name for i in onnx_model.graph.initializer}
-    use_scopes = bool(exits)
-    n_calls: dict[str, int] = defaultdict(int)
-    for c in calls:
-        n_calls[c.module] += 1
+class _Search:
+    """The torch calls of one forward pass matched against every intermediate ONNX tensor."""
 
-    def ok(ref: np.ndarray, name: str) -> bool:
-        out = values.get(name)
-        return out is not None and out.shape == ref.shape and not tol.violations(compare(ref, out), check_top1=False)
+    def __init__(self, model: nn.Module, onnx_model: onnx.ModelProto, x: np.ndarray, tol: Tolerance) -> None:
+        self.calls, self.final = _torch_calls(model, x)
+        self.values = _all_intermediates(onnx_model, x)
+        self.mods = dict(model.named_modules())
+        self.modules = set(self.mods) - {""}
+        self.exits = _exits(onnx_model, self.modules)
+        self.producer = {t: n for n in onnx_model.graph.node for t in n.output}
+        self.inits = {i.name for i in onnx_model.graph.initializer}
+        self.use_scopes = bool(self.exits)
+        self.tol = tol
+        self.n_calls: dict[str, int] = defaultdict(int)
+        for c in self.calls:
+            self.n_calls[c.module] += 1
+        self.same_shape: dict[tuple[int, ...], list[str]] = defaultdict(list)
+        for name, v in self.values.items():
+            self.same_shape[v.shape].append(name)
 
-    def mapped(call: _Call) -> str | None:
-        cands = [t for t in exits.get(call.module, []) if t in values and values[t].shape == call.output.shape]
+    def ok(self, ref: np.ndarray, name: str) -> bool:
+        out = self.values.get(name)
+        return out is not None and out.shape == ref.shape and not self.tol.violations(compare(ref, out), check_top1=False)
+
+    def mapped(self, call: _Call) -> str | None:
+        """The ONNX tensor of this call, by module scopes (the k-th exit for the k-th call)."""
+        cands = [t for t in self.exits.get(call.module, []) if t in self.values
+                 and self.values[t].shape == call.output.shape]
         if not cands:
             return None
-        if n_calls[call.module] == 1:
+        if self.n_calls[call.module] == 1:
             return cands[-1]
-        return cands[call.index] if len(cands) == n_calls[call.module] else None
+        return cands[call.index] if len(cands) == self.n_calls[call.module] else None
 
-    def consumer(i: int) -> _Call | None:
-        return next((c for c in calls[i + 1 :] if calls[i].out_id in c.in_ids and c.module != calls[i].module), None)
+    def consumer(self, i: int) -> _Call | None:
+        call = self.calls[i]
+        return next((c for c in self.calls[i + 1:] if call.out_id in c.in_ids and c.module != call.module), None)
 
-    same_shape: dict[tuple[int, ...], list[str]] = defaultdict(list)
-    for name, v in values.items():
-        same_shape[v.shape].append(name)
+    def mismatch(self, i: int) -> tuple[str | None, str] | None:
+        """(ONNX tensor, how it was matched) when call ``i`` diverges, else None."""
+        call, nxt = self.calls[i], self.consumer(i)
+        if self.use_scopes:
+            tensor = self.mapped(call)
+            if tensor is None or self.ok(call.output, tensor):
+                return None
+            if nxt is not None and self.ok(nxt.output, tensor):
+                return None  # fused with its consumer (e.g. Conv+BN kept under the Conv's name)
+            return tensor, "module scopes"
+        if any(self.ok(call.output, t) for t in self.same_shape.get(call.output.shape, [])):
+            return None
+        if nxt is not None and any(self.ok(nxt.output, t) for t in self.same_shape.get(nxt.output.shape, [])):
+            return None
+        tensor = _closest(call.output, self.same_shape.get(call.output.shape, []), self.values)
+        return tensor, "values (no scope information in the graph; ONNX tensor = closest one)"
 
-    for i, call in enumerate(calls):
-        if use_scopes:
-            tensor = mapped(call)
-            if tensor is None or ok(call.output, tensor):
-                continue
-            nxt = consumer(i)
-            if nxt is not None and ok(nxt.output, tensor):
-                continue  # fused with its consumer (e.g. Conv+BN kept under the Conv's name)
-            method = "module scopes"
-        else:
-            if any(ok(call.output, t) for t in same_shape.get(call.output.shape, [])):
-                continue
-            nxt = consumer(i)
-            if nxt is not None and any(ok(nxt.output, t) for t in same_shape.get(nxt.output.shape, [])):
-                continue
-            tensor = _closest(call.output, same_shape.get(call.output.shape, []), values)
-            method = "values (no scope information in the graph; ONNX tensor = closest one)"
-        node = producer.get(tensor) if tensor else None
-        owner = (_weight_owner(node, inits, modules) if use_scopes else None) or call.module
-        err = compare(call.output, values[tensor])["max_abs_err"] if tensor else float("inf")
+    def divergence(self, call: _Call, tensor: str | None, method: str) -> Divergence:
+        node = self.producer.get(tensor) if tensor else None
+        owner = (_weight_owner(node, self.inits, self.modules) if self.use_scopes else None) or call.module
+        err = compare(call.output, self.values[tensor])["max_abs_err"] if tensor else float("inf")
         return Divergence(
-            module=owner,
-            module_type=type(mods[owner]).__name__,
-            compared_module=call.module,
-            onnx_node=node.name if node is not None else None,
-            onnx_op=node.op_type if node is not None else None,
-            onnx_tensor=tensor,
-            max_abs_err=err,
-            bound=tol.bound(float(np.abs(call.output).max()) if call.output.size else 0.0),
-            method=method,
+            module=owner, module_type=type(self.mods[owner]).__name__, compared_module=call.module,
+            onnx_node=node.name if node is not None else None, onnx_op=node.op_type if node is not None else None,
+            onnx_tensor=tensor, max_abs_err=err,
+            bound=self.tol.bound(float(np.abs(call.output).max()) if call.output.size else 0.0), method=method,
         )
+
+
+def locate_divergence(model: nn.Module, onnx_model: onnx.ModelProto, x: np.ndarray,
+                      tol: Tolerance) -> Divergence | None:
+    """The first module whose output disagrees with the ONNX graph beyond ``tol``, or None."""
+    search = _Search(model, onnx_model, x, tol)
+    for i, call in enumerate(search.calls):
+        found = search.mismatch(i)
+        if found is not None:
+            return search.divergence(call, *found)
     out_name = onnx_model.graph.output[0].name
-    if out_name in values and not ok(final, out_name):
-        m = compare(final, values[out_name])
+    if out_name in search.values and not search.ok(search.final, out_name):
+        m = compare(search.final, search.values[out_name])
         return Divergence("<top-level forward>", type(model).__name__, "<top-level forward>", None, None, out_name,
                           m["max_abs_err"], tol.bound(m["max_ref"]), "final output")
     return None

@@ -239,6 +239,23 @@ def count_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None)
     return int(sum(by_op.values())), dict(sorted(by_op.items()))
 
 
+def _tensorrt_support(nodes: list[onnx.NodeProto], table: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """(ops the TensorRT parser cannot take, with their nodes; restrictions of the ops it can)."""
+    unsupported, restrictions = [], {}
+    by_op: dict[str, list[str]] = defaultdict(list)
+    for n in nodes:
+        if n.domain in DEFAULT_DOMAINS:
+            by_op[n.op_type].append(n.name)
+    for op, names in sorted(by_op.items()):
+        row = table.lookup(op)
+        if row is None or not row.supported:
+            why = "not in the TensorRT support matrix" if row is None else "marked unsupported"
+            unsupported.append({"op": op, "nodes": names, "why": why})
+        elif row.restrictions:
+            restrictions[op] = row.restrictions
+    return unsupported, restrictions
+
+
 def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None, *, allow_einsum: bool = False) -> GraphReport:
     """Check ``model`` and count its params/MACs; never raises on a failed check (see
     ``GraphReport.raise_if_failed``). ``input_shape`` (C, H, W) is needed only when the
@@ -254,19 +271,7 @@ def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None
     if custom:
         shown = ", ".join(f"{c['domain'] or 'default'}::{c['op_type']} ({c['name']})" for c in custom[:5])
         reasons.append(f"{len(custom)} node(s) outside the default ONNX domain: {shown}")
-
-    unsupported, restrictions = [], {}
-    by_op: dict[str, list[str]] = defaultdict(list)
-    for n in nodes:
-        if n.domain in DEFAULT_DOMAINS:
-            by_op[n.op_type].append(n.name)
-    for op, names in sorted(by_op.items()):
-        row = table.lookup(op)
-        if row is None or not row.supported:
-            why = "not in the TensorRT support matrix" if row is None else "marked unsupported"
-            unsupported.append({"op": op, "nodes": names, "why": why})
-        elif row.restrictions:
-            restrictions[op] = row.restrictions
+    unsupported, restrictions = _tensorrt_support(nodes, table)
     if unsupported:
         reasons.append("ops TensorRT's ONNX parser cannot take: " +
                        ", ".join(f"{u['op']} ({', '.join(u['nodes'][:3])})" for u in unsupported))

@@ -179,24 +179,7 @@ def bench(
         check_output_path(json_out)
     paths = [artifact] + ([vs] if vs is not None else [])
     kinds = [artifact_kind(p) for p in paths]
-    shapes = [onnx_bench_shape(p, batch, input_size) if k == "onnx" else engine_bench_shape(p, batch, input_size)
-              for p, k in zip(paths, kinds)]
-    # the same file twice is an A/A check of the harness: one session timed in both slots
-    # (two sessions of one model differ by ~1 % on tiny models: allocation, not the model)
-    same = vs is not None and vs.resolve() == artifact.resolve()
-    # two ONNX Runtime sessions taking turns: idle pool threads must sleep, not spin
-    spin = vs is None or same
-    runtimes = [open_runtime(paths[0], kinds[0], provider, threads, include_copies, cuda_graph, spin)]
-    if vs is not None:
-        runtimes.append(runtimes[0] if same else open_runtime(vs, kinds[1], provider, threads, include_copies,
-                                                              cuda_graph, spin))
-    for rt in {id(r): r for r in runtimes}.values():
-        for w in getattr(rt, "warnings", []):
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    shapes = [s or (batch, *rt.profile.opt[1:]) for s, rt in zip(shapes, runtimes)]
-    if len(shapes) == 2 and shapes[0] != shapes[1]:
-        raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "
-                            "--vs compares on the same input; export both at the same input size")
+    runtimes, shapes = _open_all(paths, kinds, batch, input_size, provider, threads, include_copies, cuda_graph)
     x = np.random.default_rng(seed).standard_normal(shapes[0]).astype(np.float32)
     facts = [{**runtime_facts(rt, k, provider, threads, include_copies), "input_shape": list(s)}
              for rt, k, s in zip(runtimes, kinds, shapes)]
@@ -209,6 +192,39 @@ def bench(
                          progress=True)
         stats = [ab.a, ab.b]
     names = [p.name if len(paths) == 1 else f"{tag}: {p.name}" for tag, p in zip("AB", paths)]
+    _print_bench(batch, names, stats, facts, ab)
+    if json_out is not None:
+        record = bench_record(paths, facts, stats, ab, seed=seed, warmup=warm)
+        write_json_atomic(json_out, record)
+        console.print(f"wrote {json_out}", highlight=False)
+
+
+def _open_all(paths: list[Path], kinds: list[str], batch: int, input_size: Optional[int], provider: Optional[str],
+              threads: Optional[int], include_copies: bool, cuda_graph: bool) -> tuple[list[Any], list[tuple[int, ...]]]:
+    """The runtimes to time (one when A is B: an A/A check of the harness) and the input shape of each."""
+    shapes = [onnx_bench_shape(p, batch, input_size) if k == "onnx" else engine_bench_shape(p, batch, input_size)
+              for p, k in zip(paths, kinds)]
+    # the same file twice is an A/A check of the harness: one session timed in both slots
+    # (two sessions of one model differ by ~1 % on tiny models: allocation, not the model)
+    same = len(paths) == 2 and paths[1].resolve() == paths[0].resolve()
+    # two ONNX Runtime sessions taking turns: idle pool threads must sleep, not spin
+    spin = len(paths) == 1 or same
+    runtimes = [open_runtime(paths[0], kinds[0], provider, threads, include_copies, cuda_graph, spin)]
+    if len(paths) == 2:
+        runtimes.append(runtimes[0] if same else open_runtime(paths[1], kinds[1], provider, threads, include_copies,
+                                                              cuda_graph, spin))
+    for rt in {id(r): r for r in runtimes}.values():
+        for w in getattr(rt, "warnings", []):
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    shapes = [s or (batch, *rt.profile.opt[1:]) for s, rt in zip(shapes, runtimes)]
+    if len(shapes) == 2 and shapes[0] != shapes[1]:
+        raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "
+                            "--vs compares on the same input; export both at the same input size")
+    return runtimes, shapes
+
+
+def _print_bench(batch: int, names: list[str], stats: list[LatencyStats], facts: list[dict[str, Any]],
+                 ab: Optional[ABResult]) -> None:
     console.print(stats_table(f"deploy bench — batch {batch}", list(zip(names, stats, facts)), ab))
     for s, n in zip(stats, names):
         if s.cov_warning:
@@ -218,10 +234,6 @@ def bench(
         verdict = "faster than" if ab.ci_high < 1 else ("slower than" if ab.ci_low > 1 else "not distinguishable from")
         console.print(f"A/B median ratio {ab.ratio:.3f} (95 % CI {ab.ci_low:.3f}–{ab.ci_high:.3f}): "
                       f"A is {verdict} B", highlight=False)
-    if json_out is not None:
-        record = bench_record(paths, facts, stats, ab, seed=seed, warmup=warm)
-        write_json_atomic(json_out, record)
-        console.print(f"wrote {json_out}", highlight=False)
 
 
 def bench_record(paths: list[Path], facts: list[dict[str, Any]], stats: list[LatencyStats],

@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy.layers.conv_bn import conv2d_from_kernel, install_kernel, int_pair
+from deploy.layers.conv_bn import check_channels, conv2d_from_kernel, install_kernel, int_pair
 from deploy.layers.paper import ClaimCheck, ClaimFacts
 from deploy.layers.registry import ConvKind, ConvSpec, options_from_signature, register_conv_kind
 
@@ -91,6 +91,29 @@ def standardize(weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     mean = weight.mean(dim=(1, 2, 3), keepdim=True)
     std = weight.std(dim=(1, 2, 3), keepdim=True)
     return (weight - mean) / (std + eps)
+
+
+def _check_association(kernel_size: tuple[int, int], sa: int, skp: int, sl: int, dilate: bool) -> None:
+    """ValueError unless the association hyper-parameters are ones the paper / reference define."""
+    if any(k < 3 or k % 2 == 0 for k in kernel_size):
+        raise ValueError(
+            f"CoCConv2d: kernel_size={kernel_size} must be odd and >= 3 in each dimension; "
+            "keep 1x1 convolutions as nn.Conv2d (paper Sec. 4.1, c1x1=false)"
+        )
+    if int(sa) != sa or sa < 1:
+        raise ValueError(f"CoCConv2d: sa={sa} (spatial association) must be an integer >= 1; the paper uses 2")
+    if int(skp) != skp or skp < 0 or skp % 2:
+        raise ValueError(f"CoCConv2d: skp={skp} (super kernel plus) must be an even integer >= 0; the paper uses 2")
+    if int(sl) != sl or sl < 1:
+        raise ValueError(f"CoCConv2d: sl={sl} (super layers) must be an integer >= 1; the paper uses 1")
+    if dilate:
+        if skp == 0:
+            raise ValueError("CoCConv2d: dilate=True needs skp > 0 (reference); pass skp=2 or dilate=False")
+        if any(k not in _DILATED_SUPER for k in kernel_size) or skp not in _DILATED_SUPER[3]:
+            raise ValueError(
+                f"CoCConv2d: dilate=True supports kernel sizes 3, 5, 7 with skp in 2, 4, 6 (reference table); "
+                f"got kernel_size={kernel_size}, skp={skp}; pass dilate=False"
+            )
 
 
 class SuperLayer(nn.Module):
@@ -146,35 +169,9 @@ class CoCConv2d(nn.Module):
         ln_kernel: bool = False,
     ) -> None:
         super().__init__()
-        if in_channels < 1 or out_channels < 1 or groups < 1:
-            raise ValueError(
-                f"CoCConv2d: in_channels={in_channels}, out_channels={out_channels}, groups={groups} must be >= 1"
-            )
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"CoCConv2d: in_channels={in_channels} and out_channels={out_channels} must both be "
-                f"divisible by groups={groups}"
-            )
+        check_channels("CoCConv2d", in_channels, out_channels, groups)
         self.kernel_size = int_pair(kernel_size, "kernel_size", 1, "CoCConv2d")
-        if any(k < 3 or k % 2 == 0 for k in self.kernel_size):
-            raise ValueError(
-                f"CoCConv2d: kernel_size={kernel_size} must be odd and >= 3 in each dimension; "
-                "keep 1x1 convolutions as nn.Conv2d (paper Sec. 4.1, c1x1=false)"
-            )
-        if int(sa) != sa or sa < 1:
-            raise ValueError(f"CoCConv2d: sa={sa} (spatial association) must be an integer >= 1; the paper uses 2")
-        if int(skp) != skp or skp < 0 or skp % 2:
-            raise ValueError(f"CoCConv2d: skp={skp} (super kernel plus) must be an even integer >= 0; the paper uses 2")
-        if int(sl) != sl or sl < 1:
-            raise ValueError(f"CoCConv2d: sl={sl} (super layers) must be an integer >= 1; the paper uses 1")
-        if dilate:
-            if skp == 0:
-                raise ValueError("CoCConv2d: dilate=True needs skp > 0 (reference); pass skp=2 or dilate=False")
-            if any(k not in _DILATED_SUPER for k in self.kernel_size) or skp not in _DILATED_SUPER[3]:
-                raise ValueError(
-                    f"CoCConv2d: dilate=True supports kernel sizes 3, 5, 7 with skp in 2, 4, 6 (reference table); "
-                    f"got kernel_size={kernel_size}, skp={skp}; pass dilate=False"
-                )
+        _check_association(self.kernel_size, sa, skp, sl, dilate)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = int_pair(stride, "stride", 1, "CoCConv2d")

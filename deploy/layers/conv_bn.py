@@ -118,6 +118,16 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: _BatchNorm) -> nn.Conv2d:
     return fused
 
 
+def check_channels(owner: str, in_channels: int, out_channels: int, groups: int) -> None:
+    """ValueError unless the channel counts and groups make a valid grouped convolution."""
+    if in_channels < 1 or out_channels < 1 or groups < 1:
+        raise ValueError(f"{owner}: in_channels={in_channels}, out_channels={out_channels}, groups={groups} "
+                         "must all be >= 1")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"{owner}: in_channels={in_channels} and out_channels={out_channels} must both be "
+                         f"divisible by groups={groups}")
+
+
 def int_pair(value: int | tuple[int, int], name: str, minimum: int, owner: str) -> tuple[int, int]:
     """One or two integers >= ``minimum`` as a pair, or a ValueError naming ``owner`` and ``name``."""
     if isinstance(value, str):

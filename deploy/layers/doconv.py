@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy.layers.conv_bn import conv2d_from_kernel, install_kernel, int_pair
+from deploy.layers.conv_bn import check_channels, conv2d_from_kernel, install_kernel, int_pair
 from deploy.layers.paper import ClaimCheck, ClaimFacts
 from deploy.layers.registry import CONV_ROLES, ConvKind, ConvSpec, options_from_signature, register_conv_kind
 
@@ -90,15 +90,7 @@ class DOConv2d(nn.Module):
         padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
-        if in_channels < 1 or out_channels < 1 or groups < 1:
-            raise ValueError(
-                f"DOConv2d: in_channels={in_channels}, out_channels={out_channels}, groups={groups} must all be >= 1"
-            )
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"DOConv2d: in_channels={in_channels} and out_channels={out_channels} must both be "
-                f"divisible by groups={groups}"
-            )
+        check_channels("DOConv2d", in_channels, out_channels, groups)
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"DOConv2d: padding_mode={padding_mode!r} must be one of {_PADDING_MODES}")
         self.in_channels = in_channels
