@@ -12,14 +12,20 @@ import torch
 
 from deploy.fold import fold_model
 from deploy.layers.paper import parse_count
-from deploy.models.complexity import count_macs, count_params
+from deploy.models.complexity import count_macs, count_macs_thop, count_params
 from deploy.models.registry import build_model, paper_target
 
-CONVENTION = (
-    "params: trainable parameters of the deploy form as the papers count it (CoC/DO-Conv folded to "
-    "convolutions, BatchNorm kept); MACs: multiply-accumulates of Conv2d and Linear layers, counted "
-    "with forward hooks at batch 1 and the arch's input size (FLOPs = 2 x MACs)."
-)
+_PARAMS = ("params: trainable parameters of the deploy form as the papers count it (CoC/DO-Conv folded to "
+           "convolutions, BatchNorm kept); ")
+#: how each MAC convention counts, in one line each
+CONVENTIONS = {
+    "conv": _PARAMS + "MACs: multiply-accumulates of convolutions and matrix products (functional ones "
+    "included), torch's FlopCounterMode at batch 1 and the arch's input size, MACs = FLOPs / 2.",
+    "thop": _PARAMS + "MACs: thop's convention (pytorch-OpCounter, which the SPConv tables use): "
+    "convolutions and linear layers as MACs plus 2 ops per BatchNorm element (4 with affine) and "
+    "pooling ops, at batch 1 and the arch's input size.",
+}
+CONVENTION = CONVENTIONS["conv"]
 
 
 def zoo_row(arch: str, conv: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -39,6 +45,8 @@ def zoo_row(arch: str, conv: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         "input_shape": list(model.input_shape),
         "params": count_params(deploy_form),
         "macs": count_macs(deploy_form, tuple(model.input_shape)),
+        "macs_thop": count_macs_thop(deploy_form, tuple(model.input_shape)),
+        "paper_convention": target.convention if target else None,
         "paper_params": parse_count(target.params)[0] if target else None,
         "paper_macs": parse_count(target.macs)[0] if target else None,
         "paper_printed": [target.params, target.macs] if target else None,

@@ -1,13 +1,17 @@
-"""count_params / count_macs against hand-derived counts and torchvision's known totals."""
+"""count_params / count_macs / count_macs_thop against hand-derived counts, torchvision's known
+totals and the real thop package."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deploy.errors import BadInputError
-from deploy.models.complexity import conv_linear_macs, count_macs, count_params, format_count
+from deploy.fold import fold_model
+from deploy.layers.doconv import DOConv2d
+from deploy.models.complexity import count_macs, count_macs_thop, count_params, format_count, macs_by_module
 from deploy.models.registry import build_model
 
 
@@ -24,7 +28,7 @@ def test_conv_and_linear_macs_follow_the_formula():
     )
     expected = 8 * 8 * 8 * 27 + 8 * 8 * 8 * 2 + 5 * 512
     assert count_macs(model, (3, 16, 16)) == expected
-    per = conv_linear_macs(model, torch.zeros(1, 3, 16, 16))
+    per = macs_by_module(model, torch.zeros(1, 3, 16, 16))
     assert per == {"0": 8 * 8 * 8 * 27, "3": 8 * 8 * 8 * 2, "5": 5 * 512}
 
 
@@ -101,3 +105,55 @@ def test_format_count():
     assert format_count(25_557_032) == "25.56 M"
     assert format_count(4_089_184_256, "MACs") == "4.09 GMACs"
     assert format_count(640) == "640"
+
+
+class FunctionalConv(nn.Module):
+    """A user model that convolves with ``F.conv2d`` (what a hook on nn.Conv2d never sees)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 3, 3, 3))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x, self.weight, padding=1)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_functional_convs_are_counted():
+    assert count_macs(FunctionalConv(), (3, 16, 16)) == 8 * 16 * 16 * 27 + 8 * 4
+    per = macs_by_module(FunctionalConv(), torch.zeros(1, 3, 16, 16))
+    assert per == {"": 8 * 16 * 16 * 27, "fc": 8 * 4}
+
+
+def test_doconv_training_form_counts_its_kernel_composition_too():
+    """DO-Conv's training form computes W' = D^T o W every forward (an einsum): real work,
+    counted; its deploy form is exactly the plain convolution."""
+    layer = DOConv2d(8, 16, 3, padding=1).eval()
+    conv = 16 * 10 * 10 * 8 * 9
+    einsum = 16 * 8 * 9 * 9  # (out, in) pairs x M*N outputs x D_mul terms
+    assert count_macs(layer, (8, 10, 10)) == conv + einsum
+    assert count_macs(layer.to_conv2d(), (8, 10, 10)) == conv
+
+
+@pytest.mark.parametrize(("conv", "kw", "thop_ops"), [
+    ("plain", {}, 41_620_160),  # SPConv Table 1 prints 41.62 M
+    ("sp", {"ratio": 0.5}, 17_723_392),
+    ("sp", {"ratio": 0.25}, 12_709_888),
+])
+def test_thop_convention_reproduces_the_spconv_table(conv, kw, thop_ops):
+    with torch.device("meta"):
+        model = build_model("resnet20", conv, **kw).eval()
+    deploy, _ = fold_model(model, inplace=True, fuse_bn=False, measure=False)
+    assert count_macs_thop(deploy, (3, 32, 32)) == thop_ops
+
+
+@pytest.mark.parametrize(("arch", "conv", "kw"), [
+    ("resnet20", "plain", {}), ("resnet20", "sp", {"ratio": 0.25}), ("resnet20", "ic", {}), ("resnet20", "coc", {}),
+])
+def test_thop_convention_equals_the_thop_package(arch, conv, kw):
+    thop = pytest.importorskip("thop")
+    torch.manual_seed(0)
+    deploy, _ = fold_model(build_model(arch, conv, **kw).eval(), fuse_bn=False, measure=False)
+    ops, _ = thop.profile(deploy, inputs=(torch.randn(1, 3, 32, 32),), verbose=False)
+    assert count_macs_thop(deploy, (3, 32, 32)) == int(ops)

@@ -16,7 +16,7 @@ def test_zoo_list_json_reproduces_the_paper_counts():
     res = runner.invoke(app, ["zoo", "list", "--arch", "resnet50", "--arch", "resnet20", "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert "Conv2d and Linear" in doc["convention"]
+    assert "FlopCounterMode" in doc["conventions"]["macs"] and "thop" in doc["conventions"]["macs_thop"]
     rows = {(r["arch"], r["conv"], r["conv_kwargs"].get("ratio")): r for r in doc["rows"]}
     assert len(rows) == 2 * 7  # plain, coc, doconv, ic and sp at three ratios
     r50 = rows[("resnet50", "plain", None)]
@@ -27,6 +27,16 @@ def test_zoo_list_json_reproduces_the_paper_counts():
     sp = rows[("resnet50", "sp", 0.5)]
     assert abs(sp["params"] - 18.34e6) <= 0.01e6 and sp["paper_printed"] == ["18.34 M", "2.97 G"]
     assert abs(sp["macs"] / sp["paper_macs"] - 1) < 0.03
+    assert sp["paper_convention"] == "thop" and abs(sp["macs_thop"] / sp["paper_macs"] - 1) < 0.002
+    assert rows[("resnet20", "plain", None)]["macs_thop"] == 41_620_160  # SPConv Table 1: 41.62 M
+
+
+def test_zoo_list_thop_convention_and_bad_convention():
+    res = runner.invoke(app, ["zoo", "list", "--arch", "resnet20", "--convention", "thop"])
+    assert res.exit_code == 0 and "41.620" in res.stdout and "17.723" in res.stdout
+    assert "thop's" in res.stdout and "* SPConv's tables" not in res.stdout
+    bad = runner.invoke(app, ["zoo", "list", "--convention", "flops"])
+    assert bad.exit_code == 2 and "choose conv or thop" in bad.stderr
 
 
 def test_zoo_list_table_and_unknown_arch():

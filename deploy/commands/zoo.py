@@ -21,7 +21,7 @@ from deploy.models.random_init import randomize_model
 from deploy.models.registry import archs, build_model, zoo_entries
 from deploy.train import train_classifier
 from deploy.version import __version__
-from deploy.zoo_counts import CONVENTION, zoo_row
+from deploy.zoo_counts import CONVENTIONS, zoo_row
 
 app = typer.Typer(
     help="The model zoo: ResNet-18/34/50/101, CIFAR ResNet-20 and SCNet-50/101 with each paper's layer.",
@@ -48,31 +48,41 @@ def _fmt(value: Optional[float], unit: float, digits: int) -> str:
     return "-" if value is None else f"{value / unit:.{digits}f}"
 
 
-def _row_text(row: dict[str, Any]) -> list[str]:
+def _row_text(row: dict[str, Any], convention: str) -> list[str]:
     unit_p, unit_m, m_name = (1e6, 1e6, "M") if row["arch"] == "resnet20" else (1e6, 1e9, "G")
     conv = row["conv"] + "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}"
                                  for k, v in row["conv_kwargs"].items())
-    mac_ratio = f"{row['macs'] / row['paper_macs']:.3f}" if row["paper_macs"] else "-"
-    mac_ratio += " *" if row["paper_note"] else ""
+    macs = row["macs_thop"] if convention == "thop" else row["macs"]
+    mac_ratio = f"{macs / row['paper_macs']:.3f}" if row["paper_macs"] else "-"
+    mac_ratio += " *" if _other_convention(row, convention) else ""
     return [
         row["arch"],
         conv,
         _fmt(row["params"], unit_p, 3),
         row["paper_printed"][0] if row["paper_printed"] else "-",
-        _fmt(row["macs"], unit_m, 3) + f" {m_name}",
+        _fmt(macs, unit_m, 3) + f" {m_name}",
         row["paper_printed"][1] if row["paper_printed"] else "-",
         mac_ratio,
         (row["paper_source"] or "").split(" (")[0].split(";")[0],
     ]
 
 
+def _other_convention(row: dict[str, Any], convention: str) -> bool:
+    """The paper counted this row's MACs in another convention than the one shown (its note says so)."""
+    return bool(row["paper_note"]) and row["paper_convention"] != convention
+
+
 @app.command("list")
 @guarded
 def list_models(
     arch: Optional[list[str]] = typer.Option(None, "--arch", help="Only these archs (repeatable). Default: all."),
-    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead."),
+    convention: str = typer.Option("conv", "--convention", help="MAC convention of the table: conv (convolutions "
+                                   "and matrix products, FlopCounterMode) or thop (what SPConv's tables count)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead (both conventions)."),
 ) -> None:
     """Every arch x conv with params and MACs (deploy form), beside the papers' figures."""
+    if convention not in CONVENTIONS:
+        raise BadInputError(f"--convention {convention!r}: choose {' or '.join(CONVENTIONS)}")
     known = archs()
     wanted = list(arch) if arch else list(known)
     unknown = [a for a in wanted if a not in known]
@@ -87,16 +97,17 @@ def list_models(
             rows.append(zoo_row(arch_name, conv, kwargs))
             progress.advance(task)
     if as_json:
-        typer.echo(json.dumps({"convention": CONVENTION, "rows": rows}, indent=2))
+        typer.echo(json.dumps({"conventions": {"macs": CONVENTIONS["conv"], "macs_thop": CONVENTIONS["thop"]},
+                               "rows": rows}, indent=2))
         return
-    table = Table(title="convdeploy zoo", caption=CONVENTION, caption_justify="left")
+    table = Table(title="convdeploy zoo", caption=CONVENTIONS[convention], caption_justify="left")
     for col in ("arch", "conv", "params M", "paper", "MACs", "paper MACs", "MACs/paper", "paper source"):
         left = col in ("arch", "conv", "paper source")
         table.add_column(col, justify="left" if left else "right", no_wrap=col != "paper source")
     for row in rows:
-        table.add_row(*_row_text(row))
+        table.add_row(*_row_text(row, convention))
     console.print(table)
-    for note in dict.fromkeys(row["paper_note"] for row in rows if row["paper_note"]):
+    for note in dict.fromkeys(row["paper_note"] for row in rows if _other_convention(row, convention)):
         console.print(f"* {note}", highlight=False)
 
 

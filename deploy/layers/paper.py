@@ -36,8 +36,9 @@ class PaperTarget:
     """One (model, params, MACs) row a paper prints, numbers kept as printed.
 
     ``conv`` is filled in by the registry (the kind that declares the target).
-    ``macs_conv_only`` is False where the paper's count demonstrably includes more than the
-    Conv/Linear MACs ``count_macs`` measures (``note`` says what).
+    ``convention`` names the MAC counter whose convention the paper's figure follows:
+    ``conv`` (convolutions and matrix products only, ``count_macs``) or ``thop``
+    (BatchNorm and pooling included, ``count_macs_thop``); ``note`` says why.
     """
 
     arch: str
@@ -45,7 +46,7 @@ class PaperTarget:
     macs: str
     source: str
     kwargs: tuple[tuple[str, Any], ...] = ()
-    macs_conv_only: bool = True
+    convention: str = "conv"
     note: str = ""
     conv: str = ""
 
@@ -59,10 +60,16 @@ class PaperTarget:
         return f"{self.arch}/{self.conv}" + (f"({opts})" if opts else "")
 
 
-def target(arch: str, params: str, macs: str, source: str, *, macs_conv_only: bool = True, note: str = "",
+def target(arch: str, params: str, macs: str, source: str, *, convention: str = "conv", note: str = "",
            **conv_kwargs: Any) -> PaperTarget:
     """A ``PaperTarget`` with its layer options given as keywords (``ratio=0.5``)."""
-    return PaperTarget(arch, params, macs, source, tuple(sorted(conv_kwargs.items())), macs_conv_only, note)
+    return PaperTarget(arch, params, macs, source, tuple(sorted(conv_kwargs.items())), convention, note)
+
+
+THOP_NOTE = (
+    "SPConv's tables count MACs as thop does (BatchNorm and pooling included): in thop's convention "
+    "(the zoo table's thop view) plain ResNet-20 is 41.62 M, the printed figure, and every SPConv row is within 1.5 %"
+)
 
 
 class ClaimCheck(enum.Enum):

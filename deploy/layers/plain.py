@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from deploy.layers.paper import ClaimCheck, ClaimFacts, target
+from deploy.layers.paper import THOP_NOTE, ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import ConvKind, ConvSpec, register_conv_kind
 
 
@@ -28,7 +28,8 @@ register_conv_kind(ConvKind(
         target("resnet50", "25.56 M", "4.1 G", "SPConv Table 2 (params); SCNet Table 1 MAdds "
                "(IC Table 1: 4.12 G, SPConv Table 2: 4.14 G)"),
         target("resnet101", "44.5 M", "7.8 G", "SCNet Table 1"),
-        target("resnet20", "0.27 M", "41.62 M", "SPConv Table 1"),
+        # SPConv Table 1 counts MACs as thop does: 41.62 M is thop's count of this network
+        target("resnet20", "0.27 M", "41.62 M", "SPConv Table 1", convention="thop", note=THOP_NOTE),
     ),
     claim=ClaimFacts(ClaimCheck.BASELINE, subject="ResNet-50"),
     paper="He et al. 2016, Deep Residual Learning for Image Recognition",

@@ -47,7 +47,7 @@ from torch import nn
 
 from deploy.errors import BadInputError
 from deploy.layers.conv_bn import bn_scale_shift, fuse_conv_bn
-from deploy.layers.paper import ClaimCheck, ClaimFacts, target
+from deploy.layers.paper import THOP_NOTE, ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import ConvKind, ConvSpec, ZooVariant, options_from_signature, register_conv_kind
 
 
@@ -175,12 +175,6 @@ def _ratio_from_weights(state: Mapping[str, Any], layer: str) -> float:
     return rep_in / block_conv1.shape[0]
 
 
-_TABLE1_NOTE = (
-    "SPConv Table 1 FLOPs count more than Conv/Linear MACs (BN, biases, pooling): the conv part "
-    "matches (alpha=1/2 minus alpha=1/4: 5.02 M in the paper, 5.01 M here) but a constant "
-    "~2.7 M, the same at both alphas, does not"
-)
-
 register_conv_kind(ConvKind(
     name="sp", title="SPConv", module=SPConv3x3, build=_build,
     # Sec. 4 / 4.1-4.2: only the 3x3 convs; in a Bottleneck that is conv2 alone, in ResNet-20
@@ -191,11 +185,11 @@ register_conv_kind(ConvKind(
     variants=tuple(ZooVariant((("ratio", r),), f"α=1/{int(1 / r)}", f"1/{int(1 / r)}") for r in (0.5, 0.25, 0.125)),
     recognise=_recognise, reference="spconv",
     targets=(
-        target("resnet50", "18.34 M", "2.97 G", "SPConv Table 2", ratio=0.5),
-        target("resnet50", "16.93 M", "2.74 G", "SPConv Table 2", ratio=0.25),
-        target("resnet50", "16.22 M", "2.62 G", "SPConv Table 2", ratio=0.125),
-        target("resnet20", "0.10 M", "17.91 M", "SPConv Table 1", ratio=0.5, macs_conv_only=False, note=_TABLE1_NOTE),
-        target("resnet20", "0.071 M", "12.89 M", "SPConv Table 1", ratio=0.25, macs_conv_only=False, note=_TABLE1_NOTE),
+        target("resnet50", "18.34 M", "2.97 G", "SPConv Table 2", ratio=0.5, convention="thop", note=THOP_NOTE),
+        target("resnet50", "16.93 M", "2.74 G", "SPConv Table 2", ratio=0.25, convention="thop", note=THOP_NOTE),
+        target("resnet50", "16.22 M", "2.62 G", "SPConv Table 2", ratio=0.125, convention="thop", note=THOP_NOTE),
+        target("resnet20", "0.10 M", "17.91 M", "SPConv Table 1", ratio=0.5, convention="thop", note=THOP_NOTE),
+        target("resnet20", "0.071 M", "12.89 M", "SPConv Table 1", ratio=0.25, convention="thop", note=THOP_NOTE),
     ),
     # Table 2: ResNet-50 25.56 M, 4.14 G; latency per image on a V100 at batch 64 (DALI)
     claim=ClaimFacts(ClaimCheck.FASTER, subject="SPConv-ResNet50", title="SPConv is faster than ResNet-50",

@@ -141,7 +141,7 @@ def paper_target(arch: str, conv: str, kwargs: dict[str, Any]) -> PaperTarget | 
         twin = paper_target(arch, baseline_kind().name, {})
         if twin is not None:
             return PaperTarget(arch, twin.params, twin.macs, f"{kind.folded_twin}: folded = plain twin ({twin.source})",
-                               conv=kind.name)
+                               convention=twin.convention, note=twin.note, conv=kind.name)
     return None
 
 
