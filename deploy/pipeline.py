@@ -157,10 +157,10 @@ def build_checked_engine(proto: Any, opts: ExportOptions, input_shape: tuple[int
         )
         meta = build_engine(build_opts)
     try:
-        trt = TensorRTRuntime(opts.engine)
-        batches = tuple(sorted({trt.profile.min[0], trt.profile.max[0]}))
+        engine_rt = TensorRTRuntime(opts.engine)
+        batches = tuple(sorted({engine_rt.profile.min[0], engine_rt.profile.max[0]}))
         tol = Tolerance.for_precision("fp16" if opts.fp16 else "fp32")
-        parity = check_parity(ort, [trt], input_shape, opts.samples, batches, opts.seed, tol)
+        parity = check_parity(ort, [engine_rt], input_shape, opts.samples, batches, opts.seed, tol)
         parity.raise_if_failed()
     except BaseException:
         Path(opts.engine).unlink(missing_ok=True)

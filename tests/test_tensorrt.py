@@ -241,6 +241,7 @@ def _build(onnx_files: dict[str, Path], name: str, **kw) -> tuple[Path, dict]:
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_gpu_build_writes_engine_and_metadata(onnx_files: dict[str, Path]) -> None:
     from deploy.atomic import sha256_file
 
@@ -254,6 +255,7 @@ def test_gpu_build_writes_engine_and_metadata(onnx_files: dict[str, Path]) -> No
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 @pytest.mark.parametrize("fp16", [False, True])
 def test_gpu_parity_with_onnxruntime(onnx_files: dict[str, Path], fp16: bool) -> None:
     from validators.runtimes import OrtRuntime
@@ -279,6 +281,7 @@ def test_gpu_parity_with_onnxruntime(onnx_files: dict[str, Path], fp16: bool) ->
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_gpu_bench_engine_cli(onnx_files: dict[str, Path]) -> None:
     out, _ = _build(onnx_files, "bench", opt_batch=8, max_batch=8)
     js = onnx_files["dir"] / "bench_trt.json"

@@ -25,7 +25,8 @@ state = {"debug": False}
 #: library parameter names -> the flag that sets them
 FLAGS = {
     "arch": "--arch", "atol": "--atol", "backend": "--backend", "batch": "--batch", "batches": "--batch",
-    "conv": "--conv", "conv_kwargs": "--conv-opt", "duration": "--duration", "exporter": "--exporter",
+    "channels_last": "--channels-last", "conv": "--conv", "conv_kwargs": "--conv-opt", "cuda_graph": "--cuda-graph",
+    "device": "--device", "dtype": "--dtype", "duration": "--duration", "exporter": "--exporter",
     "fold": "--fold", "fp16": "--fp16", "input_size": "--input-size", "iters": "--iters", "max_batch": "--max-batch",
     "min_batch": "--min-batch", "models": "--models", "opt_batch": "--opt-batch", "provider": "--provider",
     "rtol": "--rtol", "samples": "--samples", "tf32": "--tf32", "threads": "--threads",
