@@ -46,6 +46,16 @@ class CandidateParity:
     reasons: list[str] = field(default_factory=list)
     describe: dict[str, Any] = field(default_factory=dict)
 
+    def add(self, metrics: dict[str, float], agreeing: int, counted: int) -> int:
+        """Fold one run's metrics in (``decisive_top1``'s counts); return its agreeing rows."""
+        self.runs += 1
+        self.max_abs_err = max(self.max_abs_err, metrics["max_abs_err"])
+        self.max_rel_err = max(self.max_rel_err, metrics["max_rel_err"])
+        self.min_cosine = min(self.min_cosine, metrics["min_cosine"])
+        self.top1_rows += counted
+        self.top1_excluded += int(metrics["rows"]) - counted
+        return agreeing
+
 
 @dataclass
 class ParityReport:
@@ -137,14 +147,7 @@ def check_parity(
                 res.reasons.append(f"failed to run at batch {x.shape[0]}: {msg}")
                 crashed.add((i, x.shape[0]))
                 continue
-            res.runs += 1
-            res.max_abs_err = max(res.max_abs_err, m["max_abs_err"])
-            res.max_rel_err = max(res.max_rel_err, m["max_rel_err"])
-            res.min_cosine = min(res.min_cosine, m["min_cosine"])
-            agreeing, counted = decisive_top1(ref, out, tol.bound(m["max_ref"]))
-            agree[i] += agreeing
-            res.top1_rows += counted
-            res.top1_excluded += int(m["rows"]) - counted
+            agree[i] += res.add(m, *decisive_top1(ref, out, tol.bound(m["max_ref"])))
             bad = tol.violations(m, check_top1=False)
             if bad:
                 res.passed = False

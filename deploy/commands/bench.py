@@ -299,23 +299,27 @@ def bench_record(paths: list[Path], facts: list[dict[str, Any]], stats: list[Lat
 def build(
     model: Path = typer.Argument(..., help="model.onnx to compile."),
     output: Path = typer.Option(..., "-o", "--output", help="engine.plan to write (engine.plan.json beside it)."),
-    fp16: bool = typer.Option(False, "--fp16", help="Allow fp16 kernels."),
+    fp16: bool = typer.Option(False, "--fp16", help="fp16 engine: TensorRT 10's fp16 kernels; on TensorRT 11 (strongly "
+                              "typed) an fp16 copy of the ONNX, checked on ONNX Runtime first (exit 3 if it disagrees)."),
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Smallest batch (default 1)."),
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Batch TensorRT tunes for (default: max)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch (default: opt, or 1)."),
     workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GiB."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Load/save tactic timings here."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Load/save tactic timings here (one "
+                                                "from another GPU or TensorRT is reported and replaced)."),
 ) -> None:
-    """Compile model.onnx into a TensorRT engine (GPU + TensorRT 10 needed)."""
+    """Compile model.onnx into a TensorRT engine (GPU + TensorRT 10 or 11 needed; built with polygraphy)."""
     opts = validate_build_options(model, output, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
                                   max_batch=max_batch, workspace_gib=workspace, timing_cache=timing_cache)
     profile = compute_profile(onnx_input(opts.onnx_path), min_batch, opt_batch, max_batch)
     require_tensorrt()
     meta = build_engine(opts)
     table = Table(title=f"deploy build — {output}", show_header=False)
-    for key in ("tensorrt_version", "gpu_name", "compute_capability", "precision", "build_seconds",
+    for key in ("tensorrt_version", "gpu_name", "compute_capability", "precision", "precision_route", "build_seconds",
                 "source_onnx_sha256", "engine_sha256"):
         table.add_row(key, str(meta.get(key)))
     table.add_row("profile (min/opt/max)", " / ".join("x".join(map(str, profile.to_dict()[k]))
                                                      for k in ("min", "opt", "max")))
     console.print(table)
+    for note in meta.get("notes", []):
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)

@@ -106,9 +106,10 @@ def export(
     conv_opt: Optional[list[str]] = _CONV_OPT,
     ratio: Optional[float] = _RATIO,
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code from the file)."),
-    engine: Optional[Path] = typer.Option(None, "--engine", help="Also build a TensorRT engine.plan (GPU + TensorRT 10) "
+    engine: Optional[Path] = typer.Option(None, "--engine", help="Also build a TensorRT engine.plan (GPU + TensorRT 10 or 11) "
                                           "and check it against ONNX Runtime; exit 5 where TensorRT is missing."),
-    fp16: bool = typer.Option(False, "--fp16", help="Engine: allow fp16 kernels (parity bound 1e-2 * max|ref|, top-1 >= 99 %)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Engine in fp16 (parity bound 1e-2 * max|ref|; "
+                              "top-1 >= 99 % on the rows whose margin exceeds it)."),
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Engine profile: smallest batch (default 1)."),
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Engine profile: batch TensorRT tunes for."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Engine profile: largest batch."),
