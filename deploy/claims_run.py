@@ -43,7 +43,7 @@ from deploy.steps import probe_forward
 from deploy.torch_bench import TorchBenchOptions, open_torch_runtime
 from deploy.version import __version__
 from deploy.zoo_counts import zoo_row
-from exporters.tensorrt import build_engine, validate_build_options
+from exporters.tensorrt import build_engine, engine_builder_available, validate_build_options
 from validators.claims import (
     COV_LIMIT,
     RatioMeasure,
@@ -55,7 +55,7 @@ from validators.claims import (
 )
 from validators.latency import interleaved
 from validators.runtimes import OrtRuntime
-from validators.trt_env import running_environment, tensorrt_available
+from validators.trt_env import running_environment
 from validators.trt_runtime import TensorRTRuntime
 
 QUICK = {"input_size": 64, "batches": (1, 8), "parity_samples": 2, "warmup": "0.5s", "seconds": (2.0, 3.0),
@@ -143,7 +143,7 @@ def resolve_backend(name: str, device: str = "cpu") -> tuple[str, str]:
         opts.check()
         return "torch", f"PyTorch {torch.__version__} eager on {device} (fp32; folded where the model folds)"
     if name in ("auto", "trt"):
-        ok, reason = tensorrt_available()
+        ok, reason = engine_builder_available()
         if ok:
             return "trt", reason + " (fp32, engine time without host copies)"
         if name == "trt":

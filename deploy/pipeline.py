@@ -34,11 +34,11 @@ from deploy.steps import (
     write_step,
 )
 from exporters.onnx import export_onnx_detailed, save_onnx, simplify_onnx
-from exporters.tensorrt import build_engine, validate_build_options
+from exporters.tensorrt import build_engine, require_engine_builder, validate_build_options
 from validators.graph import GraphReport, check_graph
 from validators.parity import ParityReport, check_parity
 from validators.runtimes import OrtRuntime
-from validators.trt_env import metadata_path, require_tensorrt
+from validators.trt_env import metadata_path
 from validators.trt_runtime import TensorRTRuntime
 
 
@@ -136,7 +136,7 @@ def _output_paths(opts: ExportOptions) -> tuple[Path, Path]:
             raise BadInputError(f"output {path} would overwrite the input checkpoint: choose another output path")
     if opts.engine is not None:
         check_output_path(opts.engine)
-        require_tensorrt()  # exit 5 before any work when TensorRT or the GPU is missing
+        require_engine_builder(opts.fp16)  # exit 5 before any work when TensorRT, the GPU or polygraphy is missing
     return output, report_path
 
 

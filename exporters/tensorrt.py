@@ -313,6 +313,25 @@ def _build_with_polygraphy(trt: Any, source: Path, opts: BuildOptions, profile: 
     return bytes(memoryview(engine)), saved, bool(held["refused"])
 
 
+def require_engine_builder(fp16: bool = False) -> Any:
+    """Everything a build needs, checked before any work (exit 5 naming what is missing): TensorRT
+    and a GPU, polygraphy, and for fp16 on TensorRT 11 the fp16 converter. Returns tensorrt."""
+    trt = require_tensorrt()
+    _polygraphy()
+    if precision_route(tensorrt_major(str(trt.__version__)), fp16) == FP16_ONNX:
+        fp32_ops()  # imports onnxconverter-common
+    return trt
+
+
+def engine_builder_available() -> tuple[bool, str]:
+    """(True, "TensorRT x.y on <GPU>") when an fp32 engine can be built here, else (False, why). Never raises."""
+    try:
+        trt = require_engine_builder()
+    except BackendUnavailableError as exc:
+        return False, str(exc).split("; ")[0]
+    return True, f"TensorRT {trt.__version__} on {running_environment()['gpu_name']}"
+
+
 def build_engine(opts: BuildOptions) -> dict[str, Any]:
     """Build ``opts.engine_path`` (+ ``.json``) from ``opts.onnx_path``; return the metadata.
 
@@ -321,7 +340,7 @@ def build_engine(opts: BuildOptions) -> dict[str, Any]:
     atomically, the engine's record last.
     """
     profile = compute_profile(onnx_input(opts.onnx_path), opts.min_batch, opts.opt_batch, opts.max_batch)
-    trt = require_tensorrt()
+    trt = require_engine_builder(opts.fp16)
     env = running_environment()
     facts = BuildFacts(route=precision_route(tensorrt_major(str(trt.__version__)), opts.fp16, opts.tf32))
     cache = plan_timing_cache(opts.timing_cache, env)

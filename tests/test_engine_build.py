@@ -128,3 +128,13 @@ def test_missing_polygraphy_exits_5(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(BackendUnavailableError, match="polygraphy is not installed") as err:
         exporter._polygraphy()
     assert err.value.exit_code == 5
+
+
+@pytest.mark.skipif(tensorrt_available()[0], reason="TensorRT and a GPU are present")
+def test_engine_builder_availability_names_what_is_missing() -> None:
+    from exporters.tensorrt import engine_builder_available, require_engine_builder
+
+    ok, reason = engine_builder_available()
+    assert not ok and reason == tensorrt_available()[1]
+    with pytest.raises(BackendUnavailableError, match="runs on CPU"):
+        require_engine_builder(fp16=True)

@@ -21,7 +21,7 @@ from deploy.commands.common import console
 from deploy.environment import host_device, versions
 from deploy.errors import BadInputError
 from deploy.torch_bench import CHECKPOINT_SUFFIXES, TorchBenchOptions, open_torch_runtime
-from exporters.tensorrt import build_engine, compute_profile, onnx_input, validate_build_options
+from exporters.tensorrt import build_engine, compute_profile, onnx_input, require_engine_builder, validate_build_options
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, interleaved
 from validators.runtimes import ORT_PROVIDERS, OrtRuntime
 from validators.trt_env import ENGINE_SUFFIXES, check_batch_in_profile, load_engine_metadata, require_tensorrt
@@ -312,7 +312,7 @@ def build(
     opts = validate_build_options(model, output, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
                                   max_batch=max_batch, workspace_gib=workspace, timing_cache=timing_cache)
     profile = compute_profile(onnx_input(opts.onnx_path), min_batch, opt_batch, max_batch)
-    require_tensorrt()
+    require_engine_builder(fp16)
     meta = build_engine(opts)
     table = Table(title=f"deploy build — {output}", show_header=False)
     for key in ("tensorrt_version", "gpu_name", "compute_capability", "precision", "precision_route", "build_seconds",
