@@ -1,4 +1,5 @@
-"""ONNX -> TensorRT engine (engine.plan) with one optimization profile over the batch axis.
+"""ONNX -> TensorRT engine (engine.plan) with one optimization profile over the batch axis
+(and over a square input size where the ONNX has dynamic height and width).
 
 The engine is built by polygraphy's TensorRT loaders (``polygraphy.backend.trt``):
 ``NetworkFromOnnxPath`` parses the ONNX, ``CreateConfig`` sets the profile, the workspace
@@ -76,43 +77,50 @@ def onnx_input(path: str | Path) -> OnnxInput:
     return OnnxInput(name=inputs[0].name, dims=dims)
 
 
-def compute_profile(inp: OnnxInput, min_batch: int | None = None, opt_batch: int | None = None,
-                    max_batch: int | None = None) -> BatchProfile:
-    """Profile over the batch axis of ``inp``.
-
-    Unset values: min 1; opt = max if only max is given; max = opt if only opt is
-    given; both 1 if neither. A fixed-batch ONNX admits only its own batch.
-    Non-batch dims must be fixed (export with a fixed input size).
-    """
-    if len(inp.dims) < 2:
-        raise BadInputError(f"input {inp.name!r} has shape {inp.dims}: expected NCHW with a batch axis")
-    rest = inp.dims[1:]
-    if any(d is None for d in rest):
-        raise BadInputError(f"input {inp.name!r} has dynamic non-batch dims {inp.dims}: "
-                            "export with a fixed input size (only the batch may be dynamic)")
-    for label, v in (("`min_batch`", min_batch), ("`opt_batch`", opt_batch), ("`max_batch`", max_batch)):
+def _axis_range(axis: str, names: str, fixed: int | None, lo: int | None, opt: int | None, hi: int | None,
+                default_min: int | None) -> tuple[int, int, int]:
+    """(min, opt, max) of one profile axis. A fixed dim admits only itself. Unset values: min
+    ``default_min`` (else opt); opt = max if only max is given; max = opt if only opt is given."""
+    for label, v in zip(names.split("/"), (lo, opt, hi)):
         if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
             raise BadInputError(f"{label} {v} must be a positive integer")
-    fixed = inp.dims[0]
     if fixed is not None:
-        asked = {v for v in (min_batch, opt_batch, max_batch) if v is not None}
+        asked = {v for v in (lo, opt, hi) if v is not None}
         if asked - {fixed}:
-            raise BadInputError(f"the ONNX input {inp.name!r} has a fixed batch of {fixed} but batches "
-                                f"{sorted(asked)} were requested: re-export with a dynamic batch or drop "
-                                "`min_batch`/`opt_batch`/`max_batch`")
-        lo = opt = hi = fixed
-    else:
-        lo = 1 if min_batch is None else int(min_batch)
-        if opt_batch is None and max_batch is None:
-            opt = hi = max(lo, 1)
-        else:
-            opt = int(opt_batch if opt_batch is not None else max_batch)  # type: ignore[arg-type]
-            hi = int(max_batch if max_batch is not None else opt)
-        if not lo <= opt <= hi:
-            raise BadInputError(f"batch profile needs min <= opt <= max, got {lo} <= {opt} <= {hi}: "
-                                "fix `min_batch`/`opt_batch`/`max_batch`")
-    shape = tuple(int(d) for d in rest)  # type: ignore[arg-type]
-    return BatchProfile(inp.name, (lo, *shape), (opt, *shape), (hi, *shape))
+            raise BadInputError(f"the ONNX input has a fixed {axis} of {fixed} but {sorted(asked)} was requested: "
+                                f"re-export with a dynamic {axis} or drop {names}")
+        return fixed, fixed, fixed
+    if opt is None and hi is None:
+        if lo is None and default_min is None:
+            raise BadInputError(f"the ONNX input has a dynamic {axis}: give {names} (or export with a fixed {axis})")
+        low = int(lo if lo is not None else default_min)  # type: ignore[arg-type]
+        return low, low, low
+    o = int(opt if opt is not None else hi)  # type: ignore[arg-type]
+    h = int(hi if hi is not None else o)
+    low = int(lo) if lo is not None else (default_min if default_min is not None else o)
+    if not low <= o <= h:
+        raise BadInputError(f"{axis} profile needs min <= opt <= max, got {low} <= {o} <= {h}: fix {names}")
+    return low, o, h
+
+
+def compute_profile(inp: OnnxInput, min_batch: int | None = None, opt_batch: int | None = None,
+                    max_batch: int | None = None, min_size: int | None = None, opt_size: int | None = None,
+                    max_size: int | None = None) -> BatchProfile:
+    """The optimization profile of ``inp`` (NCHW): over the batch axis and, where the ONNX has
+    dynamic height and width, over a square input size.
+
+    Batch: unset min is 1; opt = max if only max is given; max = opt if only opt is given;
+    all 1 if none. Size (dynamic H/W only): the same rules, min defaulting to opt. A fixed
+    axis admits only its own value. The channel count must be fixed.
+    """
+    if len(inp.dims) != 4 or inp.dims[1] is None:
+        raise BadInputError(f"input {inp.name!r} has shape {inp.dims}: expected NCHW with fixed channels "
+                            "(dynamic non-batch dims other than height/width are not supported)")
+    batch = _axis_range("batch", "`min_batch`/`opt_batch`/`max_batch`", inp.dims[0], min_batch, opt_batch, max_batch, 1)
+    sizes = [_axis_range("input size", "`min_size`/`opt_size`/`max_size`", d, min_size, opt_size, max_size, None)
+             for d in inp.dims[2:]]
+    channels = int(inp.dims[1])
+    return BatchProfile(inp.name, *((batch[i], channels, sizes[0][i], sizes[1][i]) for i in range(3)))
 
 
 # ---------------------------------------------------------------- options
@@ -130,6 +138,9 @@ class BuildOptions:
     max_batch: int | None = None
     workspace_gib: float | None = None
     timing_cache: Path | None = None
+    min_size: int | None = None
+    opt_size: int | None = None
+    max_size: int | None = None
 
     @property
     def precision(self) -> str:
@@ -139,7 +150,8 @@ class BuildOptions:
 def validate_build_options(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool = False,
                            tf32: bool = False, min_batch: int | None = None, opt_batch: int | None = None,
                            max_batch: int | None = None, workspace_gib: float | None = None,
-                           timing_cache: str | Path | None = None) -> BuildOptions:
+                           timing_cache: str | Path | None = None, min_size: int | None = None,
+                           opt_size: int | None = None, max_size: int | None = None) -> BuildOptions:
     """Check paths and numbers before any GPU work (BadInputError, exit 2)."""
     src, dst = Path(onnx_path), Path(engine_path)
     if src.suffix.lower() != ".onnx":
@@ -159,10 +171,12 @@ def validate_build_options(onnx_path: str | Path, engine_path: str | Path, *, fp
             raise BadInputError(f"`timing_cache` directory {cache.parent} does not exist: create it first")
     if fp16 and tf32:
         raise BadInputError("`fp16` and `tf32` are exclusive: pick one precision")
-    for label, v in (("`min_batch`", min_batch), ("`opt_batch`", opt_batch), ("`max_batch`", max_batch)):
+    for label, v in (("`min_batch`", min_batch), ("`opt_batch`", opt_batch), ("`max_batch`", max_batch),
+                     ("`min_size`", min_size), ("`opt_size`", opt_size), ("`max_size`", max_size)):
         if v is not None and v < 1:
             raise BadInputError(f"{label} {v} must be a positive integer")
-    return BuildOptions(src, dst, fp16, tf32, min_batch, opt_batch, max_batch, workspace_gib, cache)
+    return BuildOptions(src, dst, fp16, tf32, min_batch, opt_batch, max_batch, workspace_gib, cache,
+                        min_size, opt_size, max_size)
 
 
 # ---------------------------------------------------------------- precision per TensorRT major
@@ -226,7 +240,7 @@ def onnx_outputs(path: str | Path) -> list[str]:
 
 def engine_metadata(opts: BuildOptions, profile: BatchProfile, env: dict[str, Any], onnx_sha256: str,
                     engine_sha256: str, output_names: Sequence[str] = (), build_s: float | None = None,
-                    build: "BuildFacts | None" = None) -> dict[str, Any]:
+                    build: BuildFacts | None = None) -> dict[str, Any]:
     """The engine.plan.json record: what the engine is tied to and how it was built."""
     facts = build or BuildFacts(route=FP32)
     return {
@@ -339,7 +353,8 @@ def build_engine(opts: BuildOptions) -> dict[str, Any]:
     each) and replaced, never fatal. The engine, its record and the cache are each written
     atomically, the engine's record last.
     """
-    profile = compute_profile(onnx_input(opts.onnx_path), opts.min_batch, opts.opt_batch, opts.max_batch)
+    profile = compute_profile(onnx_input(opts.onnx_path), opts.min_batch, opts.opt_batch, opts.max_batch,
+                              opts.min_size, opts.opt_size, opts.max_size)
     trt = require_engine_builder(opts.fp16)
     env = running_environment()
     facts = BuildFacts(route=precision_route(tensorrt_major(str(trt.__version__)), opts.fp16, opts.tf32))

@@ -116,8 +116,23 @@ def test_compute_profile_fixed_batch_and_dynamic_spatial() -> None:
     assert compute_profile(fixed, min_batch=1, max_batch=1).opt == (1, 3, 32, 32)
     with pytest.raises(BadInputError, match="fixed batch of 1"):
         compute_profile(fixed, max_batch=8)
-    with pytest.raises(BadInputError, match="dynamic non-batch"):
+    with pytest.raises(BadInputError, match="dynamic input size: give `min_size`/`opt_size`/`max_size`"):
         compute_profile(OnnxInput("x", (None, 3, None, None)), max_batch=8)
+    with pytest.raises(BadInputError, match="dynamic non-batch dims"):
+        compute_profile(OnnxInput("x", (None, None, 32, 32)))
+
+
+def test_compute_profile_dynamic_height_and_width() -> None:
+    dyn = OnnxInput("x", (None, 3, None, None))
+    p = compute_profile(dyn, max_batch=8, min_size=64, opt_size=224, max_size=256)
+    assert (p.min, p.opt, p.max) == ((1, 3, 64, 64), (8, 3, 224, 224), (8, 3, 256, 256))
+    assert p.admits((4, 3, 128, 128)) and not p.admits((4, 3, 300, 300))
+    assert compute_profile(dyn, opt_size=224).min == (1, 3, 224, 224)  # min size defaults to opt
+    with pytest.raises(BadInputError, match="input size profile needs min <= opt <= max"):
+        compute_profile(dyn, min_size=256, opt_size=224)
+    with pytest.raises(BadInputError, match="fixed input size of 32"):
+        compute_profile(OnnxInput("x", (None, 3, 32, 32)), opt_size=64)
+    assert compute_profile(OnnxInput("x", (None, 3, 32, 32)), opt_size=32).opt == (1, 3, 32, 32)
 
 
 # ---------------------------------------------------------------- options and metadata

@@ -80,7 +80,7 @@ def running_environment() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BatchProfile:
-    """One TensorRT optimization profile: min/opt/max shapes that differ only in batch."""
+    """One TensorRT optimization profile: min/opt/max NCHW shapes (batch and, where dynamic, H/W differ)."""
 
     input_name: str
     min: tuple[int, ...]

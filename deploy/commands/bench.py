@@ -24,7 +24,13 @@ from deploy.torch_bench import CHECKPOINT_SUFFIXES, TorchBenchOptions, open_torc
 from exporters.tensorrt import build_engine, compute_profile, onnx_input, require_engine_builder, validate_build_options
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, interleaved
 from validators.runtimes import ORT_PROVIDERS, OrtRuntime
-from validators.trt_env import ENGINE_SUFFIXES, check_batch_in_profile, load_engine_metadata, require_tensorrt
+from validators.trt_env import (
+    ENGINE_SUFFIXES,
+    BatchProfile,
+    check_batch_in_profile,
+    load_engine_metadata,
+    require_tensorrt,
+)
 from validators.trt_runtime import TensorRTRuntime
 
 BENCH_FORMAT = "convdeploy-bench/1"
@@ -88,9 +94,12 @@ def engine_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tup
     if meta is None:
         return ()  # unknown until the engine is loaded
     shape = (batch, *meta["profile"]["opt"][1:])
-    if input_size is not None and tuple(shape[2:]) != (input_size, input_size):
-        raise BadInputError(f"{path} was built for {shape[2]}x{shape[3]} inputs: drop --input-size "
-                            "or rebuild from an ONNX of that size")
+    if input_size is not None:
+        shape = (batch, shape[1], input_size, input_size)
+        if not BatchProfile.from_dict(meta["profile"]).admits(shape):
+            lo, hi = meta["profile"]["min"], meta["profile"]["max"]
+            raise BadInputError(f"{path} was built for {lo[2]}x{lo[3]} to {hi[2]}x{hi[3]} inputs: drop --input-size "
+                                "or rebuild for that size")
     return tuple(int(d) for d in shape)
 
 
@@ -307,11 +316,16 @@ def build(
     workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Load/save tactic timings here (one "
                                                 "from another GPU or TensorRT is reported and replaced)."),
+    min_size: Optional[int] = typer.Option(None, "--min-size", help="ONNX with dynamic H/W: smallest input size "
+                                           "(height = width; default: opt)."),
+    opt_size: Optional[int] = typer.Option(None, "--opt-size", help="ONNX with dynamic H/W: size TensorRT tunes for."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", help="ONNX with dynamic H/W: largest input size."),
 ) -> None:
     """Compile model.onnx into a TensorRT engine (GPU + TensorRT 10 or 11 needed; built with polygraphy)."""
     opts = validate_build_options(model, output, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
-                                  max_batch=max_batch, workspace_gib=workspace, timing_cache=timing_cache)
-    profile = compute_profile(onnx_input(opts.onnx_path), min_batch, opt_batch, max_batch)
+                                  max_batch=max_batch, workspace_gib=workspace, timing_cache=timing_cache,
+                                  min_size=min_size, opt_size=opt_size, max_size=max_size)
+    profile = compute_profile(onnx_input(opts.onnx_path), min_batch, opt_batch, max_batch, min_size, opt_size, max_size)
     require_engine_builder(fp16)
     meta = build_engine(opts)
     table = Table(title=f"deploy build — {output}", show_header=False)
