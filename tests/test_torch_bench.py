@@ -76,6 +76,17 @@ def test_resnet20_faster_than_resnet18(zoo_checkpoint, r20: Path, tmp_path: Path
     assert vs["ratio"] < 1, vs
 
 
+def test_checkpoint_against_its_onnx_export(folded_export, tmp_path: Path) -> None:
+    exported = folded_export("resnet20", "doconv", 32)
+    out = tmp_path / "pt_vs_onnx.json"
+    res = invoke("bench", exported.checkpoint, "--backend", "torch", "--vs", exported.onnx_path, "--iters", "10",
+                 "--warmup", "2", "--json", out)
+    assert res.exit_code == 0, res.output
+    a, b = json.loads(out.read_text())["results"]
+    assert (a["provider"], b["provider"]) == ("pytorch-eager-cpu", "CPUExecutionProvider")
+    assert a["input_shape"] == b["input_shape"] == [1, 3, 32, 32] and a["stats"]["n"] == b["stats"]["n"] == 10
+
+
 def test_dtypes_layouts_and_forms_agree_with_fp32(r20: Path) -> None:
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     ref = open_torch_runtime(r20, TorchBenchOptions(fold=False)).run(x)  # the training form

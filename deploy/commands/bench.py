@@ -202,8 +202,8 @@ def bench(
     include_copies: bool = typer.Option(False, "--include-copies", help="TensorRT: time host<->device copies too."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT, or PyTorch on --device cuda: replay a "
                                     "captured CUDA graph."),
-    backend: str = typer.Option("auto", "--backend", help="auto (by extension), ort (.onnx), trt (.plan) or "
-                                "torch (.pt)."),
+    backend: str = typer.Option("auto", "--backend", help="Runtime of ARTIFACT: auto (by extension), ort (.onnx), "
+                                "trt (.plan) or torch (.pt); --vs OTHER runs on what its extension says."),
     device: str = typer.Option("cpu", "--device", help="PyTorch backend: cpu or cuda (exit 5 without a CUDA GPU)."),
     dtype: str = typer.Option("fp32", "--dtype", help="PyTorch backend: fp32, fp16 or bf16 weights and input."),
     channels_last: bool = typer.Option(False, "--channels-last", help="PyTorch backend: NHWC memory format."),
@@ -219,7 +219,7 @@ def bench(
     if json_out is not None:
         check_output_path(json_out)
     paths = [artifact] + ([vs] if vs is not None else [])
-    kinds = [artifact_kind(p, backend) for p in paths]
+    kinds = [artifact_kind(artifact, backend)] + [artifact_kind(p) for p in paths[1:]]
     torch_opts = _torch_options(kinds, device, dtype, cuda_graph, channels_last, seed)
     runtimes, shapes = _open_all(paths, kinds, batch, input_size, provider, threads, include_copies, cuda_graph,
                                  torch_opts)
