@@ -190,11 +190,13 @@ def bench(
     artifact: Path = typer.Argument(..., help="model.onnx (ONNX Runtime), engine.plan (TensorRT) or model.pt "
                                     "(PyTorch: loaded and folded as `deploy export` does)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Images per batch."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Height = width, for ONNX with dynamic H/W."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Height = width: for ONNX or engines with dynamic "
+                                      "H/W, or a model.pt at another size than its checkpoint's."),
     warmup: str = typer.Option("10", "--warmup", help="Warm-up: a run count (10) or seconds (2s)."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed runs (default: up to 100 or 30 s)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Time budget in seconds, warm-up included."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads of ONNX Runtime, or of PyTorch "
+                                   "(process-wide) for a model.pt."),
     provider: Optional[str] = typer.Option(None, "--provider", help="cpu | cuda | tensorrt (ONNX Runtime)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every field and raw sample here."),
     vs: Optional[Path] = typer.Option(None, "--vs", help="Second artifact, interleaved (A B, B A, …) on the same input."),
