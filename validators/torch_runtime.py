@@ -133,6 +133,7 @@ class TorchBenchRuntime:
         key = tuple(t.shape)
         if key not in self._graphs:
             static_in = t.clone()
+            torch.cuda.synchronize()  # the copy is on the default stream; the capture stream reads it
             with torch.cuda.stream(self.stream):
                 for _ in range(3):  # eager passes on the capture stream: lazy allocations and autotuning happen here
                     self._forward(static_in)
