@@ -261,7 +261,8 @@ def _notes(settings: ClaimsSettings, backend: str, records: dict[str, ModelRecor
     if backend == "torch":
         notes.append("PyTorch runs each checkpoint as the entry says: folded models in their deploy form, unfolded "
                      "ones (claim 2) in their training form, which computes CoC's and DO-Conv's kernels in every "
-                     "forward pass; the graph checks and parity are those of the ONNX exports.")
+                     "forward pass; the graph checks and parity are those of the ONNX exports. Its \"session load\" is "
+                     "loading the checkpoint and folding it (with the fold's float64 check).")
     if backend == "ort":
         notes.append("ONNX Runtime constant-folds weight subgraphs and fuses BatchNorm when it loads a model, so an "
                      "unfolded export (claim 2) is folded by the runtime at load time; its graph check shows what a "
