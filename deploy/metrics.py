@@ -3,7 +3,10 @@
 Error conventions: ``max_abs_err = max|out - ref|``; ``max_rel_err = max_abs_err / max|ref|``
 (relative to the largest reference magnitude, so near-zero logits do not blow it up);
 cosine similarity per batch row of the flattened outputs, minimum over rows; top-1
-agreement = fraction of rows whose arg-max class is the same.
+agreement = fraction of rows whose arg-max class is the same. ``decisive_top1`` counts top-1
+agreement only on the rows whose reference top-1/top-2 margin exceeds a bound (the
+tolerance's error bound): below it a tolerated error may swap the two classes, so such a
+near-tie says nothing about the export and is excluded (and counted).
 
 A foundation module: the exporter's simplification check, the parity gate and the
 first-divergence search all measure with these, and none of them imports another.
@@ -47,6 +50,25 @@ def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
         "top1_agreement": float(top1.mean()) if top1.size else 1.0,
         "rows": int(rows_ref.shape[0]),
     }
+
+
+def top1_margins(ref: np.ndarray) -> np.ndarray:
+    """Per batch row of ``ref``: its largest value minus its second largest (inf for one class)."""
+    rows = np.asarray(ref, dtype=np.float64).reshape(np.shape(ref)[0], -1) if np.ndim(ref) else np.zeros((1, 1))
+    if rows.shape[1] < 2:
+        return np.full(rows.shape[0], np.inf)
+    top2 = np.partition(rows, -2, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def decisive_top1(ref: np.ndarray, out: np.ndarray, margin: float) -> tuple[int, int]:
+    """(rows whose arg-max agrees, rows counted): only rows whose reference top-1/top-2
+    margin exceeds ``margin`` are counted; the others are near-ties within the tolerance."""
+    rows_ref = np.asarray(ref, dtype=np.float64).reshape(np.shape(ref)[0], -1)
+    rows_out = np.nan_to_num(np.asarray(out, dtype=np.float64).reshape(np.shape(out)[0], -1), nan=-np.inf)
+    counted = top1_margins(rows_ref) > margin
+    agree = np.argmax(rows_ref, axis=1) == np.argmax(rows_out, axis=1)
+    return int(np.sum(agree & counted)), int(np.sum(counted))
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,11 @@ from deploy.steps import (
     write_step,
 )
 from exporters.onnx import export_onnx_detailed, save_onnx, simplify_onnx
-from exporters.tensorrt import build_engine, validate_build_options
+from exporters.tensorrt import build_engine, require_engine_builder, validate_build_options
 from validators.graph import GraphReport, check_graph
 from validators.parity import ParityReport, check_parity
 from validators.runtimes import OrtRuntime
-from validators.trt_env import metadata_path, require_tensorrt
+from validators.trt_env import metadata_path
 from validators.trt_runtime import TensorRTRuntime
 
 
@@ -136,7 +136,7 @@ def _output_paths(opts: ExportOptions) -> tuple[Path, Path]:
             raise BadInputError(f"output {path} would overwrite the input checkpoint: choose another output path")
     if opts.engine is not None:
         check_output_path(opts.engine)
-        require_tensorrt()  # exit 5 before any work when TensorRT or the GPU is missing
+        require_engine_builder(opts.fp16)  # exit 5 before any work when TensorRT, the GPU or polygraphy is missing
     return output, report_path
 
 
@@ -157,10 +157,10 @@ def build_checked_engine(proto: Any, opts: ExportOptions, input_shape: tuple[int
         )
         meta = build_engine(build_opts)
     try:
-        trt = TensorRTRuntime(opts.engine)
-        batches = tuple(sorted({trt.profile.min[0], trt.profile.max[0]}))
+        engine_rt = TensorRTRuntime(opts.engine)
+        batches = tuple(sorted({engine_rt.profile.min[0], engine_rt.profile.max[0]}))
         tol = Tolerance.for_precision("fp16" if opts.fp16 else "fp32")
-        parity = check_parity(ort, [trt], input_shape, opts.samples, batches, opts.seed, tol)
+        parity = check_parity(ort, [engine_rt], input_shape, opts.samples, batches, opts.seed, tol)
         parity.raise_if_failed()
     except BaseException:
         Path(opts.engine).unlink(missing_ok=True)

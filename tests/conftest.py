@@ -1,4 +1,5 @@
-"""Shared pytest hooks: `gpu`-marked tests run only where TensorRT imports and CUDA is available."""
+"""Shared pytest hooks: `gpu`-marked tests run only where PyTorch sees a CUDA GPU, and those also
+marked `tensorrt` only where TensorRT 10 or 11 imports as well."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import os
 import pytest
 
 
-def _gpu_ready() -> tuple[bool, str]:
+def _cuda_ready() -> tuple[bool, str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return True, torch.cuda.get_device_name(0)
+    return False, f"no CUDA GPU visible to PyTorch {torch.__version__}"
+
+
+def _tensorrt_ready() -> tuple[bool, str]:
     from validators.trt_env import tensorrt_available
 
     return tensorrt_available()
@@ -24,15 +33,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
-    if not gpu_items:
-        return
-    ok, reason = _gpu_ready()
-    if ok:
-        return
-    skip = pytest.mark.skip(reason=f"gpu test: {reason}")
-    for item in gpu_items:
-        item.add_marker(skip)
+    for marker, ready in (("gpu", _cuda_ready), ("tensorrt", _tensorrt_ready)):
+        marked = [item for item in items if item.get_closest_marker(marker) is not None]
+        if not marked:
+            continue
+        ok, reason = ready()
+        if ok:
+            continue
+        skip = pytest.mark.skip(reason=f"{marker} test: {reason}")
+        for item in marked:
+            item.add_marker(skip)
 
 
 # --- end-to-end CLI helpers (tests/test_export_cli.py, test_export_bad_input.py, test_reference_checkpoints.py)

@@ -16,3 +16,45 @@ def randomise_bn(module: nn.Module, gen: torch.Generator) -> nn.Module:
                 bn.weight.copy_(torch.randn(c, generator=gen, dtype=dt))
                 bn.bias.copy_(torch.randn(c, generator=gen, dtype=dt))
     return module.eval()
+
+
+def spread_cnn(seed: int = 0, gain: float = 4.0) -> nn.Module:
+    """A small CNN whose 10 logits are far apart: the head reads standardised features through
+    orthonormal rows scaled by ``gain``, so the top-1/top-2 margin is mostly ~10 % of max|logit|
+    (an fp16 error bound is 1 %) while the winning class still varies with the input. Random
+    heads put logits within fp16 error of each other, where one flipped row is noise."""
+    import numpy as np
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    calib = torch.from_numpy(np.random.default_rng(seed + 123).standard_normal((256, 3, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        feats = model[:-1](calib)
+        mean, std = feats.mean(0), feats.std(0) + 1e-6
+        rows, _ = torch.linalg.qr(torch.randn(32, 10, generator=torch.Generator().manual_seed(seed + 1)))
+        weight = gain * rows.T / std
+        model[-1].weight.copy_(weight)
+        model[-1].bias.copy_(-(weight @ mean))
+    return model
+
+
+def gated_cnn(seed: int = 0) -> nn.Module:
+    """A small CNN with the gates an fp16 conversion must keep in fp32: a sigmoid gate on a
+    feature map (SCConv's) and a softmax over two branches (SPConv's), ending in a spread head."""
+    torch.manual_seed(seed)
+    head = spread_cnn(seed)
+
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.gate = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 1)
+            self.head = head
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.stem(x) * torch.sigmoid(self.gate(x))
+            w = torch.softmax(torch.stack((y.mean((2, 3)), x.mean((2, 3))), dim=2), dim=2)
+            return self.head(w[..., :1, None] * y + w[..., 1:, None] * x)
+
+    return Gated().eval()

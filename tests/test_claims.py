@@ -235,7 +235,8 @@ def test_trt_backend_unavailable_exits_5(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--models", "plain,nope"], "unknown nope"),
     (["--batch", "1,x"], "--batch"),
-    (["--backend", "gpu"], "choose auto, ort or trt"),
+    (["--backend", "gpu"], "choose auto, ort, trt or torch"),
+    (["--device", "cuda"], "applies to the --backend torch"),
     (["--iters", "2"], "at least 3 pairs"),
 ])
 def test_bad_options_exit_2(tmp_path, args, needle):

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "validators.trt_runtime")),
     ("exporters / graph checks / parity / latency", ("exporters", "exporters.*", "validators.*")),
     ("pipeline / claims", ("deploy.steps", "deploy.report", "deploy.pipeline", "deploy.validate",
-                           "deploy.claims_matrix", "deploy.claims_run")),
+                           "deploy.torch_bench", "deploy.claims_matrix", "deploy.claims_run")),
     ("CLI / API", ("deploy", "deploy.cli", "deploy.commands", "deploy.commands.*")),
 ]
 #: third-party modules a function may import lazily (heavy or optional backends)

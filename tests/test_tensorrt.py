@@ -1,8 +1,8 @@
 """exporters/tensorrt.py and validators/trt_runtime.py.
 
 CPU tests cover the plain logic (profile, options, metadata, compatibility, availability)
-and every exit-code-5 path; `gpu`-marked tests need TensorRT 10 and a CUDA GPU
-(tests/conftest.py skips them elsewhere).
+and every exit-code-5 path; `gpu` + `tensorrt`-marked tests need TensorRT 10 or 11 and a
+CUDA GPU (tests/conftest.py skips them elsewhere).
 """
 
 from __future__ import annotations
@@ -59,9 +59,12 @@ def small_cnn(seed: int = 0) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.helpers import gated_cnn
+
     d = tmp_path_factory.mktemp("trt")
     return {"dyn": export_onnx(small_cnn(), d / "model.onnx"),
-            "fixed": export_onnx(small_cnn(), d / "fixed.onnx", dynamic=False), "dir": d}
+            "fixed": export_onnx(small_cnn(), d / "fixed.onnx", dynamic=False),
+            "gated": export_onnx(gated_cnn(), d / "gated.onnx"), "dir": d}
 
 
 def invoke(*args: object):
@@ -113,8 +116,23 @@ def test_compute_profile_fixed_batch_and_dynamic_spatial() -> None:
     assert compute_profile(fixed, min_batch=1, max_batch=1).opt == (1, 3, 32, 32)
     with pytest.raises(BadInputError, match="fixed batch of 1"):
         compute_profile(fixed, max_batch=8)
-    with pytest.raises(BadInputError, match="dynamic non-batch"):
+    with pytest.raises(BadInputError, match="dynamic input size: give `min_size`/`opt_size`/`max_size`"):
         compute_profile(OnnxInput("x", (None, 3, None, None)), max_batch=8)
+    with pytest.raises(BadInputError, match="dynamic non-batch dims"):
+        compute_profile(OnnxInput("x", (None, None, 32, 32)))
+
+
+def test_compute_profile_dynamic_height_and_width() -> None:
+    dyn = OnnxInput("x", (None, 3, None, None))
+    p = compute_profile(dyn, max_batch=8, min_size=64, opt_size=224, max_size=256)
+    assert (p.min, p.opt, p.max) == ((1, 3, 64, 64), (8, 3, 224, 224), (8, 3, 256, 256))
+    assert p.admits((4, 3, 128, 128)) and not p.admits((4, 3, 300, 300))
+    assert compute_profile(dyn, opt_size=224).min == (1, 3, 224, 224)  # min size defaults to opt
+    with pytest.raises(BadInputError, match="input size profile needs min <= opt <= max"):
+        compute_profile(dyn, min_size=256, opt_size=224)
+    with pytest.raises(BadInputError, match="fixed input size of 32"):
+        compute_profile(OnnxInput("x", (None, 3, 32, 32)), opt_size=64)
+    assert compute_profile(OnnxInput("x", (None, 3, 32, 32)), opt_size=32).opt == (1, 3, 32, 32)
 
 
 # ---------------------------------------------------------------- options and metadata
@@ -231,16 +249,17 @@ def test_build_bad_profile_is_exit_2_before_5(onnx_files: dict[str, Path]) -> No
     assert res.exit_code == 2 and "fixed batch" in res.output
 
 
-# ---------------------------------------------------------------- GPU (TensorRT 10 + CUDA)
+# ---------------------------------------------------------------- GPU (TensorRT 10 or 11 + CUDA)
 
-def _build(onnx_files: dict[str, Path], name: str, **kw) -> tuple[Path, dict]:
+def _build(onnx_files: dict[str, Path], name: str, source: str = "dyn", **kw) -> tuple[Path, dict]:
     out = onnx_files["dir"] / f"{name}.plan"
-    meta = build_engine(validate_build_options(onnx_files["dyn"], out, timing_cache=onnx_files["dir"] / "tc.bin",
-                                               **kw))
+    kw.setdefault("timing_cache", onnx_files["dir"] / "tc.bin")
+    meta = build_engine(validate_build_options(onnx_files[source], out, **kw))
     return out, meta
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_gpu_build_writes_engine_and_metadata(onnx_files: dict[str, Path]) -> None:
     from deploy.atomic import sha256_file
 
@@ -250,35 +269,61 @@ def test_gpu_build_writes_engine_and_metadata(onnx_files: dict[str, Path]) -> No
     assert meta["profile"] == {"input": "input", "min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [16, 3, 32, 32]}
     assert meta["precision"] == "fp32" and meta["engine_sha256"] == sha256_file(out)
     assert meta["source_onnx_sha256"] == sha256_file(onnx_files["dyn"])
-    assert meta["tensorrt_version"].startswith("10.")
+    assert int(meta["tensorrt_version"].split(".")[0]) in (10, 11) and meta["precision_route"] == "fp32"
+    assert meta["outputs"] == ["logits"] and meta["notes"] == []
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 @pytest.mark.parametrize("fp16", [False, True])
 def test_gpu_parity_with_onnxruntime(onnx_files: dict[str, Path], fp16: bool) -> None:
+    """On the gated model with far-apart logits (tests/helpers.py): fp16 within 1e-2 * max|ref| and
+    top-1 agreement on the rows whose margin exceeds that bound, the near-ties reported."""
+    from deploy.metrics import Tolerance
+    from validators.parity import check_parity
     from validators.runtimes import OrtRuntime
     from validators.trt_runtime import TensorRTRuntime
 
-    out, _ = _build(onnx_files, "fp16" if fp16 else "fp32p", fp16=fp16, max_batch=64)
-    x = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
-    ref = OrtRuntime(onnx_files["dyn"]).run(x)
+    out, meta = _build(onnx_files, "fp16" if fp16 else "fp32p", source="gated", fp16=fp16, max_batch=64)
+    major = int(meta["tensorrt_version"].split(".")[0])
+    if fp16:
+        assert meta["precision_route"] == ("fp16 (builder flag)" if major == 10 else "fp16 (fp16 ONNX, strongly typed)")
+        assert (meta["fp16_onnx_check"] is None) == (major == 10)
+    tol = Tolerance.for_precision("fp16" if fp16 else "fp32")
     for graph in (False, True):
-        got = TensorRTRuntime(out, cuda_graph=graph).run(x)
-        assert got.shape == ref.shape == (64, 10)
-        err = float(np.abs(got - ref).max())
-        scale = float(np.abs(ref).max())
-        if fp16:
-            assert err <= 1e-2 * scale
-            assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.99
-        else:
-            assert err <= 1e-4 * max(scale, 1.0)
+        rep = check_parity(OrtRuntime(onnx_files["gated"]), [TensorRTRuntime(out, cuda_graph=graph)], (3, 32, 32),
+                           samples=2, batches=(64, 5), tol=tol)
+        cand = rep.candidates[0]
+        assert rep.passed, rep.summary()
+        assert cand.top1_rows >= 0.9 * (2 * 69) and cand.top1_rows + cand.top1_excluded == 2 * 69
     rt = TensorRTRuntime(out)
-    assert rt.run(x[:5]).shape == (5, 10)  # a second shape inside the profile
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    assert rt.run(x).shape == (5, 10)  # a second shape inside the profile
     with pytest.raises(BadInputError, match="outside the engine's profile"):
         rt.run(np.zeros((65, 3, 32, 32), np.float32))
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_gpu_mismatched_timing_cache_is_replaced(onnx_files: dict[str, Path]) -> None:
+    from exporters.timing_cache import plan_timing_cache, record_path, save_timing_cache
+    from validators.trt_env import running_environment
+
+    env = running_environment()
+    garbage = onnx_files["dir"] / "garbage.bin"
+    garbage.write_bytes(b"\x13 not a timing cache" * 4)  # no record: offered, refused by TensorRT, replaced
+    _, meta = _build(onnx_files, "tc_garbage", timing_cache=garbage)
+    assert len(meta["notes"]) <= 1 and all("TensorRT refused it" in n for n in meta["notes"])
+    assert plan_timing_cache(garbage, env).data == garbage.read_bytes() != b"\x13 not a timing cache" * 4
+    foreign = onnx_files["dir"] / "foreign.bin"
+    save_timing_cache(foreign, b"timings", dict(env, gpu_name="Tesla T4", compute_capability="7.5"))
+    _, meta = _build(onnx_files, "tc_foreign", timing_cache=foreign)
+    assert len(meta["notes"]) == 1 and "Tesla T4" in meta["notes"][0]
+    assert json.loads(record_path(foreign).read_text())["gpu_name"] == env["gpu_name"]
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_gpu_bench_engine_cli(onnx_files: dict[str, Path]) -> None:
     out, _ = _build(onnx_files, "bench", opt_batch=8, max_batch=8)
     js = onnx_files["dir"] / "bench_trt.json"

@@ -2,7 +2,10 @@
 
 ``check_parity`` runs a reference runtime and any number of candidates on K seeded random
 inputs at batch 1 and at a batch > 1 and judges each with a ``Tolerance``
-(``deploy.metrics``: the error conventions are there); on failure ``first_divergence``
+(``deploy.metrics``: the error conventions are there). Top-1 agreement counts only the rows
+whose reference top-1/top-2 margin exceeds the tolerance's error bound on that input
+(``deploy.metrics.decisive_top1``); the near-ties left out are reported as
+``top1_excluded``. On failure ``first_divergence``
 (``validators.divergence``) names the first module whose intermediate output differs
 between PyTorch and the ONNX graph.
 """
@@ -15,7 +18,7 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 
 from deploy.errors import BadInputError, ParityError
-from deploy.metrics import Tolerance, compare
+from deploy.metrics import Tolerance, compare, decisive_top1
 from validators.divergence import locate_divergence
 
 
@@ -36,10 +39,22 @@ class CandidateParity:
     max_rel_err: float = 0.0
     min_cosine: float = 1.0
     top1_agreement: float = 1.0
+    top1_rows: int = 0  # rows counted: reference margin above the error bound
+    top1_excluded: int = 0  # near-ties: reference margin within the error bound
     runs: int = 0
     passed: bool = True
     reasons: list[str] = field(default_factory=list)
     describe: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, metrics: dict[str, float], agreeing: int, counted: int) -> int:
+        """Fold one run's metrics in (``decisive_top1``'s counts); return its agreeing rows."""
+        self.runs += 1
+        self.max_abs_err = max(self.max_abs_err, metrics["max_abs_err"])
+        self.max_rel_err = max(self.max_rel_err, metrics["max_rel_err"])
+        self.min_cosine = min(self.min_cosine, metrics["min_cosine"])
+        self.top1_rows += counted
+        self.top1_excluded += int(metrics["rows"]) - counted
+        return agreeing
 
 
 @dataclass
@@ -72,7 +87,8 @@ class ParityReport:
             verdict = "ok" if c.passed else "FAILED: " + "; ".join(c.reasons)
             lines.append(
                 f"{self.reference} vs {c.name}: max abs {c.max_abs_err:.3g}, max rel {c.max_rel_err:.3g}, "
-                f"min cos {c.min_cosine:.6f}, top-1 {100 * c.top1_agreement:.1f} % -> {verdict}"
+                f"min cos {c.min_cosine:.6f}, top-1 {100 * c.top1_agreement:.1f} %"
+                f"{f' ({c.top1_excluded} near-ties excluded)' if c.top1_excluded else ''} -> {verdict}"
             )
         return "\n".join(lines)
 
@@ -115,7 +131,6 @@ def check_parity(
         raise BadInputError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
     results = [CandidateParity(name=c.name, describe=_describe(c)) for c in candidates]
     agree = [0] * len(candidates)
-    rows = [0] * len(candidates)
     crashed: set[tuple[int, int]] = set()  # (candidate, batch) pairs that raised: run once, not K times
     for x in seeded_inputs(input_shape, batches, samples, seed):
         ref = reference_runtime.run(x)
@@ -132,20 +147,15 @@ def check_parity(
                 res.reasons.append(f"failed to run at batch {x.shape[0]}: {msg}")
                 crashed.add((i, x.shape[0]))
                 continue
-            res.runs += 1
-            res.max_abs_err = max(res.max_abs_err, m["max_abs_err"])
-            res.max_rel_err = max(res.max_rel_err, m["max_rel_err"])
-            res.min_cosine = min(res.min_cosine, m["min_cosine"])
-            agree[i] += round(m["top1_agreement"] * m["rows"])
-            rows[i] += int(m["rows"])
+            agree[i] += res.add(m, *decisive_top1(ref, out, tol.bound(m["max_ref"])))
             bad = tol.violations(m, check_top1=False)
             if bad:
                 res.passed = False
                 if not any(r.startswith("max abs") for r in res.reasons):
                     res.reasons.append(bad[0] + f" at batch {x.shape[0]}")
     for i, res in enumerate(results):
-        res.top1_agreement = agree[i] / rows[i] if rows[i] else 0.0
-        if rows[i] and res.top1_agreement < tol.min_top1:
+        res.top1_agreement = agree[i] / res.top1_rows if res.top1_rows else (1.0 if res.runs else 0.0)
+        if res.top1_rows and res.top1_agreement < tol.min_top1:
             res.passed = False
             res.reasons.append(f"top-1 agreement {100 * res.top1_agreement:.1f} % < {100 * tol.min_top1:.1f} %")
     return ParityReport(

@@ -19,6 +19,9 @@ from deploy.errors import BackendUnavailableError, BadInputError
 ENGINE_FORMAT = "convdeploy-engine/1"
 ENGINE_SUFFIXES = (".plan", ".engine")
 CPU_HINT = "`deploy bench model.onnx` runs on CPU"
+#: the TensorRT majors whose Python API the code is checked against (tests/test_tensorrt_api.py)
+SUPPORTED_MAJORS = (10, 11)
+INSTALL_HINT = "pip install 'tensorrt>=10,<12' on a machine with an NVIDIA GPU"
 
 
 def import_tensorrt() -> Any:
@@ -28,17 +31,26 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
+def tensorrt_major(version: str) -> int:
+    """``"10.13.3.9"`` -> 10 (BadInputError for a version string that does not start with a number)."""
+    head = str(version).split(".")[0]
+    if not head.isdigit():
+        raise BadInputError(f"cannot read a TensorRT major version from {version!r}: reinstall TensorRT")
+    return int(head)
+
+
 def tensorrt_available() -> tuple[bool, str]:
     """(True, "TensorRT x.y on <GPU>") or (False, what is missing). Never raises."""
     try:
         trt = import_tensorrt()
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install raising OSError
         kind = "not installed" if isinstance(exc, ImportError) else f"not importable ({type(exc).__name__}: {exc})"
-        return False, f"TensorRT is {kind} (pip install 'tensorrt>=10,<11' on a machine with an NVIDIA GPU)"
+        return False, f"TensorRT is {kind} ({INSTALL_HINT})"
     try:
         version = str(trt.__version__)
-        if int(version.split(".")[0]) < 10:
-            return False, f"TensorRT {version} is too old: convdeploy needs TensorRT 10"
+        if tensorrt_major(version) not in SUPPORTED_MAJORS:
+            return False, (f"TensorRT {version} is not supported: convdeploy runs on TensorRT "
+                           f"{' and '.join(map(str, SUPPORTED_MAJORS))} ({INSTALL_HINT})")
         import torch  # noqa: PLC0415 - torch is heavy and only the GPU path needs it: ONNX-only commands stay torch-free
 
         if not torch.cuda.is_available():
@@ -68,7 +80,7 @@ def running_environment() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BatchProfile:
-    """One TensorRT optimization profile: min/opt/max shapes that differ only in batch."""
+    """One TensorRT optimization profile: min/opt/max NCHW shapes (batch and, where dynamic, H/W differ)."""
 
     input_name: str
     min: tuple[int, ...]

@@ -1,9 +1,10 @@
 """`deploy bench ARTIFACT` and `deploy build MODEL.onnx -o engine.plan`.
 
 bench: model.onnx runs on ONNX Runtime (CPU by default; --provider cuda|tensorrt when
-installed), engine.plan on TensorRT. The harness is validators/latency.py; --vs times
-two artifacts interleaved (A B A B …) and reports the ratio of medians A/B with a
-bootstrap 95 % interval (docs/architecture.md "Measuring speed").
+installed), engine.plan on TensorRT, model.pt on PyTorch (loaded and folded as `deploy
+export` does; --device cpu|cuda, --dtype, --cuda-graph, --channels-last). The harness is
+validators/latency.py; --vs times two artifacts interleaved (A B A B …) and reports the
+ratio of medians A/B with a bootstrap 95 % interval (docs/architecture.md "Measuring speed").
 """
 
 from __future__ import annotations
@@ -19,26 +20,45 @@ from deploy.atomic import check_output_path, sha256_file, write_json_atomic
 from deploy.commands.common import console
 from deploy.environment import host_device, versions
 from deploy.errors import BadInputError
-from exporters.tensorrt import build_engine, compute_profile, onnx_input, validate_build_options
+from deploy.torch_bench import CHECKPOINT_SUFFIXES, TorchBenchOptions, open_torch_runtime
+from exporters.tensorrt import build_engine, compute_profile, onnx_input, require_engine_builder, validate_build_options
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, interleaved
 from validators.runtimes import ORT_PROVIDERS, OrtRuntime
-from validators.trt_env import ENGINE_SUFFIXES, check_batch_in_profile, load_engine_metadata, require_tensorrt
+from validators.trt_env import (
+    ENGINE_SUFFIXES,
+    BatchProfile,
+    check_batch_in_profile,
+    load_engine_metadata,
+    require_tensorrt,
+)
 from validators.trt_runtime import TensorRTRuntime
 
 BENCH_FORMAT = "convdeploy-bench/1"
+#: --backend -> the artifact kind it runs
+BACKENDS = {"ort": "onnx", "trt": "engine", "torch": "torch"}
+KIND_FILES = {"onnx": "model.onnx", "engine": "engine.plan", "torch": "model.pt"}
 
 
 # ---------------------------------------------------------------- plain helpers
 
-def artifact_kind(path: Path) -> str:
-    """"onnx" or "engine"; BadInputError for a missing file or another extension."""
+def artifact_kind(path: Path, backend: str = "auto") -> str:
+    """"onnx", "engine" or "torch" (a checkpoint); BadInputError for a missing file, another
+    extension, or a backend that does not run this kind of file."""
     suffix = path.suffix.lower()
+    if backend != "auto" and backend not in BACKENDS:
+        raise BadInputError(f"--backend {backend}: choose auto, {', '.join(BACKENDS)}")
     if suffix == ".onnx":
         kind = "onnx"
     elif suffix in ENGINE_SUFFIXES:
         kind = "engine"
+    elif suffix in CHECKPOINT_SUFFIXES:
+        kind = "torch"
     else:
-        raise BadInputError(f"{path}: benchmark a model.onnx or an engine.plan (got {suffix or 'no extension'})")
+        raise BadInputError(f"{path}: benchmark a model.onnx, an engine.plan or a model.pt "
+                            f"(got {suffix or 'no extension'})")
+    if backend != "auto" and BACKENDS[backend] != kind:
+        raise BadInputError(f"--backend {backend} runs {KIND_FILES[BACKENDS[backend]]} files, not {path.name}: "
+                            "give such a file or drop --backend")
     if not path.is_file():
         raise BadInputError(f"{path} does not exist: create it with `deploy export` or `deploy build`")
     return kind
@@ -74,19 +94,27 @@ def engine_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tup
     if meta is None:
         return ()  # unknown until the engine is loaded
     shape = (batch, *meta["profile"]["opt"][1:])
-    if input_size is not None and tuple(shape[2:]) != (input_size, input_size):
-        raise BadInputError(f"{path} was built for {shape[2]}x{shape[3]} inputs: drop --input-size "
-                            "or rebuild from an ONNX of that size")
+    if input_size is not None:
+        shape = (batch, shape[1], input_size, input_size)
+        if not BatchProfile.from_dict(meta["profile"]).admits(shape):
+            lo, hi = meta["profile"]["min"], meta["profile"]["max"]
+            raise BadInputError(f"{path} was built for {lo[2]}x{lo[3]} to {hi[2]}x{hi[3]} inputs: drop --input-size "
+                                "or rebuild for that size")
     return tuple(int(d) for d in shape)
 
 
 def open_runtime(path: Path, kind: str, provider: Optional[str], threads: Optional[int],
-                 include_copies: bool, cuda_graph: bool, spin: bool = True) -> Any:
+                 include_copies: bool, cuda_graph: bool, spin: bool = True,
+                 torch_opts: Optional[TorchBenchOptions] = None, input_size: Optional[int] = None) -> Any:
     """Construct the runtime for an artifact; every availability check happens here first."""
     if kind == "onnx":
         if cuda_graph:
-            raise BadInputError("--cuda-graph applies to engine.plan (TensorRT) only")
+            raise BadInputError("--cuda-graph applies to engine.plan (TensorRT) and to model.pt on --device cuda")
         return OrtRuntime(str(path), threads=threads, provider=provider or "cpu", spin=spin)
+    if kind == "torch":
+        if provider is not None or include_copies:
+            raise BadInputError("--provider and --include-copies do not apply to model.pt: use --device cpu|cuda")
+        return open_torch_runtime(path, torch_opts or TorchBenchOptions(cuda_graph=cuda_graph), input_size, threads)
     if provider not in (None, "tensorrt"):
         raise BadInputError(f"--provider {provider}: an engine.plan runs on TensorRT only; "
                             "bench the model.onnx for other providers")
@@ -100,7 +128,13 @@ def runtime_facts(rt: Any, kind: str, provider: Optional[str], threads: Optional
                   include_copies: bool) -> dict[str, Any]:
     """Device, provider, threads and copies, merged over the runtime's own describe()."""
     desc = dict(rt.describe()) if hasattr(rt, "describe") else {}
-    if kind == "onnx":
+    if kind == "torch":
+        cpu = desc.get("clock") == "perf_counter"
+        facts = {"provider": desc.get("provider"), "threads": desc.get("threads"),
+                 "device": host_device() if cpu else desc.get("device"),
+                 # the input tensor is staged on the device once, outside the timing
+                 "copies_included": None if cpu else False}
+    elif kind == "onnx":
         prov = provider or "cpu"
         facts = {"provider": ORT_PROVIDERS[prov], "threads": desc.get("threads", threads),
                  "device": host_device() if prov == "cpu" else _gpu_name(),
@@ -153,19 +187,28 @@ def stats_table(title: str, columns: list[tuple[str, LatencyStats, dict[str, Any
 # ---------------------------------------------------------------- commands
 
 def bench(
-    artifact: Path = typer.Argument(..., help="model.onnx (ONNX Runtime) or engine.plan (TensorRT)."),
+    artifact: Path = typer.Argument(..., help="model.onnx (ONNX Runtime), engine.plan (TensorRT) or model.pt "
+                                    "(PyTorch: loaded and folded as `deploy export` does)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Images per batch."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Height = width, for ONNX with dynamic H/W."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Height = width: for ONNX or engines with dynamic "
+                                      "H/W, or a model.pt at another size than its checkpoint's."),
     warmup: str = typer.Option("10", "--warmup", help="Warm-up: a run count (10) or seconds (2s)."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed runs (default: up to 100 or 30 s)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Time budget in seconds, warm-up included."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads of ONNX Runtime, or of PyTorch "
+                                   "(process-wide) for a model.pt."),
     provider: Optional[str] = typer.Option(None, "--provider", help="cpu | cuda | tensorrt (ONNX Runtime)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every field and raw sample here."),
     vs: Optional[Path] = typer.Option(None, "--vs", help="Second artifact, interleaved (A B, B A, …) on the same input."),
     seed: int = typer.Option(0, "--seed", help="Seed of the input and the bootstrap."),
     include_copies: bool = typer.Option(False, "--include-copies", help="TensorRT: time host<->device copies too."),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay a captured CUDA graph."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT, or PyTorch on --device cuda: replay a "
+                                    "captured CUDA graph."),
+    backend: str = typer.Option("auto", "--backend", help="Runtime of ARTIFACT: auto (by extension), ort (.onnx), "
+                                "trt (.plan) or torch (.pt); --vs OTHER runs on what its extension says."),
+    device: str = typer.Option("cpu", "--device", help="PyTorch backend: cpu or cuda (exit 5 without a CUDA GPU)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="PyTorch backend: fp32, fp16 or bf16 weights and input."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="PyTorch backend: NHWC memory format."),
 ) -> None:
     """Time an artifact (or two, interleaved) and print latency statistics."""
     if iters is not None and duration is not None:
@@ -178,8 +221,10 @@ def bench(
     if json_out is not None:
         check_output_path(json_out)
     paths = [artifact] + ([vs] if vs is not None else [])
-    kinds = [artifact_kind(p) for p in paths]
-    runtimes, shapes = _open_all(paths, kinds, batch, input_size, provider, threads, include_copies, cuda_graph)
+    kinds = [artifact_kind(artifact, backend)] + [artifact_kind(p) for p in paths[1:]]
+    torch_opts = _torch_options(kinds, device, dtype, cuda_graph, channels_last, seed)
+    runtimes, shapes = _open_all(paths, kinds, batch, input_size, provider, threads, include_copies, cuda_graph,
+                                 torch_opts)
     x = np.random.default_rng(seed).standard_normal(shapes[0]).astype(np.float32)
     facts = [{**runtime_facts(rt, k, provider, threads, include_copies), "input_shape": list(s)}
              for rt, k, s in zip(runtimes, kinds, shapes)]
@@ -199,24 +244,40 @@ def bench(
         console.print(f"wrote {json_out}", highlight=False)
 
 
+def _torch_options(kinds: list[str], device: str, dtype: str, cuda_graph: bool, channels_last: bool,
+                   seed: int) -> Optional[TorchBenchOptions]:
+    """The PyTorch backend's options (checked: exit 2, or 5 for a missing GPU), None without a model.pt."""
+    if "torch" not in kinds:
+        if (device, dtype, channels_last) != ("cpu", "fp32", False):
+            raise BadInputError("--device, --dtype and --channels-last apply to the PyTorch backend: bench a model.pt")
+        return None
+    opts = TorchBenchOptions(device=device, dtype=dtype, cuda_graph=cuda_graph, channels_last=channels_last,
+                             seed=seed)
+    opts.check()
+    return opts
+
+
 def _open_all(paths: list[Path], kinds: list[str], batch: int, input_size: Optional[int], provider: Optional[str],
-              threads: Optional[int], include_copies: bool, cuda_graph: bool) -> tuple[list[Any], list[tuple[int, ...]]]:
+              threads: Optional[int], include_copies: bool, cuda_graph: bool,
+              torch_opts: Optional[TorchBenchOptions] = None) -> tuple[list[Any], list[tuple[int, ...]]]:
     """The runtimes to time (one when A is B: an A/A check of the harness) and the input shape of each."""
-    shapes = [onnx_bench_shape(p, batch, input_size) if k == "onnx" else engine_bench_shape(p, batch, input_size)
-              for p, k in zip(paths, kinds)]
+    shapes = [onnx_bench_shape(p, batch, input_size) if k == "onnx" else
+              engine_bench_shape(p, batch, input_size) if k == "engine" else () for p, k in zip(paths, kinds)]
     # the same file twice is an A/A check of the harness: one session timed in both slots
     # (two sessions of one model differ by ~1 % on tiny models: allocation, not the model)
     same = len(paths) == 2 and paths[1].resolve() == paths[0].resolve()
     # two ONNX Runtime sessions taking turns: idle pool threads must sleep, not spin
     spin = len(paths) == 1 or same
-    runtimes = [open_runtime(paths[0], kinds[0], provider, threads, include_copies, cuda_graph, spin)]
+    runtimes = [open_runtime(paths[0], kinds[0], provider, threads, include_copies, cuda_graph, spin,
+                             torch_opts, input_size)]
     if len(paths) == 2:
         runtimes.append(runtimes[0] if same else open_runtime(paths[1], kinds[1], provider, threads, include_copies,
-                                                              cuda_graph, spin))
+                                                              cuda_graph, spin, torch_opts, input_size))
     for rt in {id(r): r for r in runtimes}.values():
         for w in getattr(rt, "warnings", []):
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    shapes = [s or (batch, *rt.profile.opt[1:]) for s, rt in zip(shapes, runtimes)]
+    shapes = [s or (batch, *(rt.profile.opt[1:] if k == "engine" else rt.sample_shape))
+              for s, rt, k in zip(shapes, runtimes, kinds)]
     if len(shapes) == 2 and shapes[0] != shapes[1]:
         raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "
                             "--vs compares on the same input; export both at the same input size")
@@ -249,23 +310,32 @@ def bench_record(paths: list[Path], facts: list[dict[str, Any]], stats: list[Lat
 def build(
     model: Path = typer.Argument(..., help="model.onnx to compile."),
     output: Path = typer.Option(..., "-o", "--output", help="engine.plan to write (engine.plan.json beside it)."),
-    fp16: bool = typer.Option(False, "--fp16", help="Allow fp16 kernels."),
+    fp16: bool = typer.Option(False, "--fp16", help="fp16 engine: TensorRT 10's fp16 kernels; on TensorRT 11 (strongly "
+                              "typed) an fp16 copy of the ONNX, checked on ONNX Runtime first (exit 3 if it disagrees)."),
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Smallest batch (default 1)."),
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Batch TensorRT tunes for (default: max)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch (default: opt, or 1)."),
     workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GiB."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Load/save tactic timings here."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Load/save tactic timings here (one "
+                                                "from another GPU or TensorRT is reported and replaced)."),
+    min_size: Optional[int] = typer.Option(None, "--min-size", help="ONNX with dynamic H/W: smallest input size "
+                                           "(height = width; default: opt)."),
+    opt_size: Optional[int] = typer.Option(None, "--opt-size", help="ONNX with dynamic H/W: size TensorRT tunes for."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", help="ONNX with dynamic H/W: largest input size."),
 ) -> None:
-    """Compile model.onnx into a TensorRT engine (GPU + TensorRT 10 needed)."""
+    """Compile model.onnx into a TensorRT engine (GPU + TensorRT 10 or 11 needed; built with polygraphy)."""
     opts = validate_build_options(model, output, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
-                                  max_batch=max_batch, workspace_gib=workspace, timing_cache=timing_cache)
-    profile = compute_profile(onnx_input(opts.onnx_path), min_batch, opt_batch, max_batch)
-    require_tensorrt()
+                                  max_batch=max_batch, workspace_gib=workspace, timing_cache=timing_cache,
+                                  min_size=min_size, opt_size=opt_size, max_size=max_size)
+    profile = compute_profile(onnx_input(opts.onnx_path), min_batch, opt_batch, max_batch, min_size, opt_size, max_size)
+    require_engine_builder(fp16)
     meta = build_engine(opts)
     table = Table(title=f"deploy build — {output}", show_header=False)
-    for key in ("tensorrt_version", "gpu_name", "compute_capability", "precision", "build_seconds",
+    for key in ("tensorrt_version", "gpu_name", "compute_capability", "precision", "precision_route", "build_seconds",
                 "source_onnx_sha256", "engine_sha256"):
         table.add_row(key, str(meta.get(key)))
     table.add_row("profile (min/opt/max)", " / ".join("x".join(map(str, profile.to_dict()[k]))
                                                      for k in ("min", "opt", "max")))
     console.print(table)
+    for note in meta.get("notes", []):
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)

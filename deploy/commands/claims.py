@@ -118,7 +118,9 @@ def _summary(doc: dict) -> Table:
 def claims(
     output_dir: Path = typer.Option(Path("claims"), "-o", "--output", help="Directory for claims.json/.md/.png, "
                                     "the checkpoints and the ONNX exports (created if missing)."),
-    backend: str = typer.Option("auto", "--backend", help="auto (TensorRT when present, else ONNX Runtime CPU), ort, trt."),
+    backend: str = typer.Option("auto", "--backend", help="auto (TensorRT when present, else ONNX Runtime CPU), ort, trt, "
+                                "or torch (PyTorch eager on the checkpoints; --device cuda on a GPU: the papers' setting)."),
+    device: str = typer.Option("cpu", "--device", help="Backend torch: cpu or cuda (exit 5 without a CUDA GPU)."),
     batch: Optional[list[str]] = typer.Option(None, "--batch", help="Batch size, repeatable or comma-separated "
                                               "(default 1 and 64; --quick: 1 and 8)."),
     quick: bool = typer.Option(False, "--quick", help="The same matrix at 64x64 with short timing budgets (CI)."),
@@ -136,7 +138,7 @@ def claims(
     seed: int = typer.Option(0, "--seed", help="Seed of the weights, parity inputs, timing input and bootstrap."),
 ) -> None:
     """Verify the papers' efficiency claims on this machine: verdicts in DIR/claims.md (exit 6 if any is refuted)."""
-    settings = ClaimsSettings(output_dir=output_dir, backend=backend, batches=_batches(batch), quick=quick,
+    settings = ClaimsSettings(output_dir=output_dir, backend=backend, device=device, batches=_batches(batch), quick=quick,
                               input_size=input_size, warmup=warmup, iters=iters, duration=duration, threads=threads,
                               seed=seed, exporter=exporter)
     entries = select_entries(models)

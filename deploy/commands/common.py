@@ -25,10 +25,12 @@ state = {"debug": False}
 #: library parameter names -> the flag that sets them
 FLAGS = {
     "arch": "--arch", "atol": "--atol", "backend": "--backend", "batch": "--batch", "batches": "--batch",
-    "conv": "--conv", "conv_kwargs": "--conv-opt", "duration": "--duration", "exporter": "--exporter",
+    "channels_last": "--channels-last", "conv": "--conv", "conv_kwargs": "--conv-opt", "cuda_graph": "--cuda-graph",
+    "device": "--device", "dtype": "--dtype", "duration": "--duration", "exporter": "--exporter",
     "fold": "--fold", "fp16": "--fp16", "input_size": "--input-size", "iters": "--iters", "max_batch": "--max-batch",
-    "min_batch": "--min-batch", "models": "--models", "opt_batch": "--opt-batch", "provider": "--provider",
-    "rtol": "--rtol", "samples": "--samples", "tf32": "--tf32", "threads": "--threads",
+    "max_size": "--max-size", "min_batch": "--min-batch", "min_size": "--min-size", "models": "--models",
+    "opt_batch": "--opt-batch", "opt_size": "--opt-size", "provider": "--provider", "rtol": "--rtol",
+    "samples": "--samples", "tf32": "--tf32", "threads": "--threads",
     "timing_cache": "--timing-cache", "trust_pickle": "--trust-pickle", "warmup": "--warmup",
     "workspace": "--workspace",
 }

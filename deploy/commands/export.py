@@ -52,7 +52,7 @@ def _parity_table(parity: ParityReport) -> Table:
             f"{c.max_abs_err:.3g}",
             f"{c.max_rel_err:.3g}",
             f"{c.min_cosine:.7f}",
-            f"{100 * c.top1_agreement:.1f} %",
+            f"{100 * c.top1_agreement:.1f} %" + (f" ({c.top1_excluded} near-ties excluded)" if c.top1_excluded else ""),
             "[green]ok[/]" if c.passed else "[red]FAILED[/]",
         )
     return table
@@ -106,9 +106,10 @@ def export(
     conv_opt: Optional[list[str]] = _CONV_OPT,
     ratio: Optional[float] = _RATIO,
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code from the file)."),
-    engine: Optional[Path] = typer.Option(None, "--engine", help="Also build a TensorRT engine.plan (GPU + TensorRT 10) "
+    engine: Optional[Path] = typer.Option(None, "--engine", help="Also build a TensorRT engine.plan (GPU + TensorRT 10 or 11) "
                                           "and check it against ONNX Runtime; exit 5 where TensorRT is missing."),
-    fp16: bool = typer.Option(False, "--fp16", help="Engine: allow fp16 kernels (parity bound 1e-2 * max|ref|, top-1 >= 99 %)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Engine in fp16 (parity bound 1e-2 * max|ref|; "
+                              "top-1 >= 99 % on the rows whose margin exceeds it)."),
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Engine profile: smallest batch (default 1)."),
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Engine profile: batch TensorRT tunes for."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Engine profile: largest batch."),
@@ -153,9 +154,12 @@ def _print_export(outcome: ExportOutcome) -> None:
     console.print(_parity_table(outcome.parity))
     _print_accuracy(rep.accuracy)
     if rep.engine:
-        trt = rep.engine["parity"]["candidates"][0]
-        console.print(f"TensorRT engine {rep.engine['path']}: vs onnxruntime max rel err {trt['max_rel_err']:.3g}, "
-                      f"top-1 {100 * trt['top1_agreement']:.1f} % (tolerance {rep.engine['parity']['tolerance']['name']})")
+        engine = rep.engine["parity"]["candidates"][0]
+        console.print(f"TensorRT engine {rep.engine['path']}: vs onnxruntime max rel err {engine['max_rel_err']:.3g}, "
+                      f"top-1 {100 * engine['top1_agreement']:.1f} % on {engine['top1_rows']} decisive rows "
+                      f"({engine['top1_excluded']} near-ties excluded; tolerance {rep.engine['parity']['tolerance']['name']})")
+        for note in rep.engine["metadata"].get("notes", []):
+            console.print(f"[yellow]warning:[/] {note}", highlight=False)
     console.print(f"wrote {outcome.onnx_path} and {outcome.report_path} (total {sum(rep.seconds.values()):.1f} s)")
 
 
