@@ -25,12 +25,13 @@ state = {"debug": False}
 #: library parameter names -> the flag that sets them
 FLAGS = {
     "arch": "--arch", "atol": "--atol", "backend": "--backend", "batch": "--batch", "batches": "--batch",
-    "conv": "--conv", "conv_kwargs": "--conv-opt", "duration": "--duration", "exporter": "--exporter",
-    "fold": "--fold", "fp16": "--fp16", "input_size": "--input-size", "iters": "--iters", "max_batch": "--max-batch",
-    "min_batch": "--min-batch", "models": "--models", "opt_batch": "--opt-batch", "provider": "--provider",
-    "rtol": "--rtol", "samples": "--samples", "tf32": "--tf32", "threads": "--threads",
-    "timing_cache": "--timing-cache", "trust_pickle": "--trust-pickle", "warmup": "--warmup",
-    "workspace": "--workspace",
+    "conv": "--conv", "conv_kwargs": "--conv-opt", "duration": "--duration", "dynamic": "--dynamic",
+    "exporter": "--exporter", "fold": "--fold", "fp16": "--fp16", "input_shape": "--input-shape",
+    "input_size": "--input-size", "iters": "--iters", "max_batch": "--max-batch", "min_batch": "--min-batch",
+    "model_args": "--model-args", "model_class": "--model-class", "models": "--models", "opt_batch": "--opt-batch",
+    "output": "--output", "provider": "--provider", "rtol": "--rtol", "samples": "--samples",
+    "strict_fold": "--strict-fold", "tf32": "--tf32", "threads": "--threads", "timing_cache": "--timing-cache",
+    "trust_pickle": "--trust-pickle", "warmup": "--warmup", "workspace": "--workspace",
 }
 _PARAM = re.compile(r"`([a-z_0-9]+)`")
 
