@@ -27,7 +27,14 @@ from torch import nn
 
 from deploy.atomic import atomic_path, sha256_file
 from deploy.errors import BadInputError
-from deploy.formats import archive_kind, build_model_class, load_exported_program, pickle_import_hint, refuse_torchscript
+from deploy.formats import (
+    archive_kind,
+    build_model_class,
+    cwd_importable,
+    load_exported_program,
+    pickle_import_hint,
+    refuse_torchscript,
+)
 from deploy.layers.registry import ConvKind, conv_kinds
 from deploy.models.registry import arch_from_keys, build_model, named_models_of
 from deploy.models.resnet import ZooNet
@@ -126,7 +133,8 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         ) from exc
     warnings.warn(f"loading {path} with pickle: this runs code from the file", stacklevel=3)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with cwd_importable():
+            return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - arbitrary code in the pickle may raise anything
         hint = pickle_import_hint(exc)
         raise BadInputError(f"{path}: unpickling failed ({_first_line(exc)})" + (f"; {hint}" if hint else "")) from exc

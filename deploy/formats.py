@@ -7,19 +7,23 @@
 * TorchScript archives (``torch.jit.save``) are recognised and refused with what to do
   instead: their modules are compiled code, not the ``nn.Module`` tree folding works on.
 * A user's own class, ``package.module:Class`` built with JSON arguments, into which a bare
-  state_dict is loaded strictly (``deploy.checkpoint``).
+  state_dict is loaded strictly (``deploy.checkpoint``); like ``uvicorn main:app``, the current
+  directory is importable while the class is imported.
 * A pickled module whose class cannot be imported: the hint names the module to put on
   ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
+import os
+import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -87,13 +91,29 @@ def load_exported_program(path: Path) -> tuple[nn.Module, tuple[int | None, ...]
     return module, dims
 
 
+@contextlib.contextmanager
+def cwd_importable() -> Iterator[None]:
+    """The current directory on ``sys.path`` while the block runs (a console script does not have it):
+    ``--model-class mynet:Net`` and a pickled ``mynet.Net`` then import from where the user stands."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def import_model_class(spec: str) -> type[nn.Module]:
     """``package.module:Class`` -> the class (an ``nn.Module`` subclass), or a BadInputError saying what to fix."""
     module_name, sep, class_name = spec.partition(":")
     if not sep or not module_name or not class_name:
         raise BadInputError(f"`model_class` must be package.module:Class, got {spec!r}")
     try:
-        module = importlib.import_module(module_name)
+        with cwd_importable():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise BadInputError(f"`model_class` {spec}: cannot import {module_name} ({_first_line(exc)}); "
                             f"{_path_hint(module_name)}") from exc

@@ -63,6 +63,13 @@ def test_folded_export_is_clean_equal_and_labelled(folded_export, case: tuple) -
     assert graph["dynamic_conv_weights"] == [] and graph["einsum_nodes"] == [] and graph["custom_domain_nodes"] == []
     assert "Einsum" not in graph["op_histogram"] and graph["unsupported_ops"] == []
     assert "graph check: clean" in exp.run.stdout
+    # fold coverage: nothing foldable is left in any zoo model; SPConv and IC keep the host block's BN
+    # after their (non-conv) output, listed as kept, and such a graph is not called clean
+    coverage = rep["fold_coverage"]
+    assert coverage["findings"] == [] and coverage["ok"]
+    kept_after = {k["after_op"] for k in coverage["kept"]}
+    assert coverage["clean"] == (not coverage["kept"]) and ("Conv" not in kept_after)
+    assert ("fold coverage: clean" in exp.run.stdout) == coverage["clean"]
     loaded = load_checkpoint(exp.checkpoint)
     if conv not in ("coc", "doconv"):  # (those two are compared with their plain twin below)
         deploy_model, _ = fold_model(loaded.model)
@@ -347,6 +354,7 @@ def test_scnet50_export_at_64(deploy_cli, tmp_path) -> None:
     hist = rep["graph"]["op_histogram"]
     assert hist["Sigmoid"] == hist["Resize"] == hist["AveragePool"] == 16  # one SCConv gate per bottleneck
     assert "BatchNormalization" not in hist  # every Conv+BN pair, SCConv's k2/k3/k4 included, fused
+    assert rep["fold_coverage"]["clean"] and "fold coverage: clean" in run.stdout
     assert {c["name"] for c in rep["parity"]["candidates"]} == {"folded-torch", "onnxruntime-cpu"}
     assert all(c["max_rel_err"] < MAX_REL and c["top1_agreement"] == 1.0 for c in rep["parity"]["candidates"])
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "sc50.onnx")).metadata_props}
