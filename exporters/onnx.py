@@ -35,8 +35,8 @@ from torch import nn
 from deploy.atomic import check_output_path, write_bytes_atomic
 from deploy.errors import BadInputError, GraphCheckError
 from deploy.metrics import Tolerance, compare, looks_like_class_scores
+from exporters.interface import Axes, check_output_names, name_dynamic_dims, output_names
 from validators.runtimes import OrtRuntime
-from validators.torch_runtime import named_outputs
 
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
 #: Protobuf cannot serialize a message of 2 GiB or more; above this, weights go to ``<name>.data``.
@@ -138,12 +138,12 @@ def export_onnx_detailed(
     opset = opset or DEFAULT_OPSET[exporter]
     n = 2 if dynamic_batch else batch_size
     x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
-    names = _output_names(model, x[:1] if dynamic_batch else x, shape)
+    names = output_names(model, x[:1] if dynamic_batch else x, shape)
     captured: dict[str, Any] = {}
     start = time.perf_counter()
     try:
         with _captured(captured):
-            proto = _run_exporter(model, x, exporter, opset, _Axes(dynamic_batch, dynamic_hw, names), optimize)
+            proto = _run_exporter(model, x, exporter, opset, Axes(dynamic_batch, dynamic_hw, names), optimize)
     except BadInputError:
         raise
     except Exception as exc:
@@ -152,8 +152,8 @@ def export_onnx_detailed(
             hint += " or fixed sizes (`batch` N, `dynamic` batch)"
         raise BadInputError(f"{exporter} export failed ({_first_line(exc)}): {hint}") from exc
     seconds = time.perf_counter() - start
-    _check_output_names(proto, names)
-    _name_dynamic_dims(proto, dynamic_hw)
+    check_output_names(proto, names)
+    name_dynamic_dims(proto, dynamic_hw)
     axes = ",".join(a for a, on in (("batch", dynamic_batch), ("height,width", dynamic_hw)) if on) or "none"
     set_metadata(proto, {"convdeploy.exporter": exporter, "convdeploy.torch": torch.__version__,
                          "convdeploy.dynamic_axes": axes, **dict(metadata or {})})
@@ -161,24 +161,6 @@ def export_onnx_detailed(
     return ExportResult(proto, exporter, opset, dynamic_batch, None if dynamic_batch else n, seconds,
                         weight_bytes(proto), captured.get("stdout", ""), captured.get("warnings", []),
                         dynamic_hw=dynamic_hw, output_names=names)
-
-
-def _output_names(model: nn.Module, x: torch.Tensor, shape: tuple[int, ...]) -> list[str]:
-    """One probe forward: a clear message for an input size the model cannot take, and the output names."""
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as exc:
-        raise BadInputError(f"the model cannot take input (N, {', '.join(map(str, shape))}) ({_first_line(exc)}): "
-                            "choose an input size it supports") from exc
-    return [name for name, _ in named_outputs(out)]
-
-
-def _check_output_names(proto: onnx.ModelProto, names: list[str]) -> None:
-    got = [o.name for o in proto.graph.output]
-    if got != names:
-        raise BadInputError(f"the exported graph has outputs {got}, not the model's {names} (an output returned twice, "
-                            "or a constant output?): return each output tensor once")
 
 
 def export_onnx(
@@ -193,28 +175,7 @@ def export_onnx(
     return result.model
 
 
-@dataclass(frozen=True)
-class _Axes:
-    """Which axes of the input are symbolic, and the graph's output names."""
-
-    batch: bool
-    hw: bool
-    outputs: list[str]
-
-    def dynamo_shapes(self) -> tuple[dict[int, Any], ...] | None:
-        dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1)} if self.batch else {}
-        if self.hw:
-            dims.update({2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)})
-        return (dims,) if dims else None
-
-    def torchscript_axes(self) -> dict[str, dict[int, str]] | None:
-        inp = ({0: "batch"} if self.batch else {}) | ({2: "height", 3: "width"} if self.hw else {})
-        if not inp:
-            return None
-        return {"input": inp, **({name: {0: "batch"} for name in self.outputs} if self.batch else {})}
-
-
-def _run_exporter(model: nn.Module, x: torch.Tensor, exporter: str, opset: int, axes: _Axes,
+def _run_exporter(model: nn.Module, x: torch.Tensor, exporter: str, opset: int, axes: Axes,
                   optimize: bool) -> onnx.ModelProto:
     if exporter == "dynamo":
         program = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=opset, input_names=["input"],
@@ -227,18 +188,6 @@ def _run_exporter(model: nn.Module, x: torch.Tensor, exporter: str, opset: int, 
                       opset_version=opset, input_names=["input"],
                       output_names=axes.outputs, dynamic_axes=axes.torchscript_axes(), do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())
-
-
-def _name_dynamic_dims(proto: onnx.ModelProto, dynamic_hw: bool) -> None:
-    """Call the symbolic input dims ``batch`` (and ``height``, ``width``) — dynamo may say ``s0`` —
-    and rename the same symbols wherever an output uses them."""
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    wanted = {0: "batch", **({2: "height", 3: "width"} if dynamic_hw else {})}
-    renames = {dims[i].dim_param: name for i, name in wanted.items() if i < len(dims) and dims[i].dim_param}
-    for vi in list(proto.graph.input[:1]) + list(proto.graph.output):
-        for dim in vi.type.tensor_type.shape.dim:
-            if dim.dim_param in renames:
-                dim.dim_param = renames[dim.dim_param]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -49,6 +49,14 @@ def _torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).double().numpy()
 
 
+def _assert_nothing_foldable_left(coverage: dict, stdout: str) -> None:
+    """Fold coverage of a zoo model: no finding; a BN kept after a non-conv op (the host block's BN after an
+    SPConv or IC layer) is listed, and such a graph is not called clean."""
+    assert coverage["findings"] == [] and coverage["ok"]
+    assert coverage["clean"] == (not coverage["kept"]) and "Conv" not in {k["after_op"] for k in coverage["kept"]}
+    assert ("fold coverage: clean" in stdout) == coverage["clean"]
+
+
 @pytest.mark.parametrize("case", R20 + R18, ids=_id)
 def test_folded_export_is_clean_equal_and_labelled(folded_export, case: tuple) -> None:
     arch, conv, size = case
@@ -63,13 +71,7 @@ def test_folded_export_is_clean_equal_and_labelled(folded_export, case: tuple) -
     assert graph["dynamic_conv_weights"] == [] and graph["einsum_nodes"] == [] and graph["custom_domain_nodes"] == []
     assert "Einsum" not in graph["op_histogram"] and graph["unsupported_ops"] == []
     assert "graph check: clean" in exp.run.stdout
-    # fold coverage: nothing foldable is left in any zoo model; SPConv and IC keep the host block's BN
-    # after their (non-conv) output, listed as kept, and such a graph is not called clean
-    coverage = rep["fold_coverage"]
-    assert coverage["findings"] == [] and coverage["ok"]
-    kept_after = {k["after_op"] for k in coverage["kept"]}
-    assert coverage["clean"] == (not coverage["kept"]) and ("Conv" not in kept_after)
-    assert ("fold coverage: clean" in exp.run.stdout) == coverage["clean"]
+    _assert_nothing_foldable_left(rep["fold_coverage"], exp.run.stdout)
     loaded = load_checkpoint(exp.checkpoint)
     if conv not in ("coc", "doconv"):  # (those two are compared with their plain twin below)
         deploy_model, _ = fold_model(loaded.model)

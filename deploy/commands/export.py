@@ -33,6 +33,12 @@ _MODEL_ARGS = typer.Option(None, "--model-args", metavar="JSON",
                            help="Arguments of --model-class: a JSON object (keywords) or array (positional).")
 _INPUT_SIZE = typer.Option(None, "--input-size", metavar="H|HxW",
                            help="Input height and width, e.g. 224 or 64x48 (default: the checkpoint's).")
+_DYNAMIC = typer.Option(None, "--dynamic", metavar="batch|hw|batch,hw",
+                        help="Symbolic axes of the ONNX input (default batch; hw: height and width, then parity also "
+                             "runs at twice H and W).")
+_STRICT_FOLD = typer.Option(False, "--strict-fold", help="Fail (exit 4) when fold coverage finds foldable structure left "
+                            "in the graph (BatchNorm after a conv, run-time conv weights, parallel branches summed); "
+                            "without it they are a warning.")
 _INPUT_SHAPE = typer.Option(None, "--input-shape", metavar="CxHxW",
                             help="The whole input shape, e.g. 3x64x48 (for models that do not record it).")
 _CONV = typer.Option(None, "--conv", help=conv_help("Conv kind of a bare state_dict"))
@@ -122,14 +128,13 @@ def _print_graph(graph: GraphReport, coverage: FoldCoverageReport | None = None)
 def export(
     model: Path = _MODEL,
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default: MODEL with .onnx)."),
-    fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold CoC/DO-Conv into convs and every Conv+BN pair first."),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold first: CoC/DO-Conv into convs, every module with "
+                              "fuse()/reparameterize()/switch_to_deploy(), every Conv+BN pair."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 18 dynamo, 17 torchscript)."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' (axis named 'batch') or a fixed batch size."),
     input_size: Optional[str] = _INPUT_SIZE,
     input_shape: Optional[str] = _INPUT_SHAPE,
-    dynamic: Optional[str] = typer.Option(None, "--dynamic", metavar="batch|hw|batch,hw",
-                                          help="Symbolic axes of the ONNX input (default batch; hw: height and width, "
-                                               "then parity also runs at twice H and W)."),
+    dynamic: Optional[str] = _DYNAMIC,
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18) or torchscript (opset 17)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (kept only if outputs still "
                                   "match; skipped with --no-fold, which keeps the graph as exported)."),
@@ -140,9 +145,7 @@ def export(
     report: Optional[Path] = typer.Option(None, "--report", help="Report JSON (default: OUT.report.json)."),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Fail (exit 4) on graph-check findings; "
                                 "--no-strict writes the model and records them."),
-    strict_fold: bool = typer.Option(False, "--strict-fold", help="Fail (exit 4) when fold coverage finds foldable "
-                                     "structure left in the graph (BatchNorm after a conv, run-time conv weights, "
-                                     "parallel branches summed); without it they are a warning."),
+    strict_fold: bool = _STRICT_FOLD,
     arch: Optional[str] = _ARCH,
     model_class: Optional[str] = _MODEL_CLASS,
     model_args: Optional[str] = _MODEL_ARGS,
