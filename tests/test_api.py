@@ -76,6 +76,15 @@ def test_export_raises_what_the_cli_maps_and_writes_nothing(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_public_names() -> None:
+    import deploy
+    import deploy.models
+
+    assert deploy.build_model is deploy.models.build_model and callable(deploy.fold_model)
+    assert set(deploy.__all__) >= {"export", "fold_model", "build_model", "ExportResult", "__version__"}
+    assert deploy.models.build_model("resnet20").arch == "resnet20"
+
+
 def test_export_of_a_checkpoint_file(zoo_checkpoint, tmp_path) -> None:
     ckpt = zoo_checkpoint("resnet20", "plain", 32)
     steps: list[str] = []
