@@ -54,7 +54,13 @@ def convention_of(module: nn.Module) -> str | None:
 @torch.no_grad()
 def apply_convention(module: nn.Module, method: str, where: str) -> nn.Module:
     """Call ``module.<method>()``; the module that stands in its place afterwards."""
-    result = getattr(module, method)()
+    try:
+        result = getattr(module, method)()
+    except Exception as exc:  # noqa: BLE001 - the model's own method may raise anything: name it and what it said
+        text = str(exc).strip().splitlines()
+        raise BadInputError(f"{where}.{method}() ({type(module).__name__}) failed ({type(exc).__name__}: "
+                            f"{text[0][:200] if text else 'no message'}): fix the layer's fold method or export "
+                            "without `fold`") from exc
     if method != "fuse" or result is None:
         return module
     if not isinstance(result, nn.Module):

@@ -244,3 +244,25 @@ def test_a_batchnorm_subclass_that_is_not_norm_then_children_is_kept(tmp_path) -
     result = export(model, input_shape=SHAPE, output=tmp_path / "m.onnx", samples=2)
     assert result.parity.passed
     assert [k.after_op for k in result.fold_coverage.kept] == ["Relu"] and result.fold_coverage.ok
+
+
+class BrokenReparam(RepVGGBranches):
+    def reparameterize(self) -> None:
+        raise RuntimeError("kernel shapes disagree")
+
+
+class VAEStyle(RepVGGBranches):
+    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:  # not a fold: it takes arguments
+        return mu + torch.exp(0.5 * logvar)
+
+
+def test_fold_methods_that_fail_or_are_not_folds(tmp_path) -> None:
+    from deploy.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=r"1\.reparameterize\(\) \(BrokenReparam\) failed \(RuntimeError: kernel "
+                                            "shapes disagree\\)") as info:
+        fold_model(nn.Sequential(RepVGGBranches(3, 8, 2), BrokenReparam(8, 8)).eval(), probe_shape=SHAPE)
+    assert info.value.exit_code == 2
+    folded, report = fold_model(nn.Sequential(VAEStyle(3, 8, 2)).eval(), probe_shape=SHAPE)
+    assert not any(r.kind.endswith(".reparameterize()") for r in report.rows)
+    assert [r.kind for r in report.rows] == ["Conv2d+BatchNorm2d (0.dense.1)", "Conv2d+BatchNorm2d (0.one.1)"]
