@@ -81,7 +81,7 @@ def test_every_output_is_exported_and_compared_by_name(as_dict: bool, names: lis
 
 
 def test_second_head_perturbed_fails_validate_naming_the_output(deploy_cli, tmp_path) -> None:
-    """The issue's hole: multiplying only the second head's ONNX weights by -3 must not pass."""
+    """Multiplying only the second head's ONNX weights by -3 must not pass (parity once compared the first output only)."""
     model = two_head(as_dict=True)
     ckpt = tmp_path / "weights.pt"
     torch.save(model.state_dict(), ckpt)
