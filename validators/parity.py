@@ -235,7 +235,9 @@ def check_parity(
                 tallies[i].add(ref, cand.run_all(x), x)
             except Exception as exc:  # noqa: BLE001 - recorded as this candidate's failure, reported, never silent
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                tallies[i].fail(f"failed to run at {_at(x) if extra else f'batch {x.shape[0]}'}: {msg}")
+                other_size = tuple(x.shape[1:]) != tuple(int(s) for s in input_shape)
+                hint = " (its H/W are not really dynamic: export with fixed H/W)" if other_size else ""
+                tallies[i].fail(f"failed to run at {_at(x) if extra else f'batch {x.shape[0]}'}{hint}: {msg}")
                 crashed.add((i, x.shape))
     return ParityReport(
         reference=reference_runtime.name, candidates=[t.finish() for t in tallies], tolerance=asdict(tol),
