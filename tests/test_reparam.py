@@ -172,6 +172,9 @@ def test_blocks_without_a_fold_method_are_reported_and_fail_strict_fold(block, t
                       "--samples", 2)
     assert warn.exit_code == 0, warn.stderr
     assert "fold coverage: WARNING" in warn.stdout and "graph check: clean" not in warn.stdout
+    inspected = deploy_cli("inspect", tmp_path / "cli.onnx", "--json")
+    assert inspected.exit_code == 0 and "\"kind\": \"parallel_convs\"" in inspected.stdout
+    assert "foldable structure(s) left" in inspected.stdout
     run = deploy_cli("export", ckpt, "--trust-pickle", "--input-shape", "3x16x16", "-o", tmp_path / "cli2.onnx",
                      "--samples", 2, "--strict-fold")
     assert run.exit_code == 4

@@ -61,8 +61,8 @@ class FoldCoverageReport:
         return not self.findings and not self.kept
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "clean": self.clean, "findings": [asdict(f) for f in self.findings],
-                "kept": [asdict(k) for k in self.kept]}
+        return {"ok": self.ok, "clean": self.clean, "summary": self.summary(),
+                "findings": [asdict(f) for f in self.findings], "kept": [asdict(k) for k in self.kept]}
 
     def kept_summary(self) -> str:
         """``18 BatchNormalization kept after Add 18 (layer1.0.bn1, …)``, or empty."""

@@ -304,7 +304,5 @@ def inspect(
             value = json.dumps(value, default=str)
         table.add_row(key, str(value))
     if "fold_coverage" in info:
-        coverage = info["fold_coverage"]
-        found = [f["message"] for f in coverage["findings"]] + [f"kept: {k['message']}" for k in coverage["kept"]]
-        table.add_row("fold_coverage", "clean" if coverage["clean"] else "; ".join(found))
+        table.add_row("fold_coverage", info["fold_coverage"]["summary"])
     console.print(table)
