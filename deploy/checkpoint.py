@@ -1,16 +1,20 @@
-"""model.pt read/write: the convdeploy format, bare state_dicts, reference checkpoints.
+"""model.pt read/write: the convdeploy format, bare state_dicts, reference checkpoints, other formats.
 
 The convdeploy format (docs/architecture.md) is a dict ``{"format": "convdeploy/1", "arch", "conv",
 "conv_kwargs", "num_classes", "input_shape", "state_dict", "meta"}`` read with
 ``torch.load(weights_only=True)``. A whole pickled module is read only when the user
 passes ``trust_pickle=True`` (unpickling runs code from the file). Checkpoints of the
-papers' reference code (SCNet, SPConv's resnet_sp, DO-Conv) are recognised from their
-keys by the conv kinds that know them and loaded strictly into our zoo models, whose
-names mirror theirs.
+papers' reference code (SCNet and SCNet-v1d, SPConv's resnet_sp, DO-Conv) are recognised
+from their keys by the conv kinds that know them and loaded strictly into our zoo models,
+whose names mirror theirs. A bare state_dict of the user's own class loads strictly into
+``model_class`` built with ``model_args``; ``.pt2`` ExportedPrograms load, TorchScript
+archives are refused with what to do instead (``deploy.formats``). An in-memory module
+(the Python API) becomes a ``LoadedModel`` with ``loaded_from_module``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import warnings
 import zipfile
@@ -23,8 +27,16 @@ from torch import nn
 
 from deploy.atomic import atomic_path, sha256_file
 from deploy.errors import BadInputError
-from deploy.layers.registry import conv_kinds
-from deploy.models.registry import arch_from_keys, build_model
+from deploy.formats import (
+    archive_kind,
+    build_model_class,
+    cwd_importable,
+    load_exported_program,
+    pickle_import_hint,
+    refuse_torchscript,
+)
+from deploy.layers.registry import ConvKind, conv_kinds
+from deploy.models.registry import arch_from_keys, build_model, named_models_of
 from deploy.models.resnet import ZooNet
 
 FORMAT = "convdeploy/1"
@@ -35,7 +47,9 @@ class LoadedModel:
     """A model ready for folding, with what is known about where it came from."""
 
     model: nn.Module
-    source: str  # convdeploy | state_dict | reference-scnet | reference-spconv | reference-doconv | pickle
+    # convdeploy | state_dict | model-class | reference-scnet | reference-spconv | reference-doconv | pickle
+    # | exported-program | python (an in-memory module)
+    source: str
     sha256: str
     arch: str | None = None
     conv: str | None = None
@@ -43,6 +57,7 @@ class LoadedModel:
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    program_dims: tuple[int | None, ...] | None = None  # an ExportedProgram's input dims (None: symbolic)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -82,7 +97,8 @@ def _check_readable(path: Path) -> None:
         raise BadInputError(f"{path} is empty (0 bytes): the file was not written completely; save it again")
 
 
-def _torch_load(path: Path, trust_pickle: bool) -> Any:
+def _check_archive(path: Path) -> str | None:
+    """The kind of torch archive ``path`` is (``deploy.formats.archive_kind``); truncated and TorchScript refused."""
     with open(path, "rb") as fh:
         is_zip_header = fh.read(4) == b"PK\x03\x04"
     if is_zip_header and not zipfile.is_zipfile(path):
@@ -90,6 +106,13 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             f"{path} is truncated or corrupt (a torch.save zip archive without its central directory: the write was "
             "cut short); save the checkpoint again"
         )
+    kind = archive_kind(path)
+    if kind == "torchscript":
+        raise refuse_torchscript(path)
+    return kind
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -110,9 +133,11 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         ) from exc
     warnings.warn(f"loading {path} with pickle: this runs code from the file", stacklevel=3)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with cwd_importable():
+            return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - arbitrary code in the pickle may raise anything
-        raise BadInputError(f"{path}: unpickling failed ({_first_line(exc)})") from exc
+        hint = pickle_import_hint(exc)
+        raise BadInputError(f"{path}: unpickling failed ({_first_line(exc)})" + (f"; {hint}" if hint else "")) from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -134,32 +159,49 @@ def recognise_reference(state: dict[str, torch.Tensor]) -> tuple[str, str, str, 
     """(source, arch, conv, conv_kwargs) for a checkpoint of a kind's reference code, else None.
 
     Each conv kind that knows its reference code's keys recognises them (``ConvKind.recognise``);
-    the arch follows from the blocks per stage, named as the kind names its models.
+    the base arch follows from the blocks per stage, and among the kind's named models of that
+    arch (SCNet-50 and SCNet-50-v1d) the one whose keys and shapes the checkpoint has.
     """
     for kind in conv_kinds():
         kwargs = kind.recognise(state) if kind.recognise is not None else None
         if kwargs is not None:
             arch = arch_from_keys(set(state))
-            return f"reference-{kind.reference}", kind.zoo_names.get(arch, arch), kind.name, kwargs
+            return f"reference-{kind.reference}", _named_model(kind, arch, state, kwargs), kind.name, kwargs
     return None
 
 
+def _named_model(kind: ConvKind, base: str, state: dict[str, torch.Tensor], kwargs: dict[str, Any]) -> str:
+    """The kind's named model of ``base`` whose state_dict has the checkpoint's keys and shapes (built on
+    the meta device), else its main name (whose strict load then lists what does not fit)."""
+    names = named_models_of(kind, base)
+    if len(names) < 2:
+        return names[0] if names else base
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for name in names:
+        with torch.device("meta"):
+            model = build_model(name, kind.name, num_classes=_num_classes(state), **kwargs)
+        if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
+            return name
+    return names[0]
+
+
 _FIT_HINT = "give the `arch`, `conv` and `conv_kwargs` the weights were trained with, or re-save the checkpoint from its model"
+_CLASS_HINT = "give the `model_args` the weights were trained with, or the class they were saved from"
 
 
-def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], what: str, hint: str = _FIT_HINT) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise BadInputError(
             f"the weights do not fit {what}: missing keys {_short(missing)}; unexpected keys {_short(unexpected)}; "
-            f"{_FIT_HINT}"
+            f"{hint}"
         )
     wrong = [f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)})"
              for k, v in own.items() if state[k].shape != v.shape]
     if wrong:
-        raise BadInputError(f"the weights do not fit {what}: shape mismatch for {_short(wrong)}; {_FIT_HINT}")
+        raise BadInputError(f"the weights do not fit {what}: shape mismatch for {_short(wrong)}; {hint}")
     model.load_state_dict(state, strict=True)
 
 
@@ -196,6 +238,31 @@ def _num_classes(state: dict[str, torch.Tensor]) -> int | None:
     return int(fc.shape[0]) if fc is not None else None
 
 
+def module_sha256(model: nn.Module) -> str:
+    """sha256 over an in-memory module's state_dict (names, dtypes, shapes, values): its identity in reports."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _loaded_module(model: nn.Module, source: str, digest: str, what: str) -> LoadedModel:
+    if model.training:
+        raise BadInputError(f"{what} is a module in training mode: call model.eval() first "
+                            "(BatchNorm and dropout behave differently in training mode)")
+    check_finite(model)
+    return LoadedModel(model, source, digest, input_shape=getattr(model, "input_shape", None))
+
+
+def loaded_from_module(model: nn.Module) -> LoadedModel:
+    """An in-memory module (the Python API) as a ``LoadedModel``; it is not copied and never modified."""
+    if not isinstance(model, nn.Module):
+        raise BadInputError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    return _loaded_module(model, "python", module_sha256(model), "`model`")
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -203,44 +270,63 @@ def load_checkpoint(
     conv: str | None = None,
     conv_kwargs: dict[str, Any] | None = None,
     trust_pickle: bool = False,
+    model_class: str | None = None,
+    model_args: Any = None,
 ) -> LoadedModel:
     """Read ``path`` into an eval-mode model; every failure is a BadInputError naming the fix."""
     path = Path(path)
     _check_readable(path)
     digest = sha256_file(path)
+    if model_class is not None and (arch is not None or conv is not None):
+        raise BadInputError("give `model_class` (your own class) or `arch`/`conv` (a zoo model), not both")
+    if _check_archive(path) == "pt2":
+        module, dims = load_exported_program(path)
+        loaded = _loaded_module(module, "exported-program", digest, str(path))
+        loaded.program_dims = dims
+        spatial = [d for d in (dims or ())[1:] if d is not None]
+        loaded.input_shape = tuple(spatial) if dims and len(spatial) == len(dims) - 1 else None
+        return loaded
     obj = _torch_load(path, trust_pickle)
     if isinstance(obj, nn.Module):
-        if obj.training:
-            raise BadInputError(
-                f"{path} holds a module in training mode: call model.eval() before saving it "
-                "(BatchNorm and dropout behave differently in training mode)"
-            )
-        check_finite(obj)
-        return LoadedModel(obj, "pickle", digest, input_shape=getattr(obj, "input_shape", None))
+        return _loaded_module(obj, "pickle", digest, str(path))
     if not isinstance(obj, dict):
         raise BadInputError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or an nn.Module")
     if obj.get("format") == FORMAT:
-        for option, given, recorded in (("arch", arch, obj.get("arch")), ("conv", conv, obj.get("conv"))):
+        for option, given, recorded in (("arch", arch, obj.get("arch")), ("conv", conv, obj.get("conv")),
+                                        ("model_class", model_class, None)):
             if given is not None and given != recorded:
                 raise BadInputError(
                     f"{path} is a convdeploy checkpoint of {obj.get('arch')} (conv={obj.get('conv')}) but "
                     f"`{option}` {given} was given: drop `{option}` (it is only for bare state_dicts)"
                 )
         return _load_convdeploy(obj, path, digest)
-    state = _unwrap_state_dict(obj)
+    return _load_state_dict(_unwrap_state_dict(obj), path, digest, arch, conv, conv_kwargs, model_class, model_args)
+
+
+def _load_state_dict(state: dict[str, torch.Tensor], path: Path, digest: str, arch: str | None, conv: str | None,
+                     conv_kwargs: dict[str, Any] | None, model_class: str | None, model_args: Any) -> LoadedModel:
+    """A bare state_dict into the user's ``model_class``, a recognised reference model, or ``arch``/``conv``."""
+    if model_class is not None:
+        own = build_model_class(model_class, model_args)
+        _strict_load(own, state, model_class, hint=_CLASS_HINT)
+        own.eval()
+        loaded = _loaded_module(own, "model-class", digest, model_class)
+        loaded.meta = {"model_class": model_class}
+        return loaded
     ref = recognise_reference(state) if arch is None and conv is None else None
     if ref is not None:
         source, arch, conv, kwargs = ref
     elif arch is None or conv is None:
         raise BadInputError(f"{path} is a bare state_dict: give `arch` and `conv` (and the kind's `conv_kwargs`) "
-                            "to say what it is")
+                            "for a zoo model, or `model_class` for your own class, to say what it is")
     else:
         source, kwargs = "state_dict", dict(conv_kwargs or {})
     model = _build(arch, conv, kwargs, _num_classes(state))
     _strict_load(model, state, f"{arch} (conv={conv})")
     check_finite(model)
     model.eval()
-    return LoadedModel(model, source, digest, arch, conv, kwargs, model.num_classes, model.input_shape)
+    return LoadedModel(model, source, digest, arch, conv, dict(model.conv_kwargs), model.num_classes,
+                       model.input_shape)
 
 
 def _field(obj: dict, name: str, kind: type | tuple[type, ...], path: Path) -> Any:

@@ -4,11 +4,15 @@ Three passes, in this order (docs/architecture.md, "Conventions"):
 
 1. every layer that folds into one convolution (``folds_to_conv``: CoC, DO-Conv) is
    replaced in its parent by the ``nn.Conv2d`` its ``to_conv2d()`` returns;
-2. every other layer with ``switch_to_deploy()`` (SCConv, SPConv, IC) folds the linear
-   pieces inside it (its Conv+BN pairs);
-3. every ``nn.Conv2d`` whose output feeds nothing but a ``BatchNorm2d`` is fused with it
-   (the pairs are found with torch.fx, paper layers as leaves) and the BN becomes
-   ``nn.Identity``.
+2. every other layer that folds itself by one of the re-parameterization conventions
+   (``deploy.reparam``: ``fuse()`` returning its replacement, ``reparameterize()``,
+   ``switch_to_deploy()`` — timm's order) is folded, walking the module tree top-down as
+   timm's ``reparameterize_model`` does: SCConv, SPConv and IC fold their Conv+BN pairs,
+   RepVGG / MobileOne blocks merge their branches;
+3. every ``nn.Conv2d`` whose output feeds nothing but a ``BatchNorm2d`` — or a subclass of
+   it, such as timm's ``BatchNormAct2d`` — is fused with it (the pairs are found with
+   torch.fx, paper layers and norms as leaves); the BN becomes ``nn.Identity``, a subclass
+   becomes the ``PostNorm`` of what it applies after normalising (its activation).
 
 The folding itself runs in float64 on a copy, so the per-layer errors in the report are
 measured on a float64 probe input and the float32 kernels are rounded only once.
@@ -27,6 +31,7 @@ from torch import nn
 
 from deploy.errors import BadInputError
 from deploy.layers.conv_bn import fuse_conv_bn
+from deploy.reparam import apply_convention, convention_of, post_norm, same_module
 
 
 @dataclass
@@ -61,14 +66,15 @@ class FoldReport:
 
 
 def _is_paper_layer(module: nn.Module) -> bool:
-    return hasattr(module, "switch_to_deploy") or getattr(module, "folds_to_conv", False)
+    return convention_of(module) is not None or getattr(module, "folds_to_conv", False)
 
 
 class _PaperLayerTracer(torch.fx.Tracer):
-    """Trace through containers and blocks, stopping at paper layers (they fold themselves)."""
+    """Trace through containers and blocks, stopping at layers that fold themselves and at
+    BatchNorms (a subclass is one call, whatever its forward does inside)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return _is_paper_layer(m) or super().is_leaf_module(m, qualname)
+        return _is_paper_layer(m) or isinstance(m, nn.BatchNorm2d) or super().is_leaf_module(m, qualname)
 
 
 class _InputRecorder:
@@ -130,21 +136,25 @@ def _fold_paper_convs(model: nn.Module, probe: torch.Tensor | None, report: Fold
         report.rows.append(FoldRow(name, f"{type(layer).__name__}->Conv2d", *err))
 
 
-def _switch_paper_layers(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
-    names = [
-        n
-        for n, m in model.named_modules()
-        if n and hasattr(m, "switch_to_deploy") and not getattr(m, "folds_to_conv", False)
-    ]
-    # an outer layer's switch_to_deploy covers the paper layers nested in it
-    outer = [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
-    inputs = _capture_inputs(model, set(outer), probe)
-    for name in outer:
-        layer = model.get_submodule(name)
-        before = copy.deepcopy(layer)
-        layer.switch_to_deploy()  # type: ignore[operator]  # the layers selected above have it
-        err = _measure(before, layer, inputs.get(name))
-        report.rows.append(FoldRow(name, f"{type(layer).__name__} (inner Conv+BN)", *err))
+def _apply_conventions(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
+    """Pass 2: every module that folds itself by a convention, top-down (timm's walk), one row each."""
+    names = {n for n, m in model.named_modules() if n and convention_of(m) is not None}
+    if names:
+        _walk_conventions(model, "", _capture_inputs(model, names, probe), report)
+
+
+def _walk_conventions(parent: nn.Module, prefix: str, inputs: dict[str, torch.Tensor], report: FoldReport) -> None:
+    for child_name, child in list(parent.named_children()):
+        name = f"{prefix}.{child_name}" if prefix else child_name
+        method = convention_of(child)
+        if method is not None:
+            before = copy.deepcopy(child)
+            child = apply_convention(child, method, name)
+            setattr(parent, child_name, child)
+            if not same_module(before, child):  # an idempotent call on an already folded layer is no fold
+                err = _measure(before, child, inputs.get(name))
+                report.rows.append(FoldRow(name, f"{type(before).__name__}.{method}()", *err))
+        _walk_conventions(child, name, inputs, report)
 
 
 def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> list[tuple[str, str]]:
@@ -189,18 +199,27 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
 def _fuse_conv_bn_pairs(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
     pairs = _conv_bn_pairs(model, report)
     inputs = _capture_inputs(model, {c for c, _ in pairs}, probe)
+    fused_bns, refused = set(), set()
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # what _conv_bn_pairs found
+        after = post_norm(bn)
+        if after is None:
+            report.kept.append(f"{bn_name}: {type(bn).__name__} kept (its forward is not BatchNorm2d followed by "
+                               "its child modules, so it cannot be split exactly)")
+            refused.add(bn_name)
+            continue
         fused = fuse_conv_bn(conv, bn)
-        err = _measure(nn.Sequential(conv, bn), fused, inputs.get(conv_name))
+        err = _measure(nn.Sequential(conv, bn), nn.Sequential(fused, after), inputs.get(conv_name))
         model.set_submodule(conv_name, fused)
-        model.set_submodule(bn_name, nn.Identity())
-        report.rows.append(FoldRow(conv_name, f"Conv2d+BatchNorm2d ({bn_name})", *err))
-    fused_bns = {b for _, b in pairs}
+        model.set_submodule(bn_name, after)
+        fused_bns.add(bn_name)
+        tail = [n for n, _ in after.named_children()]
+        kept = f", {', '.join(tail)} kept" if tail else ""
+        report.rows.append(FoldRow(conv_name, f"Conv2d+{type(bn).__name__} ({bn_name}{kept})", *err))
     for name, module in model.named_modules():
-        if isinstance(module, nn.BatchNorm2d) and name not in fused_bns:
-            report.kept.append(f"{name}: BatchNorm2d kept (its input is not a Conv2d output used only by it)")
+        if isinstance(module, nn.BatchNorm2d) and name not in fused_bns | refused:
+            report.kept.append(f"{name}: {type(module).__name__} kept (its input is not a Conv2d output used only by it)")
 
 
 def _probe_input(model: nn.Module, probe_shape: tuple[int, ...] | None, seed: int) -> torch.Tensor | None:
@@ -242,7 +261,7 @@ def fold_model(
     report = FoldReport(probe_shape=tuple(probe.shape[1:]) if probe is not None else None)
     _fold_paper_convs(target, probe, report)
     if fuse_bn:
-        _switch_paper_layers(target, probe, report)
+        _apply_conventions(target, probe, report)
         _fuse_conv_bn_pairs(target, probe, report)
     target.to(dtype)
     target.eval()

@@ -3,10 +3,12 @@
 Error conventions: ``max_abs_err = max|out - ref|``; ``max_rel_err = max_abs_err / max|ref|``
 (relative to the largest reference magnitude, so near-zero logits do not blow it up);
 cosine similarity per batch row of the flattened outputs, minimum over rows; top-1
-agreement = fraction of rows whose arg-max class is the same. ``decisive_top1`` counts top-1
-agreement only on the rows whose reference top-1/top-2 margin exceeds a bound (the
-tolerance's error bound): below it a tolerated error may swap the two classes, so such a
-near-tie says nothing about the export and is excluded (and counted).
+agreement = fraction of rows whose arg-max class is the same. Top-1 agreement judges only
+outputs that look like class scores (``looks_like_class_scores``: 2-D, more than one
+column); boxes, feature maps and single scores are judged on the error bound and cosine.
+``decisive_top1`` counts top-1 agreement only on the rows whose reference top-1/top-2
+margin exceeds a bound (the tolerance's error bound): below it a tolerated error may swap
+the two classes, so such a near-tie says nothing about the export and is excluded (and counted).
 
 A foundation module: the exporter's simplification check, the parity gate and the
 first-divergence search all measure with these, and none of them imports another.
@@ -21,6 +23,11 @@ from typing import Mapping
 import numpy as np
 
 from deploy.errors import BadInputError, ParityError
+
+
+def looks_like_class_scores(shape: tuple[int, ...]) -> bool:
+    """True for an output of shape (batch, classes) with more than one class: top-1 means something."""
+    return len(shape) == 2 and shape[1] > 1
 
 
 def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:

@@ -1,9 +1,10 @@
 """`deploy export` as one plain function: load -> fold -> export -> simplify -> check -> parity -> write.
 
-The CLI (`deploy export`) and `deploy claims` both call ``run_export``; each step is a
-plain function of ``deploy.steps`` and ``StepLog`` only times and shows them. Nothing is
-written until every gate has passed: the ONNX file and its report go to temporary names
-and are renamed into place together at the end.
+The CLI (`deploy export`), `deploy claims` and the Python API (``deploy.export``, on an
+in-memory module) all call ``run_export``; each step is a plain function of
+``deploy.steps`` and ``StepLog`` only times and shows them. Nothing is written until
+every gate has passed: the ONNX file and its report go to temporary names and are renamed
+into place together at the end.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ from deploy.steps import (
     onnx_metadata,
     parity_batches,
     parity_step,
-    parse_batch,
+    parse_dynamic,
+    program_axes,
+    second_size,
     tolerance_from,
     write_step,
 )
 from exporters.onnx import export_onnx_detailed, save_onnx, simplify_onnx
 from exporters.tensorrt import build_engine, require_engine_builder, validate_build_options
+from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
 from validators.graph import GraphReport, check_graph
 from validators.parity import ParityReport, check_parity
 from validators.runtimes import OrtRuntime
@@ -44,15 +48,21 @@ from validators.trt_runtime import TensorRTRuntime
 
 @dataclass
 class ExportOptions:
-    """Everything `deploy export` can be told; defaults are the CLI's."""
+    """Everything `deploy export` can be told; defaults are the CLI's.
 
-    checkpoint: Path
+    The model is ``checkpoint`` (a file) or ``module`` (an in-memory ``nn.Module``, the
+    Python API; then ``output`` is required).
+    """
+
+    checkpoint: Path | None = None
     output: Path | None = None
     report: Path | None = None
     fold: bool = True
     opset: int | None = None
     batch: str = "dynamic"  # "dynamic" or a fixed batch size as text
-    input_size: int | None = None
+    input_size: str | int | tuple[int, ...] | None = None  # H or HxW
+    input_shape: str | tuple[int, ...] | None = None  # CxHxW
+    dynamic: str | None = None  # batch (default), hw, batch,hw or none
     exporter: str = "dynamo"
     simplify: bool = True
     atol: float | None = None  # relative to max|ref| when rtol is None
@@ -60,10 +70,14 @@ class ExportOptions:
     samples: int = 8
     seed: int = 0
     strict: bool = True  # graph-check findings fail the run (exit 4)
+    strict_fold: bool = False  # fold-coverage findings fail the run (exit 4)
     arch: str | None = None
     conv: str | None = None
     conv_kwargs: dict[str, Any] = field(default_factory=dict)
     trust_pickle: bool = False
+    model_class: str | None = None  # package.module:Class of a bare state_dict
+    model_args: Any = None  # its constructor's arguments (JSON text, a dict or a list)
+    module: nn.Module | None = None
     # TensorRT engine (GPU only): built from the checked ONNX, then checked against ONNX Runtime
     engine: Path | None = None
     fp16: bool = False
@@ -112,6 +126,11 @@ class ExportOutcome:
     def parity(self) -> ParityReport:
         return self.report.parity
 
+    @property
+    def fold_coverage(self) -> FoldCoverageReport:
+        assert self.report.fold_coverage is not None
+        return self.report.fold_coverage
+
 
 def default_output(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".onnx")
@@ -125,17 +144,22 @@ def report_path_for(output: Path) -> Path:
 
 def _output_paths(opts: ExportOptions) -> tuple[Path, Path]:
     """(ONNX, report) paths, checked before any work: writable, not the input checkpoint."""
-    checkpoint = Path(opts.checkpoint)
-    output = Path(opts.output) if opts.output else default_output(checkpoint)
+    checkpoint = Path(opts.checkpoint) if opts.checkpoint is not None else None
+    if opts.output is None and checkpoint is None:
+        raise BadInputError("give the `output` path of the ONNX file to write")
+    output = Path(opts.output) if opts.output else default_output(Path(str(checkpoint)))
     report_path = Path(opts.report) if opts.report else report_path_for(output)
     if output.suffix != ".onnx":
         raise BadInputError(f"output {output} must end in .onnx")
     for path in (output, report_path):
         check_output_path(path)
-        if path.resolve() == checkpoint.resolve():
+        if checkpoint is not None and path.resolve() == checkpoint.resolve():
             raise BadInputError(f"output {path} would overwrite the input checkpoint: choose another output path")
     if opts.engine is not None:
         check_output_path(opts.engine)
+        if parse_dynamic(opts.dynamic, opts.batch)[1]:
+            raise BadInputError("a TensorRT engine is built with a profile over the batch axis only: "
+                                "export it with `dynamic` batch (fixed H/W)")
         require_engine_builder(opts.fp16)  # exit 5 before any work when TensorRT, the GPU or polygraphy is missing
     return output, report_path
 
@@ -169,30 +193,36 @@ def build_checked_engine(proto: Any, opts: ExportOptions, input_shape: tuple[int
     return {"path": str(opts.engine), "metadata": meta, "parity": parity.to_dict()}
 
 
-def _options_record(opts: ExportOptions, opset: int, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    return {"fold": opts.fold, "exporter": opts.exporter, "opset": opset, "batch": opts.batch,
-            "input_shape": list(input_shape), "simplify": opts.simplify and opts.fold, "strict": opts.strict}
+def _options_record(opts: ExportOptions, opset: int, input_shape: tuple[int, ...], fixed_batch: int | None,
+                    dynamic_hw: bool) -> dict[str, Any]:
+    axes = (["batch"] if fixed_batch is None else []) + (["height", "width"] if dynamic_hw else [])
+    return {"fold": opts.fold, "exporter": opts.exporter, "opset": opset, "batch": str(fixed_batch or "dynamic"),
+            "input_shape": list(input_shape), "dynamic_axes": axes,
+            "parity_input_shapes": [list(input_shape)] + ([[input_shape[0], *second_size(input_shape)]]
+                                                          if dynamic_hw else []),
+            "simplify": opts.simplify and opts.fold, "strict": opts.strict, "strict_fold": opts.strict_fold}
 
 
 def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome:
     """The whole `deploy export`: every gate passes, then MODEL.onnx and its report appear together."""
     log = log or StepLog()
     output, report_path = _output_paths(opts)
-    fixed_batch = parse_batch(opts.batch)
     if opts.samples < 1:
         raise BadInputError(f"`samples` must be >= 1, got {opts.samples}")
     tol = tolerance_from(opts.atol, opts.rtol)
-
     with log.step("load"):
-        loaded, input_shape = load_step(Path(opts.checkpoint), arch=opts.arch, conv=opts.conv,
-                                        conv_kwargs=opts.conv_kwargs, trust_pickle=opts.trust_pickle,
-                                        input_size=opts.input_size)
+        loaded, input_shape = load_step(opts.checkpoint, arch=opts.arch, conv=opts.conv, conv_kwargs=opts.conv_kwargs,
+                                        trust_pickle=opts.trust_pickle, input_size=opts.input_size,
+                                        input_shape=opts.input_shape, model_class=opts.model_class,
+                                        model_args=opts.model_args, module=opts.module)
+        fixed_batch, dynamic_hw = program_axes(loaded, opts.batch, opts.dynamic)
     with log.step("fold"):
         deploy_model, fold_report = fold_step(loaded, input_shape, opts.seed) if opts.fold else (loaded.model, None)
     with log.step("export"):
         exported = export_onnx_detailed(deploy_model, input_shape, opset=opts.opset, exporter=opts.exporter,
-                                        dynamic_batch=fixed_batch is None, batch_size=fixed_batch or 1,
-                                        metadata=onnx_metadata(loaded, opts.fold))
+                                        dynamic_batch=fixed_batch is None, dynamic_hw=dynamic_hw,
+                                        batch_size=fixed_batch or 1,
+                                        metadata=onnx_metadata(loaded, opts.fold, input_shape))
     with log.step("simplify"):
         proto, simplified = exported.model, None
         # without folding the graph is kept as exported: onnxsim would constant-fold the
@@ -200,21 +230,32 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
         if opts.simplify and opts.fold:
             proto, simplified = simplify_onnx(exported.model, input_shape, tol=tol, seed=opts.seed)
     with log.step("graph checks"):
-        graph = check_graph(proto, input_shape)
+        graph, coverage = check_graph(proto, input_shape), check_fold_coverage(proto)
     with log.step("parity"):
         ort = OrtRuntime(proto, name="onnxruntime-cpu")
         parity, runs = parity_step(loaded, deploy_model if opts.fold else None, ort, proto, input_shape,
-                                   parity_batches(fixed_batch), opts.samples, opts.seed, tol, fold_report)
+                                   parity_batches(fixed_batch), opts.samples, opts.seed, tol, fold_report,
+                                   extra_sizes=[second_size(input_shape)] if dynamic_hw else [])
         accuracy = held_out_accuracy(loaded, runs)
-    report = RunReport("convdeploy export", {"path": str(opts.checkpoint), **loaded.describe()}, parity, opts.seed,
-                       options=_options_record(opts, exported.opset, input_shape), fold=fold_report, export=exported,
-                       simplify=simplified, graph=graph, accuracy=accuracy, seconds=log.seconds)
-    parity.raise_if_failed()
-    if opts.strict:
-        graph.raise_if_failed()
+    report = RunReport("convdeploy export", {"path": str(opts.checkpoint or "<in-memory module>"), **loaded.describe()},
+                       parity, opts.seed, options=_options_record(opts, exported.opset, input_shape, fixed_batch,
+                                                                  dynamic_hw),
+                       fold=fold_report, export=exported, simplify=simplified, graph=graph, fold_coverage=coverage,
+                       accuracy=accuracy, seconds=log.seconds)
+    _gate(report, opts)
     if opts.engine is not None:
         with log.step("tensorrt"):
             report.engine = build_checked_engine(proto, opts, input_shape, ort, output)
     with log.step("write"):
         write_step(proto, output, report_path, report)
     return ExportOutcome(output, report_path, report, loaded, deploy_model)
+
+
+def _gate(report: RunReport, opts: ExportOptions) -> None:
+    """Parity first (exit 3), then the graph check (exit 4 unless not ``strict``), then fold coverage
+    (exit 4 with ``strict_fold``)."""
+    report.parity.raise_if_failed()
+    if opts.strict and report.graph is not None:
+        report.graph.raise_if_failed()
+    if opts.strict_fold and report.fold_coverage is not None:
+        report.fold_coverage.raise_if_failed()

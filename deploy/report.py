@@ -1,7 +1,8 @@
 """The typed report of an export or a validation, and its JSON form (``MODEL.report.json``).
 
 Each pipeline step fills one field with its own result object (``FoldReport``,
-``ExportResult``, ``SimplifyResult``, ``GraphReport``, ``ParityReport``); ``to_dict``
+``ExportResult``, ``SimplifyResult``, ``GraphReport``, ``FoldCoverageReport``,
+``ParityReport``); ``to_dict``
 writes the JSON the report files hold. The CLI prints from the objects, never from the
 JSON.
 """
@@ -15,6 +16,7 @@ from typing import Any
 from deploy.environment import device_description, versions
 from deploy.fold import FoldReport
 from exporters.onnx import ExportResult, SimplifyResult
+from validators.fold_coverage import FoldCoverageReport
 from validators.graph import GraphReport
 from validators.parity import ParityReport
 
@@ -36,6 +38,7 @@ class RunReport:
     export: ExportResult | None = None
     simplify: SimplifyResult | None = None
     graph: GraphReport | None = None
+    fold_coverage: FoldCoverageReport | None = None
     accuracy: dict[str, Any] | None = None
     onnx: dict[str, Any] | None = None  # validate: the ONNX file it checked
     engine: dict[str, Any] | None = None
@@ -65,6 +68,7 @@ class RunReport:
                 "export": self.export.to_dict() if self.export else None,
                 "simplify": self.simplify.to_dict() if self.simplify else None,
                 "graph": self.graph.to_dict() if self.graph else None,
+                "fold_coverage": self.fold_coverage.to_dict() if self.fold_coverage else None,
             })
         doc.update({"parity": self.parity.to_dict(), "accuracy": self.accuracy})
         if self.seconds:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from deploy.atomic import sha256_file, write_json_atomic
-from deploy.checkpoint import LoadedModel, load_checkpoint
+from deploy.checkpoint import LoadedModel, load_checkpoint, loaded_from_module
 from deploy.digits import load_digits
 from deploy.errors import BadInputError
 from deploy.fold import FoldReport, fold_model
@@ -29,27 +29,116 @@ from validators.runtimes import OrtRuntime
 from validators.torch_runtime import TorchRuntime
 
 
-def resolve_input_shape(loaded: LoadedModel, input_size: int | None) -> tuple[int, int, int]:
-    """(C, H, W) from ``input_size``, else the checkpoint, else an error that says what to give."""
-    if input_size is not None and input_size < 1:
-        raise BadInputError(f"`input_size` must be positive, got {input_size}")
+def _positive_ints(text: str, count: tuple[int, ...], name: str, example: str) -> tuple[int, ...]:
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in count or min(values, default=0) < 1:
+        raise BadInputError(f"`{name}` must be {example} with positive sizes, got {text!r}")
+    return values
+
+
+def parse_input_size(value: str | int | Sequence[int] | None) -> tuple[int, int] | None:
+    """``"64"`` / ``64`` -> (64, 64); ``"64x48"`` / ``(64, 48)`` -> (64, 48) (height x width)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise BadInputError(f"`input_size` must be H or HxW with positive sizes, got {value!r}")
+    if isinstance(value, int):
+        values: tuple[int, ...] = _positive_ints(str(value), (1,), "input_size", "H or HxW")
+    elif isinstance(value, str):
+        values = _positive_ints(value, (1, 2), "input_size", "H or HxW")
+    else:
+        values = _positive_ints("x".join(str(v) for v in value), (1, 2), "input_size", "H or HxW")
+    return (values[0], values[-1])
+
+
+def parse_input_shape(value: str | Sequence[int] | None) -> tuple[int, int, int] | None:
+    """``"3x64x48"`` / ``(3, 64, 48)`` -> (C, H, W)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else "x".join(str(v) for v in value)
+    c, h, w = _positive_ints(text, (3,), "input_shape", "CxHxW")
+    return (c, h, w)
+
+
+def resolve_input_shape(loaded: LoadedModel, input_size: str | int | Sequence[int] | None = None,
+                        input_shape: str | Sequence[int] | None = None) -> tuple[int, int, int]:
+    """(C, H, W) from ``input_shape``, else ``input_size`` (H or HxW) with the model's channels,
+    else the checkpoint's; an error that says what to give when none of them is known."""
+    if input_size is not None and input_shape is not None:
+        raise BadInputError("give `input_size` (H or HxW) or `input_shape` (CxHxW), not both")
+    full = parse_input_shape(input_shape)
+    if full is not None:
+        return full
+    size = parse_input_size(input_size)
     shape = loaded.input_shape
     if shape is None:
         first_conv = next((m for m in loaded.model.modules() if isinstance(m, nn.Conv2d)), None)
-        if first_conv is None or input_size is None:
-            raise BadInputError("the checkpoint does not record its input shape: give `input_size`")
-        return (first_conv.in_channels, input_size, input_size)
-    if input_size is not None:
-        return (int(shape[0]), input_size, input_size)
+        if first_conv is None or size is None:
+            raise BadInputError("the model does not record its input shape: give `input_shape` (CxHxW) "
+                                "or `input_size` (H or HxW)")
+        return (first_conv.in_channels, *size)
+    if size is not None:
+        return (int(shape[0]), *size)
     return (int(shape[0]), int(shape[1]), int(shape[2]))
 
 
-def probe_forward(model: nn.Module, input_shape: Sequence[int]) -> None:
-    """Run one batch-1 forward pass; a shape the model cannot take becomes a usable error."""
+def parse_dynamic(dynamic: str | None, batch: str) -> tuple[int | None, bool]:
+    """(fixed batch size or None for a dynamic batch axis, whether H/W are dynamic).
+
+    ``dynamic`` is ``batch`` (the default), ``hw``, ``batch,hw`` or ``none``; ``batch`` is
+    ``dynamic`` or a fixed size. A fixed ``batch`` with the default ``dynamic`` fixes the
+    batch axis; a ``dynamic`` without ``batch`` fixes it at 1.
+    """
+    parts = {p.strip() for p in (dynamic or "batch").lower().split(",") if p.strip()}
+    if not parts or not parts <= {"batch", "hw", "none"} or ("none" in parts and len(parts) > 1):
+        raise BadInputError(f"`dynamic` must be batch, hw, batch,hw or none, got {dynamic!r}")
+    fixed = parse_batch(batch)
+    if fixed is not None and "batch" in parts:
+        if dynamic is not None:
+            raise BadInputError(f"`batch` {fixed} fixes the batch axis, but `dynamic` {dynamic} makes it dynamic: "
+                                "give one of them")
+        parts.discard("batch")
+    if "batch" not in parts and fixed is None:
+        fixed = 1
+    return fixed, "hw" in parts
+
+
+def program_axes(loaded: LoadedModel, batch: str, dynamic: str | None) -> tuple[int | None, bool]:
+    """``parse_dynamic``, reconciled with the dims an ExportedProgram was exported with: its graph
+    runs only at a static batch N (which becomes the default) and cannot make static H/W dynamic."""
+    fixed, dynamic_hw = parse_dynamic(dynamic, batch)
+    dims = loaded.program_dims
+    if dims is None or len(dims) != 4:
+        return fixed, dynamic_hw
+    if dims[0] is not None:
+        asked_dynamic = dynamic is not None and "batch" in dynamic.lower()
+        if asked_dynamic or (batch != "dynamic" and fixed != dims[0]):
+            raise BadInputError(f"the ExportedProgram was exported with a static batch of {dims[0]}: export it with "
+                                f"`batch` {dims[0]}, or re-export it with a dynamic batch dim (torch.export.Dim)")
+        fixed = dims[0]
+    if dynamic_hw and None not in dims[2:]:
+        raise BadInputError("the ExportedProgram was exported with a static H and W: drop `dynamic` hw, or "
+                            "re-export it with dynamic height/width dims (torch.export.Dim)")
+    return fixed, dynamic_hw
+
+
+def second_size(input_shape: Sequence[int]) -> tuple[int, int]:
+    """The other spatial size parity checks a graph with dynamic H/W at: twice H and W, which
+    keeps every divisibility a network needs (strides, pooling windows)."""
+    return (2 * int(input_shape[1]), 2 * int(input_shape[2]))
+
+
+def probe_forward(model: nn.Module, input_shape: Sequence[int], batch: int = 1) -> None:
+    """Run one forward pass; a shape the model cannot take becomes a usable error (an
+    ExportedProgram's guards raise AssertionError)."""
     try:
         with torch.no_grad():
-            model(torch.zeros((1, *input_shape)))
-    except (RuntimeError, ValueError) as exc:
+            model(torch.zeros((batch, *input_shape)))
+    except (RuntimeError, ValueError, AssertionError) as exc:
         size = "x".join(str(s) for s in input_shape[1:])
         reason = str(exc).strip().splitlines()[0][:300]
         raise BadInputError(f"the model cannot take a {size} input ({reason}); choose another `input_size`") from exc
@@ -76,13 +165,23 @@ def tolerance_from(atol: float | None, rtol: float | None) -> Tolerance:
     return Tolerance(rtol=default.rtol if rtol is None else rtol, atol=default.atol if atol is None else atol)
 
 
-def load_step(checkpoint: Path, *, arch: str | None, conv: str | None, conv_kwargs: dict[str, Any],
-              trust_pickle: bool, input_size: int | None) -> tuple[LoadedModel, tuple[int, int, int]]:
-    """Read the checkpoint and settle the input shape the model is exported and checked at."""
-    loaded = load_checkpoint(checkpoint, arch=arch, conv=conv, conv_kwargs=conv_kwargs, trust_pickle=trust_pickle)
-    input_shape = resolve_input_shape(loaded, input_size)
-    probe_forward(loaded.model, input_shape)
-    return loaded, input_shape
+def load_step(checkpoint: Path | None, *, arch: str | None, conv: str | None, conv_kwargs: dict[str, Any],
+              trust_pickle: bool, input_size: str | int | Sequence[int] | None,
+              input_shape: str | Sequence[int] | None = None, model_class: str | None = None,
+              model_args: Any = None, module: nn.Module | None = None) -> tuple[LoadedModel, tuple[int, int, int]]:
+    """Read the checkpoint (or take the in-memory ``module``) and settle the input shape the
+    model is exported and checked at."""
+    if module is not None:
+        loaded = loaded_from_module(module)
+    elif checkpoint is None:
+        raise BadInputError("give a checkpoint file or a module to export")
+    else:
+        loaded = load_checkpoint(checkpoint, arch=arch, conv=conv, conv_kwargs=conv_kwargs, trust_pickle=trust_pickle,
+                                 model_class=model_class, model_args=model_args)
+    shape = resolve_input_shape(loaded, input_size, input_shape)
+    static_batch = loaded.program_dims[0] if loaded.program_dims else None
+    probe_forward(loaded.model, shape, static_batch or 1)
+    return loaded, shape
 
 
 def fold_step(loaded: LoadedModel, input_shape: tuple[int, ...], seed: int) -> tuple[nn.Module, FoldReport]:
@@ -90,7 +189,7 @@ def fold_step(loaded: LoadedModel, input_shape: tuple[int, ...], seed: int) -> t
     return fold_model(loaded.model, probe_shape=input_shape, seed=seed)
 
 
-def onnx_metadata(loaded: LoadedModel, folded: bool) -> dict[str, str]:
+def onnx_metadata(loaded: LoadedModel, folded: bool, input_shape: Sequence[int]) -> dict[str, str]:
     """The ``convdeploy.*`` metadata an export writes into the ONNX file."""
     return {
         "convdeploy.version": __version__,
@@ -99,6 +198,7 @@ def onnx_metadata(loaded: LoadedModel, folded: bool) -> dict[str, str]:
         "convdeploy.conv_kwargs": ",".join(f"{k}={v}" for k, v in sorted(loaded.conv_kwargs.items())),
         "convdeploy.folded": "yes" if folded else "no",
         "convdeploy.source_sha256": loaded.sha256,
+        "convdeploy.input_shape": "x".join(str(int(s)) for s in input_shape),
     }
 
 
@@ -109,27 +209,44 @@ def parity_batches(fixed_batch: int | None) -> tuple[int, ...]:
 
 def parity_step(loaded: LoadedModel, folded: nn.Module | None, ort: OrtRuntime, proto: onnx.ModelProto,
                 input_shape: tuple[int, ...], batches: tuple[int, ...], samples: int, seed: int, tol: Tolerance,
-                fold_report: FoldReport | None) -> tuple[ParityReport, dict[str, Callable[[np.ndarray], Any]]]:
-    """Training form vs (folded torch and) ONNX Runtime; on failure, the first diverging layer.
+                fold_report: FoldReport | None, extra_sizes: Sequence[tuple[int, int]] = (),
+                ) -> tuple[ParityReport, dict[str, Callable[[np.ndarray], Any]]]:
+    """Training form vs (folded torch and) ONNX Runtime, every output by name, at ``input_shape``
+    and any ``extra_sizes``; on failure, the first diverging layer.
 
     Returns the report and the runtimes' ``run`` functions by role, for the accuracy step.
     """
     reference = TorchRuntime(loaded.model, name="training-form")
     folded_rt = TorchRuntime(folded, name="folded-torch") if folded is not None else None
     candidates = ([folded_rt] if folded_rt is not None else []) + [ort]
-    parity = check_parity(reference, candidates, input_shape, samples, batches, seed, tol)
+    parity = check_parity(reference, candidates, input_shape, samples, batches, seed, tol, extra_sizes=extra_sizes)
     if not parity.passed:
-        folded_failed = folded_rt is not None and not parity.candidates[0].passed
-        if folded_failed and fold_report is not None and fold_report.rows:
-            worst = max(fold_report.rows, key=lambda r: r.max_rel_error)
-            parity.first_divergence = f"{worst.name} ({worst.kind}, fold rel error {worst.max_rel_error:.3g})"
-        else:
-            x = seeded_inputs(input_shape, batches[:1], 1, seed)[0]
-            parity.first_divergence = first_divergence(folded if folded is not None else loaded.model, proto, x, tol)
+        parity.first_divergence = _first_divergence(parity, loaded, folded, proto, input_shape, batches, seed, tol,
+                                                    fold_report, extra_sizes)
     runs: dict[str, Callable[[np.ndarray], Any]] = {"training_form": reference.run, "onnxruntime": ort.run}
     if folded_rt is not None:
         runs["folded"] = folded_rt.run
     return parity, runs
+
+
+def _first_divergence(parity: ParityReport, loaded: LoadedModel, folded: nn.Module | None, proto: onnx.ModelProto,
+                      input_shape: tuple[int, ...], batches: tuple[int, ...], seed: int, tol: Tolerance,
+                      fold_report: FoldReport | None, extra_sizes: Sequence[tuple[int, int]]) -> str | None:
+    """The worst fold when the folded torch model already differs, else the first module whose
+    ONNX tensor differs (at the export size, then at the other sizes)."""
+    folded_failed = folded is not None and not parity.candidates[0].passed
+    if folded_failed and fold_report is not None and fold_report.rows:
+        worst = max(fold_report.rows, key=lambda r: r.max_rel_error)
+        return f"{worst.name} ({worst.kind}, fold rel error {worst.max_rel_error:.3g})"
+    model = folded if folded is not None else loaded.model
+    for shape in [tuple(input_shape)] + [(input_shape[0], h, w) for h, w in extra_sizes]:
+        try:
+            found = first_divergence(model, proto, seeded_inputs(shape, batches[:1], 1, seed)[0], tol)
+        except Exception:  # noqa: BLE001 - the graph may not even run at this size; the parity reasons say so
+            found = None
+        if found is not None:
+            return found if shape == tuple(input_shape) else f"{found} (at {'x'.join(map(str, shape))})"
+    return None
 
 
 def held_out_accuracy(loaded: LoadedModel, runs: dict[str, Callable[[np.ndarray], Any]]) -> dict[str, Any] | None:

@@ -9,7 +9,15 @@ import onnx
 
 from deploy.atomic import sha256_file
 from deploy.report import RunReport
-from deploy.steps import fold_step, held_out_accuracy, load_step, parity_batches, parity_step, tolerance_from
+from deploy.steps import (
+    fold_step,
+    held_out_accuracy,
+    load_step,
+    parity_batches,
+    parity_step,
+    second_size,
+    tolerance_from,
+)
 from validators.runtimes import OrtRuntime
 
 
@@ -21,22 +29,29 @@ def run_validate(
     seed: int = 0,
     atol: float | None = None,
     rtol: float | None = None,
-    input_size: int | None = None,
+    input_size: str | int | tuple[int, ...] | None = None,
+    input_shape: str | tuple[int, ...] | None = None,
     arch: str | None = None,
     conv: str | None = None,
     conv_kwargs: dict[str, Any] | None = None,
     trust_pickle: bool = False,
+    model_class: str | None = None,
+    model_args: Any = None,
 ) -> RunReport:
-    """Training form vs folded vs ONNX Runtime on ``onnx_path``; the report says whether parity holds."""
+    """Training form vs folded vs ONNX Runtime on ``onnx_path``, every output by name; the report
+    says whether parity holds. A graph with symbolic H/W is checked at a second size too."""
     tol = tolerance_from(atol, rtol)
-    loaded, input_shape = load_step(Path(checkpoint), arch=arch, conv=conv, conv_kwargs=dict(conv_kwargs or {}),
-                                    trust_pickle=trust_pickle, input_size=input_size)
+    loaded, shape = load_step(Path(checkpoint), arch=arch, conv=conv, conv_kwargs=dict(conv_kwargs or {}),
+                              trust_pickle=trust_pickle, input_size=input_size, input_shape=input_shape,
+                              model_class=model_class, model_args=model_args)
     ort = OrtRuntime(onnx_path, name="onnxruntime-cpu")
-    dim0 = ort.session.get_inputs()[0].shape[0]
-    folded, fold_report = fold_step(loaded, input_shape, seed)
+    dims = ort.session.get_inputs()[0].shape
+    dynamic_hw = len(dims) == 4 and not isinstance(dims[2], int) and not isinstance(dims[3], int)
+    folded, fold_report = fold_step(loaded, shape, seed)
     proto = onnx.load(str(onnx_path))
-    parity, runs = parity_step(loaded, folded, ort, proto, input_shape,
-                               parity_batches(dim0 if isinstance(dim0, int) else None), samples, seed, tol, fold_report)
+    parity, runs = parity_step(loaded, folded, ort, proto, shape,
+                               parity_batches(dims[0] if isinstance(dims[0], int) else None), samples, seed, tol,
+                               fold_report, extra_sizes=[second_size(shape)] if dynamic_hw else [])
     runs.pop("folded")
     return RunReport("convdeploy validate", {"path": str(checkpoint), **loaded.describe()}, parity, seed,
                      fold=fold_report, accuracy=held_out_accuracy(loaded, runs),

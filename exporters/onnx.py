@@ -5,8 +5,11 @@ writes nothing unless a ``path`` is given; the pipeline exports with ``path=None
 simplifies, checks and validates, then calls ``save_onnx`` (temp name + rename) last, so a
 failed run leaves no model.onnx.
 
-Interface of every export: one input ``input`` (N, C, H, W) float32, one output ``output``;
-the batch axis is the symbolic dimension ``batch`` (``dynamic_batch=True``) or a fixed N.
+Interface of every export: one input ``input`` (N, C, H, W) float32 and one graph output per
+model output, named as ``deploy.outputs`` flattens them (``output`` for a single tensor,
+dict keys, ``output_0``, ``output_1`` … for sequences); the batch axis is the symbolic
+dimension ``batch`` (``dynamic_batch=True``) or a fixed N, and H/W are the symbolic
+``height`` / ``width`` with ``dynamic_hw=True``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from torch import nn
 
 from deploy.atomic import check_output_path, write_bytes_atomic
 from deploy.errors import BadInputError, GraphCheckError
-from deploy.metrics import Tolerance, compare
+from deploy.metrics import Tolerance, compare, looks_like_class_scores
+from exporters.interface import Axes, check_output_names, name_dynamic_dims, output_names
 from validators.runtimes import OrtRuntime
 
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
@@ -52,6 +56,8 @@ class ExportResult:
     weight_bytes: int
     captured_stdout: str = ""
     captured_warnings: list[str] = field(default_factory=list)
+    dynamic_hw: bool = False
+    output_names: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "model"}
@@ -109,6 +115,7 @@ def export_onnx_detailed(
     opset: int | None = None,
     exporter: str = "dynamo",
     dynamic_batch: bool = True,
+    dynamic_hw: bool = False,
     batch_size: int = 1,
     metadata: Mapping[str, str] | None = None,
     optimize: bool = True,
@@ -118,7 +125,10 @@ def export_onnx_detailed(
     ``exporter="dynamo"`` (default, opset 18) uses ``torch.export``; its ONNX optimizer
     (``optimize=True``) already folds BatchNorm into Conv and constant-folds small
     weight-only subgraphs (inputs up to 8192 elements). ``"torchscript"`` (opset 17) traces.
-    With ``dynamic_batch`` the graph is traced at batch 2 (torch.export specializes size 1).
+    With ``dynamic_batch`` the graph is traced at batch 2 (torch.export specializes size 1);
+    ``dynamic_hw`` makes H and W symbolic too (whether the graph really generalises to other
+    sizes is for parity at a second size to prove). Every model output becomes one graph
+    output, named as ``deploy.outputs`` flattens them.
     """
     if exporter not in DEFAULT_OPSET:
         raise BadInputError(f"unknown exporter {exporter!r}: choose dynamo or torchscript")
@@ -128,31 +138,29 @@ def export_onnx_detailed(
     opset = opset or DEFAULT_OPSET[exporter]
     n = 2 if dynamic_batch else batch_size
     x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
-    try:
-        with torch.no_grad():
-            model(x[:1])  # cheap probe: a clear message for an input size the model cannot take
-    except Exception as exc:
-        raise BadInputError(f"the model cannot take input (N, {', '.join(map(str, shape))}) ({_first_line(exc)}): "
-                            "choose an input size it supports") from exc
+    names = output_names(model, x[:1] if dynamic_batch else x, shape)
     captured: dict[str, Any] = {}
     start = time.perf_counter()
     try:
         with _captured(captured):
-            proto = _run_exporter(model, x, exporter, opset, dynamic_batch, optimize)
+            proto = _run_exporter(model, x, exporter, opset, Axes(dynamic_batch, dynamic_hw, names), optimize)
     except BadInputError:
         raise
     except Exception as exc:
         hint = "try the `exporter` torchscript" if exporter == "dynamo" else "try the `exporter` dynamo"
-        if dynamic_batch:
-            hint += " or a fixed `batch` N"
+        if dynamic_batch or dynamic_hw:
+            hint += " or fixed sizes (`batch` N, `dynamic` batch)"
         raise BadInputError(f"{exporter} export failed ({_first_line(exc)}): {hint}") from exc
     seconds = time.perf_counter() - start
-    if dynamic_batch:
-        _name_batch_dim(proto)
-    set_metadata(proto, {"convdeploy.exporter": exporter, "convdeploy.torch": torch.__version__, **dict(metadata or {})})
+    check_output_names(proto, names)
+    name_dynamic_dims(proto, dynamic_hw)
+    axes = ",".join(a for a, on in (("batch", dynamic_batch), ("height,width", dynamic_hw)) if on) or "none"
+    set_metadata(proto, {"convdeploy.exporter": exporter, "convdeploy.torch": torch.__version__,
+                         "convdeploy.dynamic_axes": axes, **dict(metadata or {})})
     check_onnx(proto)
     return ExportResult(proto, exporter, opset, dynamic_batch, None if dynamic_batch else n, seconds,
-                        weight_bytes(proto), captured.get("stdout", ""), captured.get("warnings", []))
+                        weight_bytes(proto), captured.get("stdout", ""), captured.get("warnings", []),
+                        dynamic_hw=dynamic_hw, output_names=names)
 
 
 def export_onnx(
@@ -167,27 +175,19 @@ def export_onnx(
     return result.model
 
 
-def _run_exporter(model: nn.Module, x: torch.Tensor, exporter: str, opset: int, dynamic: bool, optimize: bool) -> onnx.ModelProto:
+def _run_exporter(model: nn.Module, x: torch.Tensor, exporter: str, opset: int, axes: Axes,
+                  optimize: bool) -> onnx.ModelProto:
     if exporter == "dynamo":
-        dims = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
         program = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=opset, input_names=["input"],
-                                    output_names=["output"], dynamic_shapes=dims, optimize=optimize, verbose=False)
+                                    output_names=axes.outputs, dynamic_shapes=axes.dynamo_shapes(), optimize=optimize,
+                                    verbose=False)
         assert program is not None  # the dynamo exporter always returns its program
         return program.model_proto
     buf = io.BytesIO()
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None
     torch.onnx.export(model, (x,), buf, dynamo=False,  # type: ignore[arg-type]  # it writes to file objects too
                       opset_version=opset, input_names=["input"],
-                      output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
+                      output_names=axes.outputs, dynamic_axes=axes.torchscript_axes(), do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())
-
-
-def _name_batch_dim(proto: onnx.ModelProto) -> None:
-    """Call the symbolic leading dim of the input and output ``batch`` (dynamo may say ``s0``)."""
-    for vi in list(proto.graph.input[:1]) + list(proto.graph.output[:1]):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and dims[0].dim_param:
-            dims[0].dim_param = "batch"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -332,8 +332,7 @@ def simplify_onnx(
         dim0 = model_proto.graph.input[0].type.tensor_type.shape.dim[0]
         batch = dim0.dim_value if dim0.HasField("dim_value") else 2
         x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
-        metrics = compare(OrtRuntime(model_proto).run(x), OrtRuntime(candidate).run(x))
-        bad = tol.violations(metrics)
+        metrics, bad = _same_outputs(model_proto, candidate, x, tol)
         if bad:
             reason = "onnxsim changed the outputs: " + "; ".join(bad)
         else:
@@ -353,6 +352,21 @@ def simplify_onnx(
         seconds=time.perf_counter() - start, onnxsim_version=str(getattr(onnxsim, "__version__", "unknown")),
     )
     return result_model, result
+
+
+def _same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, x: np.ndarray,
+                  tol: Tolerance) -> tuple[dict[str, float], list[str]]:
+    """Every output of ``after`` against ``before`` on ``x``: the worst output's metrics and the violations."""
+    ref, out = OrtRuntime(before).run_all(x), OrtRuntime(after).run_all(x)
+    worst: dict[str, float] = {}
+    bad: list[str] = []
+    for name, value in ref.items():
+        m = compare(value, out[name])
+        if not worst or m["max_rel_err"] > worst["max_rel_err"]:
+            worst = m
+        found = tol.violations(m, check_top1=looks_like_class_scores(value.shape))
+        bad += [f"{name}: {v}" if len(ref) > 1 else v for v in found]
+    return worst, bad
 
 
 def _carry_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from deploy.layers.doconv import DOConv2d
+from deploy.models.registry import build_model
 
 FAST = settings(max_examples=30, deadline=None)
 
@@ -215,7 +216,7 @@ def test_init_follows_paper_sec4() -> None:
 
 
 def test_pointwise_has_no_d_and_backprop_reaches_d() -> None:
-    one = DOConv2d(4, 5, 1, D_mul=7)
+    one = DOConv2d(4, 5, 1, D_mul=7, bias=False)
     assert set(one.state_dict()) == {"W"} and one.D_mul == 1 and one.W.shape == (5, 4, 1)
     layer = DOConv2d(3, 4, 3, padding=1)
     layer(torch.randn(2, 3, 6, 6)).square().sum().backward()
@@ -254,3 +255,22 @@ def test_kernel_composition_equals_feature_composition(groups, out_c, k, mode, d
     x = torch.randn(2, 6, 11, 12, dtype=torch.float64)
     with torch.no_grad():
         assert (feature_composition(layer, x) - layer(x)).abs().max().item() <= 1e-10
+
+
+def test_defaults_match_the_reference_layer_and_load_its_state_dict() -> None:
+    """``DOConv2d(16, 32, 3, padding=1)`` has a bias like nn.Conv2d and the reference layer, so a state_dict
+    with the reference's keys (W, D, d_diag, bias) and shapes loads strictly and computes W' * x + bias."""
+    layer = DOConv2d(16, 32, 3, padding=1)
+    assert layer.bias is not None and nn.Conv2d(16, 32, 3, padding=1).bias is not None
+    gen = torch.Generator().manual_seed(0)
+    reference = {"W": torch.randn(32, 16, 9, generator=gen), "D": 0.1 * torch.randn(16, 9, 9, generator=gen),
+                 "d_diag": torch.eye(9).repeat(16, 1, 1), "bias": torch.randn(32, generator=gen)}
+    assert {k: tuple(v.shape) for k, v in layer.state_dict().items()} == {k: tuple(v.shape) for k, v in reference.items()}
+    layer.load_state_dict(reference, strict=True)
+    kernel = torch.einsum("ims,ois->oim", reference["D"] + reference["d_diag"], reference["W"]).reshape(32, 16, 3, 3)
+    x = torch.randn(2, 16, 8, 8, generator=gen)
+    with torch.no_grad():
+        expected = F.conv2d(x, kernel, reference["bias"], padding=1)
+        assert torch.allclose(layer(x), expected, atol=1e-5) and torch.allclose(layer.to_conv2d()(x), expected, atol=1e-5)
+    zoo = build_model("resnet20", "doconv")
+    assert all(m.bias is None for m in zoo.modules() if isinstance(m, DOConv2d))  # a BN follows every one

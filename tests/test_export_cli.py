@@ -49,6 +49,14 @@ def _torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).double().numpy()
 
 
+def _assert_nothing_foldable_left(coverage: dict, stdout: str) -> None:
+    """Fold coverage of a zoo model: no finding; a BN kept after a non-conv op (the host block's BN after an
+    SPConv or IC layer) is listed, and such a graph is not called clean."""
+    assert coverage["findings"] == [] and coverage["ok"]
+    assert coverage["clean"] == (not coverage["kept"]) and "Conv" not in {k["after_op"] for k in coverage["kept"]}
+    assert ("fold coverage: clean" in stdout) == coverage["clean"]
+
+
 @pytest.mark.parametrize("case", R20 + R18, ids=_id)
 def test_folded_export_is_clean_equal_and_labelled(folded_export, case: tuple) -> None:
     arch, conv, size = case
@@ -63,6 +71,7 @@ def test_folded_export_is_clean_equal_and_labelled(folded_export, case: tuple) -
     assert graph["dynamic_conv_weights"] == [] and graph["einsum_nodes"] == [] and graph["custom_domain_nodes"] == []
     assert "Einsum" not in graph["op_histogram"] and graph["unsupported_ops"] == []
     assert "graph check: clean" in exp.run.stdout
+    _assert_nothing_foldable_left(rep["fold_coverage"], exp.run.stdout)
     loaded = load_checkpoint(exp.checkpoint)
     if conv not in ("coc", "doconv"):  # (those two are compared with their plain twin below)
         deploy_model, _ = fold_model(loaded.model)
@@ -347,6 +356,7 @@ def test_scnet50_export_at_64(deploy_cli, tmp_path) -> None:
     hist = rep["graph"]["op_histogram"]
     assert hist["Sigmoid"] == hist["Resize"] == hist["AveragePool"] == 16  # one SCConv gate per bottleneck
     assert "BatchNormalization" not in hist  # every Conv+BN pair, SCConv's k2/k3/k4 included, fused
+    assert rep["fold_coverage"]["clean"] and "fold coverage: clean" in run.stdout
     assert {c["name"] for c in rep["parity"]["candidates"]} == {"folded-torch", "onnxruntime-cpu"}
     assert all(c["max_rel_err"] < MAX_REL and c["top1_agreement"] == 1.0 for c in rep["parity"]["candidates"])
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "sc50.onnx")).metadata_props}

@@ -8,7 +8,8 @@ from deploy.models.complexity import count_macs, count_params
 from deploy.models.random_init import randomize_model
 from deploy.models.registry import archs, build_model, supported_convs
 
-PROBE = {"scnet50": (3, 128, 128), "scnet101": (3, 128, 128), "resnet20": (3, 32, 32)}
+PROBE = {"scnet50": (3, 128, 128), "scnet101": (3, 128, 128), "scnet50_v1d": (3, 128, 128), "scnet101_v1d": (3, 128, 128),
+         "resnet20": (3, 32, 32)}
 ENTRIES = [(arch, conv) for arch in archs() for conv in supported_convs(arch)]
 
 

@@ -58,7 +58,8 @@ def test_fp16_graph_agrees_within_the_fp16_bound(gated: Path) -> None:
     cand = report.candidates[0]
     assert report.passed, report.summary()
     assert 1e-5 < cand.max_rel_err <= 1e-2  # really fp16 (fp32 graphs agree to ~1e-7), and within its bound
-    assert cand.top1_rows + cand.top1_excluded == 4 * (1 + 8) and cand.top1_rows >= 30
+    logits = cand.outputs[0]
+    assert logits.top1_rows + logits.top1_excluded == 4 * (1 + 8) and logits.top1_rows >= 30
     assert cand.top1_agreement >= 0.99 and report.tolerance["name"] == "float16"
     # and the fp16 graph against the PyTorch model itself
     torch_ref = check_parity(TorchRuntime(gated_cnn()), [OrtRuntime(fp16)], SHAPE, 2, (1, 8), 0,
@@ -87,7 +88,7 @@ def test_near_ties_are_excluded_from_top1() -> None:
     assert np.allclose(top1_margins(ref), [0.01, 4.0, 2.0])
     rep = check_parity(_Fixed(ref), [_Fixed(out)], (3, 1, 1), samples=1, batches=(3,), tol=Tolerance.for_precision("fp16"))
     cand = rep.candidates[0]
-    assert (cand.top1_rows, cand.top1_excluded, cand.top1_agreement) == (2, 1, 1.0) and rep.passed
+    assert (cand.outputs[0].top1_rows, cand.top1_excluded, cand.top1_agreement) == (2, 1, 1.0) and rep.passed
     assert "1 near-ties excluded" in rep.summary()
     flipped = out.copy()
     flipped[1] = [0.0, 5.0, 0.0]  # a decisive row flips: counted and failed
@@ -102,8 +103,8 @@ class _Fixed:
     def __init__(self, logits: np.ndarray) -> None:
         self.logits, self.name = logits, "fixed"
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.logits[: x.shape[0]]
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"output": self.logits[: x.shape[0]]}
 
 
 def test_spread_model_logits_are_far_apart() -> None:

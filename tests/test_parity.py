@@ -203,3 +203,21 @@ def test_runtimes_errors_and_describe(net: nn.Module, exports: dict, tmp_path) -
     assert tdesc["device"] == "cpu" and tdesc["versions"]["torch"] == torch.__version__
     with pytest.raises(BadInputError, match="4 dimensions"):
         TorchRuntime(net).run(np.zeros(SHAPE, np.float32))
+
+
+class _Named:
+    """A runtime returning fixed outputs under given names (the gate's pairing rules alone)."""
+
+    def __init__(self, **outputs: np.ndarray) -> None:
+        self.outputs, self.name = outputs, "named"
+
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[: x.shape[0]] for k, v in self.outputs.items()}
+
+
+def test_a_single_output_pairs_whatever_its_name_several_pair_by_name() -> None:
+    logits = np.random.default_rng(0).standard_normal((3, 10)).astype(np.float32)
+    one = check_parity(_Named(output=logits), [_Named(logits=logits)], (3, 1, 1), samples=1, batches=(3,))
+    assert one.passed and one.candidates[0].outputs[0].name == "output"
+    two = check_parity(_Named(a=logits, b=logits), [_Named(a=logits, c=logits)], (3, 1, 1), samples=1, batches=(3,))
+    assert not two.passed and "outputs differ" in two.candidates[0].reasons[0]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from deploy.atomic import sha256_file
-from deploy.checkpoint import load_checkpoint
+from deploy.checkpoint import load_checkpoint, recognise_reference
 from deploy.models.complexity import count_params
 from deploy.models.registry import build_model
 
@@ -98,6 +98,31 @@ def test_scnet50_missing_and_unexpected_keys_are_listed(scnet50_state: dict, dep
         assert "do not fit scnet50 (conv=sc)" in line and listed in line
     assert {p: sha256_file(p) for p in digests} == digests
     assert sorted(p.name for p in tmp_path.iterdir()) == ["missing.pth", "unexpected.pth"]
+
+
+def test_scnet_v1d_reference_is_recognised(deploy_cli, tmp_path) -> None:
+    """scnet.py's scnet50_v1d / scnet101_v1d: ResNet-D deep stem (conv1.0/.3/.6, 32 resp. 64 wide), average-pool
+    downsampling (downsample.0 pool, .1 conv, .2 BN) and avd (a parameter-free pooling): keys alone tell them apart."""
+    torch.manual_seed(0)
+    state = build_model("scnet50_v1d").state_dict()
+    stem = {k: tuple(v.shape) for k, v in state.items() if k.startswith("conv1.") and k.endswith("weight")}
+    assert stem == {"conv1.0.weight": (32, 3, 3, 3), "conv1.1.weight": (32,), "conv1.3.weight": (32, 32, 3, 3),
+                    "conv1.4.weight": (32,), "conv1.6.weight": (64, 32, 3, 3)}
+    assert tuple(state["layer2.0.downsample.1.weight"].shape) == (512, 256, 1, 1)
+    assert tuple(state["layer2.0.downsample.2.running_var"].shape) == (512,)
+    assert not any(k.startswith("layer2.0.downsample.0") or "avd_layer" in k for k in state)
+    for path in (_bare(state, tmp_path / "scnet50_v1d.pth"), _data_parallel(state, tmp_path / "v1d.pth.tar")):
+        info = _inspect(deploy_cli, path)
+        assert (info["source"], info["arch"], info["conv"], info["conv_kwargs"]) == (
+            "reference-scnet", "scnet50_v1d", "sc", {"avd": True})
+        _assert_same_weights(path, state)
+    with torch.device("meta"):
+        deep = build_model("scnet101_v1d").state_dict()
+        plain = build_model("scnet101").state_dict()
+    assert tuple(deep["conv1.6.weight"].shape) == (128, 64, 3, 3) and tuple(deep["bn1.weight"].shape) == (128,)
+    assert recognise_reference(deep) == ("reference-scnet", "scnet101_v1d", "sc", {})
+    assert recognise_reference(plain) == ("reference-scnet", "scnet101", "sc", {})
+    assert "conv1.weight" in plain and "conv1.weight" not in deep  # the 7x7 stem vs the deep stem
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25])

@@ -225,7 +225,8 @@ def test_every_arch_and_conv_builds_with_its_attributes(arch):
         small = arch == "resnet20"
         assert model.num_classes == (10 if small else 1000) == model.fc.out_features
         assert model.input_shape == ((3, 32, 32) if small else (3, 224, 224))
-        assert model.conv_kwargs == ({"ratio": 0.5} if conv == "sp" else {})
+        expected = {"ratio": 0.5} if conv == "sp" else {"avd": True} if arch.endswith("_v1d") else {}
+        assert model.conv_kwargs == expected  # recorded options, and the named model's own (SCNet-v1d's avd)
 
 
 def test_kwargs_are_passed_and_recorded():

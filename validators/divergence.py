@@ -37,6 +37,7 @@ from torch import nn
 
 from deploy.metrics import Tolerance, compare
 from validators.runtimes import all_node_outputs
+from validators.torch_runtime import named_outputs
 
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
@@ -73,7 +74,7 @@ class _Call:
     in_ids: tuple[int, ...]
 
 
-def _torch_calls(model: nn.Module, x: np.ndarray) -> tuple[list[_Call], np.ndarray]:
+def _torch_calls(model: nn.Module, x: np.ndarray) -> tuple[list[_Call], dict[str, np.ndarray]]:
     calls: list[_Call] = []
     counts: dict[str, int] = defaultdict(int)
     handles = []
@@ -99,9 +100,7 @@ def _torch_calls(model: nn.Module, x: np.ndarray) -> tuple[list[_Call], np.ndarr
     finally:
         for h in handles:
             h.remove()
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return calls, out.detach().float().cpu().numpy()
+    return calls, {name: t.detach().float().cpu().numpy() for name, t in named_outputs(out)}
 
 
 def _all_intermediates(onnx_model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -234,11 +233,11 @@ def locate_divergence(model: nn.Module, onnx_model: onnx.ModelProto, x: np.ndarr
         found = search.mismatch(i)
         if found is not None:
             return search.divergence(call, *found)
-    out_name = onnx_model.graph.output[0].name
-    if out_name in search.values and not search.ok(search.final, out_name):
-        m = compare(search.final, search.values[out_name])
-        return Divergence("<top-level forward>", type(model).__name__, "<top-level forward>", None, None, out_name,
-                          m["max_abs_err"], tol.bound(m["max_ref"]), "final output")
+    for out_name, final in search.final.items():
+        if out_name in search.values and not search.ok(final, out_name):
+            m = compare(final, search.values[out_name])
+            return Divergence("<top-level forward>", type(model).__name__, "<top-level forward>", None, None, out_name,
+                              m["max_abs_err"], tol.bound(m["max_ref"]), f"final output {out_name}")
     return None
 
 

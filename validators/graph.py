@@ -98,7 +98,8 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+def constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Every tensor known before run time: initializers and Constant-node values, by name."""
     consts = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
@@ -114,7 +115,7 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
 def count_params(model: onnx.ModelProto) -> int:
     """Parameter count of the graph by the rule in the module docstring."""
     graph = model.graph
-    consts = _constants(graph)
+    consts = constants(graph)
     producer = {o: n for n in graph.node for o in n.output}
     total = 0
     for node in graph.node:
@@ -156,8 +157,9 @@ def _where(node_name: str, module: str | None) -> str:
     return f"{module} ({node_name})" if module else node_name
 
 
-def _dynamic_conv_weights(graph: onnx.GraphProto) -> list[dict[str, str]]:
-    consts = _constants(graph)
+def dynamic_conv_weights(graph: onnx.GraphProto) -> list[dict[str, str]]:
+    """Conv/ConvTranspose inputs (weight, bias) computed at run time: node, input, tensor, producer, module."""
+    consts = constants(graph)
     producer = {o: n for n in graph.node for o in n.output}
     flagged = []
     for node in graph.node:
@@ -279,7 +281,7 @@ def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None
         reasons.append(f"opset {opset} is outside TensorRT {table.tensorrt_version}'s range "
                        f"{table.opset_min}-{table.opset_max}")
 
-    dynamic = _dynamic_conv_weights(model.graph)
+    dynamic = dynamic_conv_weights(model.graph)
     if dynamic:
         more = f" (+{len(dynamic) - 6} more)" if len(dynamic) > 6 else ""
         reasons.append(f"dynamic conv weights in {len(dynamic)} Conv node(s) (computed at run time, not folded): " +

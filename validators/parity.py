@@ -1,9 +1,12 @@
 """Numerical parity between runtimes: the gate every export passes before it is written.
 
 ``check_parity`` runs a reference runtime and any number of candidates on K seeded random
-inputs at batch 1 and at a batch > 1 and judges each with a ``Tolerance``
-(``deploy.metrics``: the error conventions are there). Top-1 agreement counts only the rows
-whose reference top-1/top-2 margin exceeds the tolerance's error bound on that input
+inputs at batch 1 and at a batch > 1 (and, for a graph whose H/W are dynamic, at more
+spatial sizes) and compares every output by name (``deploy.outputs``), each with its own
+metrics and its own bound (``Tolerance`` relative to that output's max|ref|; the error
+conventions are in ``deploy.metrics``). Top-1 agreement is judged only for outputs that
+look like class scores (2-D, more than one column), and counts only the rows whose
+reference top-1/top-2 margin exceeds the tolerance's error bound on that input
 (``deploy.metrics.decisive_top1``); the near-ties left out are reported as
 ``top1_excluded``. On failure ``first_divergence``
 (``validators.divergence``) names the first module whose intermediate output differs
@@ -18,43 +21,54 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 
 from deploy.errors import BadInputError, ParityError
-from deploy.metrics import Tolerance, compare, decisive_top1
+from deploy.metrics import Tolerance, compare, decisive_top1, looks_like_class_scores
 from validators.divergence import locate_divergence
 
 
 class Runtime(Protocol):
-    """Anything with a name and ``run(x) -> y`` (validators/runtimes.py)."""
+    """Anything with a name and ``run_all(x) -> {output name: array}`` (validators/runtimes.py)."""
 
     name: str
 
-    def run(self, x: np.ndarray) -> np.ndarray: ...
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class OutputParity:
+    """Metrics of one named output of one candidate over every input."""
+
+    name: str
+    shape: tuple[int, ...]  # at the first input
+    class_scores: bool  # 2-D with more than one column: top-1 agreement is judged
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    min_cosine: float = 1.0
+    top1_agreement: float | None = None
+    top1_rows: int = 0  # rows counted: reference margin above the error bound
+    top1_excluded: int = 0  # near-ties: reference margin within the error bound
+    bound: float = 0.0  # the largest allowed max abs error over the inputs
+    passed: bool = True
+    reasons: list[str] = field(default_factory=list)
 
 
 @dataclass
 class CandidateParity:
-    """Aggregated metrics of one candidate runtime over every input."""
+    """One candidate runtime: every output's metrics, and their worst values."""
 
     name: str
     max_abs_err: float = 0.0
     max_rel_err: float = 0.0
     min_cosine: float = 1.0
-    top1_agreement: float = 1.0
-    top1_rows: int = 0  # rows counted: reference margin above the error bound
-    top1_excluded: int = 0  # near-ties: reference margin within the error bound
+    top1_agreement: float | None = 1.0  # None when no output looks like class scores
+    top1_excluded: int = 0  # near-ties over every class-score output
     runs: int = 0
     passed: bool = True
     reasons: list[str] = field(default_factory=list)
+    outputs: list[OutputParity] = field(default_factory=list)
     describe: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, metrics: dict[str, float], agreeing: int, counted: int) -> int:
-        """Fold one run's metrics in (``decisive_top1``'s counts); return its agreeing rows."""
-        self.runs += 1
-        self.max_abs_err = max(self.max_abs_err, metrics["max_abs_err"])
-        self.max_rel_err = max(self.max_rel_err, metrics["max_rel_err"])
-        self.min_cosine = min(self.min_cosine, metrics["min_cosine"])
-        self.top1_rows += counted
-        self.top1_excluded += int(metrics["rows"]) - counted
-        return agreeing
+    def output(self, name: str) -> OutputParity:
+        return next(o for o in self.outputs if o.name == name)
 
 
 @dataclass
@@ -70,6 +84,7 @@ class ParityReport:
     seed: int
     reference_describe: dict[str, Any] = field(default_factory=dict)
     first_divergence: str | None = None
+    extra_input_shapes: tuple[tuple[int, ...], ...] = ()  # more spatial sizes, at the first batch size
 
     @property
     def passed(self) -> bool:
@@ -81,19 +96,23 @@ class ParityReport:
         return d
 
     def summary(self) -> str:
-        """One line per candidate, for logs and error messages."""
+        """One line per candidate and output, for logs and error messages."""
         lines = []
         for c in self.candidates:
-            verdict = "ok" if c.passed else "FAILED: " + "; ".join(c.reasons)
-            lines.append(
-                f"{self.reference} vs {c.name}: max abs {c.max_abs_err:.3g}, max rel {c.max_rel_err:.3g}, "
-                f"min cos {c.min_cosine:.6f}, top-1 {100 * c.top1_agreement:.1f} %"
-                f"{f' ({c.top1_excluded} near-ties excluded)' if c.top1_excluded else ''} -> {verdict}"
-            )
+            if not c.outputs:
+                lines.append(f"{self.reference} vs {c.name}: FAILED: {'; '.join(c.reasons)}")
+            for o in c.outputs:
+                label = f"{c.name} {o.name}" if len(c.outputs) > 1 else c.name
+                top1 = f"{100 * o.top1_agreement:.1f} %" if o.top1_agreement is not None else "n/a"
+                if o.top1_excluded:
+                    top1 += f" ({o.top1_excluded} near-ties excluded)"
+                verdict = "ok" if o.passed and c.passed else "FAILED: " + "; ".join(o.reasons or c.reasons)
+                lines.append(f"{self.reference} vs {label}: max abs {o.max_abs_err:.3g}, max rel {o.max_rel_err:.3g}, "
+                             f"min cos {o.min_cosine:.6f}, top-1 {top1} -> {verdict}")
         return "\n".join(lines)
 
     def raise_if_failed(self) -> None:
-        """Raise ``ParityError`` (exit 3) naming the first failing candidate and the diverging layer."""
+        """Raise ``ParityError`` (exit 3) naming the first failing candidate, output and diverging layer."""
         for c in self.candidates:
             if not c.passed:
                 where = f"; first diverging layer: {self.first_divergence}" if self.first_divergence else ""
@@ -110,6 +129,96 @@ def seeded_inputs(input_shape: Sequence[int], batches: Iterable[int], samples: i
     return [rng.standard_normal((b, *shape)).astype(np.float32) for b in batches for _ in range(samples)]
 
 
+def _at(x: np.ndarray) -> str:
+    return f"batch {x.shape[0]}" + (f" ({'x'.join(map(str, x.shape[1:]))})" if x.ndim == 4 else "")
+
+
+class _Tally:
+    """Accumulates one candidate's metrics, output by output, over the inputs."""
+
+    def __init__(self, name: str, describe: dict[str, Any], tol: Tolerance, shape_note: bool) -> None:
+        self.result = CandidateParity(name=name, describe=describe)
+        self.tol, self.shape_note = tol, shape_note
+        self.outputs: dict[str, OutputParity] = {}
+        self.agree: dict[str, int] = {}
+
+    def fail(self, reason: str) -> None:
+        self.result.passed = False
+        if reason not in self.result.reasons:
+            self.result.reasons.append(reason)
+
+    def add(self, ref: dict[str, np.ndarray], out: dict[str, np.ndarray], x: np.ndarray) -> None:
+        """Compare one input's outputs (both runs succeeded); raises on a shape mismatch.
+
+        Outputs pair by name; a single output pairs with a single output whatever either is called
+        (an ONNX file exported elsewhere may call it ``logits``)."""
+        if len(ref) == len(out) == 1:
+            out = {next(iter(ref)): next(iter(out.values()))}
+        if set(out) != set(ref):
+            self.fail(f"outputs differ: the reference has {', '.join(ref)}, the candidate has {', '.join(out)}")
+            return
+        metrics = {name: compare(ref[name], out[name]) for name in ref}
+        self.result.runs += 1
+        for name, m in metrics.items():
+            self._add_output(name, ref[name], out[name], m, x, multi=len(ref) > 1)
+
+    def _add_output(self, name: str, ref: np.ndarray, out: np.ndarray, m: dict[str, float], x: np.ndarray,
+                    multi: bool) -> None:
+        o = self.outputs.get(name)
+        if o is None:
+            o = self.outputs[name] = OutputParity(name, tuple(int(s) for s in ref.shape), looks_like_class_scores(ref.shape))
+            self.agree[name] = 0
+        o.max_abs_err = max(o.max_abs_err, m["max_abs_err"])
+        o.max_rel_err = max(o.max_rel_err, m["max_rel_err"])
+        o.min_cosine = min(o.min_cosine, m["min_cosine"])
+        o.bound = max(o.bound, self.tol.bound(m["max_ref"]))
+        if o.class_scores:
+            agreeing, counted = decisive_top1(ref, out, self.tol.bound(m["max_ref"]))
+            self.agree[name] += agreeing
+            o.top1_rows += counted
+            o.top1_excluded += int(m["rows"]) - counted
+        bad = self.tol.violations(m, check_top1=False)
+        if bad and not any(r.startswith("max abs") for r in o.reasons):
+            o.passed = False
+            o.reasons.append(bad[0] + f" at {_at(x) if self.shape_note else f'batch {x.shape[0]}'}")
+            self.fail((f"output '{name}': " if multi else "") + o.reasons[-1])
+
+    def finish(self) -> CandidateParity:
+        """The candidate's result: per-output top-1 judged, worst values over the outputs."""
+        res = self.result
+        res.outputs = list(self.outputs.values())
+        multi = len(res.outputs) > 1
+        for o in res.outputs:
+            if not o.class_scores:
+                continue
+            if not o.top1_rows:  # every row a near-tie: nothing decisive to disagree on
+                o.top1_agreement = 1.0
+                continue
+            o.top1_agreement = self.agree[o.name] / o.top1_rows
+            if o.top1_agreement < self.tol.min_top1:
+                o.passed = False
+                o.reasons.append(f"top-1 agreement {100 * o.top1_agreement:.1f} % < {100 * self.tol.min_top1:.1f} %")
+                self.fail((f"output '{o.name}': " if multi else "") + o.reasons[-1])
+        if res.outputs:
+            res.max_abs_err = max(o.max_abs_err for o in res.outputs)
+            res.max_rel_err = max(o.max_rel_err for o in res.outputs)
+            res.min_cosine = min(o.min_cosine for o in res.outputs)
+        top1 = [o.top1_agreement for o in res.outputs if o.top1_agreement is not None]
+        res.top1_agreement = min(top1) if top1 else (None if res.outputs else 0.0)
+        res.top1_excluded = sum(o.top1_excluded for o in res.outputs)
+        return res
+
+
+def _check_arguments(input_shape: Sequence[int], samples: int, batches: Sequence[int],
+                     extra_sizes: Sequence[Sequence[int]]) -> None:
+    if samples < 1 or not batches or any(b < 1 for b in batches):
+        raise BadInputError(f"need samples >= 1 and batch sizes >= 1, got samples={samples}, batches={tuple(batches)}")
+    if len(input_shape) != 3:
+        raise BadInputError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+    if any(len(s) != 2 or min(s) < 1 for s in extra_sizes):
+        raise BadInputError(f"extra spatial sizes must be (H, W) pairs of positive sizes, got {list(extra_sizes)}")
+
+
 def check_parity(
     reference_runtime: Runtime,
     candidates: Sequence[Runtime],
@@ -118,55 +227,41 @@ def check_parity(
     batches: Sequence[int] = (1, 3),
     seed: int = 0,
     tol: Tolerance | None = None,
+    *,
+    extra_sizes: Sequence[Sequence[int]] = (),
 ) -> ParityReport:
     """Run every candidate against the reference on seeded inputs; never raises on a mismatch.
 
-    ``input_shape`` is (C, H, W). An exception inside a candidate (e.g. a fixed-batch graph
-    fed batch 3) is recorded as a failure with its first line.
+    ``input_shape`` is (C, H, W); ``extra_sizes`` are more (H, W) sizes checked at the first
+    batch size (a graph with dynamic H/W). An exception inside a candidate (e.g. a
+    fixed-batch graph fed batch 3) is recorded as a failure with its first line.
     """
     tol = tol or Tolerance()
-    if samples < 1 or not batches or any(b < 1 for b in batches):
-        raise BadInputError(f"need samples >= 1 and batch sizes >= 1, got samples={samples}, batches={tuple(batches)}")
-    if len(input_shape) != 3:
-        raise BadInputError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
-    results = [CandidateParity(name=c.name, describe=_describe(c)) for c in candidates]
-    agree = [0] * len(candidates)
-    crashed: set[tuple[int, int]] = set()  # (candidate, batch) pairs that raised: run once, not K times
-    for x in seeded_inputs(input_shape, batches, samples, seed):
-        ref = reference_runtime.run(x)
+    _check_arguments(input_shape, samples, batches, extra_sizes)
+    channels = int(input_shape[0])
+    extra = tuple((channels, int(h), int(w)) for h, w in extra_sizes)
+    inputs = seeded_inputs(input_shape, batches, samples, seed)
+    for i, shape in enumerate(extra, start=1):
+        inputs += seeded_inputs(shape, batches[:1], samples, seed + i)
+    tallies = [_Tally(c.name, _describe(c), tol, shape_note=bool(extra)) for c in candidates]
+    crashed: set[tuple[int, tuple[int, ...]]] = set()  # (candidate, input shape) pairs that raised: run once
+    for x in inputs:
+        ref = reference_runtime.run_all(x)
         for i, cand in enumerate(candidates):
-            res = results[i]
-            if (i, x.shape[0]) in crashed:
+            if (i, x.shape) in crashed:
                 continue
             try:
-                out = cand.run(x)
-                m = compare(ref, out)
+                tallies[i].add(ref, cand.run_all(x), x)
             except Exception as exc:  # noqa: BLE001 - recorded as this candidate's failure, reported, never silent
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                res.passed = False
-                res.reasons.append(f"failed to run at batch {x.shape[0]}: {msg}")
-                crashed.add((i, x.shape[0]))
-                continue
-            agree[i] += res.add(m, *decisive_top1(ref, out, tol.bound(m["max_ref"])))
-            bad = tol.violations(m, check_top1=False)
-            if bad:
-                res.passed = False
-                if not any(r.startswith("max abs") for r in res.reasons):
-                    res.reasons.append(bad[0] + f" at batch {x.shape[0]}")
-    for i, res in enumerate(results):
-        res.top1_agreement = agree[i] / res.top1_rows if res.top1_rows else (1.0 if res.runs else 0.0)
-        if res.top1_rows and res.top1_agreement < tol.min_top1:
-            res.passed = False
-            res.reasons.append(f"top-1 agreement {100 * res.top1_agreement:.1f} % < {100 * tol.min_top1:.1f} %")
+                other_size = tuple(x.shape[1:]) != tuple(int(s) for s in input_shape)
+                hint = " (its H/W are not really dynamic: export with fixed H/W)" if other_size else ""
+                tallies[i].fail(f"failed to run at {_at(x) if extra else f'batch {x.shape[0]}'}{hint}: {msg}")
+                crashed.add((i, x.shape))
     return ParityReport(
-        reference=reference_runtime.name,
-        candidates=results,
-        tolerance=asdict(tol),
-        input_shape=tuple(int(s) for s in input_shape),
-        batches=tuple(int(b) for b in batches),
-        samples=samples,
-        seed=seed,
-        reference_describe=_describe(reference_runtime),
+        reference=reference_runtime.name, candidates=[t.finish() for t in tallies], tolerance=asdict(tol),
+        input_shape=tuple(int(s) for s in input_shape), batches=tuple(int(b) for b in batches),
+        samples=samples, seed=seed, reference_describe=_describe(reference_runtime), extra_input_shapes=extra,
     )
 
 

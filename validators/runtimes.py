@@ -1,7 +1,9 @@
-"""ONNX Runtime behind the one ``run(x) -> output`` interface every runtime offers.
+"""ONNX Runtime behind the one ``run_all(x) -> {name: output}`` interface every runtime offers.
 
-Every runtime takes a float32 NCHW ``np.ndarray`` and returns the model's output as a
-float32 ``np.ndarray``; ``describe()`` says where and with what it ran, for reports.
+Every runtime takes a float32 NCHW ``np.ndarray``; ``run_all`` returns every output of the
+model by name (``deploy.outputs``: the ONNX graph's output names are the flattened torch
+output names), in graph order, and ``run`` the first one (timing and accuracy need only
+that); ``describe()`` says where and with what it ran, for reports.
 PyTorch is ``validators.torch_runtime`` and TensorRT ``validators.trt_runtime``: this
 module imports neither torch nor TensorRT, so ONNX-only commands start fast.
 """
@@ -96,13 +98,19 @@ class OrtRuntime:
         self.provider = provider
         self.threads = threads
         self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_name = self.output_names[0]
         self.name = name or f"onnxruntime-{provider}"
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run ``x`` through the session and return the first output."""
         (out,) = self.session.run([self.output_name], {self.input_name: as_float32_nchw(x)})
         return np.asarray(out)
+
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run ``x`` through the session and return every output by name, in graph order."""
+        outs = self.session.run(self.output_names, {self.input_name: as_float32_nchw(x)})
+        return {name: np.asarray(out) for name, out in zip(self.output_names, outs)}
 
     def describe(self) -> dict[str, Any]:
         """Device, provider, threads and library versions."""

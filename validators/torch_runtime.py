@@ -1,8 +1,10 @@
-"""A PyTorch module behind the same ``run(x) -> output`` interface as the other runtimes.
+"""A PyTorch module behind the same ``run_all(x) -> {name: output}`` interface as the other runtimes.
 
-``TorchRuntime`` is the parity reference (float32, the device of the weights);
-``TorchBenchRuntime`` is the `torch` backend of `deploy bench` and `deploy claims`: a module
-at a chosen device, dtype and memory format, timed with its own clock (CUDA events on a GPU).
+Tuple, list, dict and nested outputs are flattened and named as the exporter names the
+ONNX graph's outputs (``deploy.outputs``). ``TorchRuntime`` is the parity reference
+(float32, the device of the weights); ``TorchBenchRuntime`` is the `torch` backend of
+`deploy bench` and `deploy claims`: a module at a chosen device, dtype and memory format,
+timed with its own clock (CUDA events on a GPU).
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import torch
 from torch import nn
 
 from deploy.errors import BackendUnavailableError, BadInputError
+from deploy.outputs import flatten_outputs
 from validators.runtimes import as_float32_nchw
+
+
+def named_outputs(out: object) -> list[tuple[str, torch.Tensor]]:
+    """A torch model's output flattened into ``[(name, tensor), …]`` (``deploy.outputs``)."""
+    return flatten_outputs(out, lambda v: isinstance(v, torch.Tensor))
 
 
 class TorchRuntime:
@@ -30,14 +38,16 @@ class TorchRuntime:
         self.device = first.device if first is not None else torch.device("cpu")
         self.name = name
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Forward ``x`` and return the first output as float32 numpy."""
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Forward ``x`` and return every output by name as float32 numpy, in flattened order."""
         inp = torch.from_numpy(as_float32_nchw(x)).to(self.device)
         with torch.inference_mode():
             out = self.model(inp)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.detach().float().cpu().numpy()
+        return {name: t.detach().float().cpu().numpy() for name, t in named_outputs(out)}
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Forward ``x`` and return the first output as float32 numpy."""
+        return next(iter(self.run_all(x).values()))
 
     def describe(self) -> dict[str, Any]:
         """Device, threads and library versions."""

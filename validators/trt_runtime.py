@@ -1,4 +1,4 @@
-"""TensorRT engine runtime: the same ``run(x) -> logits`` interface as the others.
+"""TensorRT engine runtime: the same ``run_all(x)`` / ``run(x)`` interface as the others.
 
 Deserializes ``engine.plan``, refuses an engine built for another TensorRT version or
 GPU architecture (engine.plan.json, ``validators.trt_env.check_engine_compat``), sets the
@@ -157,8 +157,8 @@ class TensorRTRuntime:
         return x
 
     # -- public ----------------------------------------------------------------
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Copy ``x`` in, run, copy the first output out (blocking)."""
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Copy ``x`` in, run, copy every output out by name (blocking)."""
         torch = self._torch
         self._check(x)
         with torch.cuda.stream(self.stream):
@@ -167,7 +167,11 @@ class TensorRTRuntime:
             self._d2h()
         self.stream.synchronize()
         self._staged = None
-        return self._host[self.outputs[0]].numpy().astype(np.float32, copy=True)
+        return {name: self._host[name].numpy().astype(np.float32, copy=True) for name in self.outputs}
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Copy ``x`` in, run, copy the first output out (blocking)."""
+        return self.run_all(x)[self.outputs[0]]
 
     def timed_run(self, x: np.ndarray) -> float:
         """One run timed with CUDA events, in milliseconds (copies only with include_copies)."""

@@ -26,13 +26,13 @@ state = {"debug": False}
 FLAGS = {
     "arch": "--arch", "atol": "--atol", "backend": "--backend", "batch": "--batch", "batches": "--batch",
     "channels_last": "--channels-last", "conv": "--conv", "conv_kwargs": "--conv-opt", "cuda_graph": "--cuda-graph",
-    "device": "--device", "dtype": "--dtype", "duration": "--duration", "exporter": "--exporter",
-    "fold": "--fold", "fp16": "--fp16", "input_size": "--input-size", "iters": "--iters", "max_batch": "--max-batch",
-    "max_size": "--max-size", "min_batch": "--min-batch", "min_size": "--min-size", "models": "--models",
-    "opt_batch": "--opt-batch", "opt_size": "--opt-size", "provider": "--provider", "rtol": "--rtol",
-    "samples": "--samples", "tf32": "--tf32", "threads": "--threads",
-    "timing_cache": "--timing-cache", "trust_pickle": "--trust-pickle", "warmup": "--warmup",
-    "workspace": "--workspace",
+    "device": "--device", "dtype": "--dtype", "duration": "--duration", "dynamic": "--dynamic", "exporter": "--exporter",
+    "fold": "--fold", "fp16": "--fp16", "input_shape": "--input-shape", "input_size": "--input-size", "iters": "--iters",
+    "max_batch": "--max-batch", "max_size": "--max-size", "min_batch": "--min-batch", "min_size": "--min-size",
+    "model_args": "--model-args", "model_class": "--model-class", "models": "--models", "opt_batch": "--opt-batch",
+    "opt_size": "--opt-size", "output": "--output", "provider": "--provider", "rtol": "--rtol", "samples": "--samples",
+    "strict_fold": "--strict-fold", "tf32": "--tf32", "threads": "--threads", "timing_cache": "--timing-cache",
+    "trust_pickle": "--trust-pickle", "warmup": "--warmup", "workspace": "--workspace",
 }
 _PARAM = re.compile(r"`([a-z_0-9]+)`")
 

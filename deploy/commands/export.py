@@ -18,12 +18,29 @@ from deploy.models.complexity import count_params
 from deploy.pipeline import ExportOptions, ExportOutcome, StepLog, run_export
 from deploy.report import RunReport
 from deploy.validate import run_validate
+from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
 from validators.graph import GraphReport, check_graph
 from validators.parity import ParityReport
 
-_MODEL = typer.Argument(..., help="model.pt: a convdeploy checkpoint, a bare state_dict (with --arch/--conv), "
-                        "a reference checkpoint (SCNet, SPConv, DO-Conv), or a pickled module (--trust-pickle).")
+_MODEL = typer.Argument(..., help="model.pt: a convdeploy checkpoint, a bare state_dict (with --arch/--conv, or "
+                        "--model-class), a reference checkpoint (SCNet, SCNet-v1d, SPConv, DO-Conv), a pickled module "
+                        "(--trust-pickle) or a torch.export .pt2 file.")
 _ARCH = typer.Option(None, "--arch", help="Arch of a bare state_dict.")
+_MODEL_CLASS = typer.Option(None, "--model-class", metavar="PACKAGE.MODULE:CLASS",
+                            help="Your own nn.Module class a bare state_dict is loaded into (strictly); it must be "
+                                 "importable (run from its directory or set PYTHONPATH).")
+_MODEL_ARGS = typer.Option(None, "--model-args", metavar="JSON",
+                           help="Arguments of --model-class: a JSON object (keywords) or array (positional).")
+_INPUT_SIZE = typer.Option(None, "--input-size", metavar="H|HxW",
+                           help="Input height and width, e.g. 224 or 64x48 (default: the checkpoint's).")
+_DYNAMIC = typer.Option(None, "--dynamic", metavar="batch|hw|batch,hw",
+                        help="Symbolic axes of the ONNX input (default batch; hw: height and width, then parity also "
+                             "runs at twice H and W).")
+_STRICT_FOLD = typer.Option(False, "--strict-fold", help="Fail (exit 4) when fold coverage finds foldable structure left "
+                            "in the graph (BatchNorm after a conv, run-time conv weights, parallel branches summed); "
+                            "without it they are a warning.")
+_INPUT_SHAPE = typer.Option(None, "--input-shape", metavar="CxHxW",
+                            help="The whole input shape, e.g. 3x64x48 (for models that do not record it).")
 _CONV = typer.Option(None, "--conv", help=conv_help("Conv kind of a bare state_dict"))
 _CONV_OPT = typer.Option(None, "--conv-opt", help=conv_opt_help())
 _RATIO = typer.Option(None, "--ratio", help=ratio_help())
@@ -42,19 +59,30 @@ def _step_log() -> tuple[StepLog, Any]:
     return StepLog(on_start, on_done), status
 
 
+def _parity_title(parity: ParityReport) -> str:
+    shape = "x".join(map(str, parity.input_shape))
+    extra = "".join(f" + {'x'.join(map(str, s))} at batch {parity.batches[0]}" for s in parity.extra_input_shapes)
+    return f"parity vs {parity.reference} ({parity.samples} inputs x batches {list(parity.batches)} at {shape}{extra})"
+
+
 def _parity_table(parity: ParityReport) -> Table:
-    table = Table(title=f"parity vs {parity.reference} ({parity.samples} inputs x batches {list(parity.batches)})")
-    for col in ("candidate", "max abs err", "max rel err", "min cosine", "top-1", "verdict"):
-        table.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")
+    """One row per candidate, or per candidate and output when the model has several outputs."""
+    multi = any(len(c.outputs) > 1 for c in parity.candidates)
+    table = Table(title=_parity_title(parity))
+    for col in ("candidate",) + (("output",) if multi else ()) + ("max abs err", "max rel err", "min cosine",
+                                                                   "top-1", "verdict"):
+        table.add_column(col, justify="left" if col in ("candidate", "output", "verdict") else "right")
     for c in parity.candidates:
-        table.add_row(
-            c.name,
-            f"{c.max_abs_err:.3g}",
-            f"{c.max_rel_err:.3g}",
-            f"{c.min_cosine:.7f}",
-            f"{100 * c.top1_agreement:.1f} %" + (f" ({c.top1_excluded} near-ties excluded)" if c.top1_excluded else ""),
-            "[green]ok[/]" if c.passed else "[red]FAILED[/]",
-        )
+        beyond_outputs = not c.passed and all(o.passed for o in c.outputs)  # a crash, different output names
+        for o in c.outputs if multi else [None]:
+            src = o or c
+            top1 = f"{100 * src.top1_agreement:.1f} %" if src.top1_agreement is not None else "n/a"
+            if src.top1_excluded:
+                top1 += f" ({src.top1_excluded} near-ties excluded)"
+            passed = c.passed if o is None else o.passed and not beyond_outputs
+            table.add_row(c.name, *((o.name,) if o is not None else ()), f"{src.max_abs_err:.3g}",
+                          f"{src.max_rel_err:.3g}", f"{src.min_cosine:.7f}", top1,
+                          "[green]ok[/]" if passed else "[red]FAILED[/]")
     return table
 
 
@@ -73,10 +101,25 @@ def _warn_pickle(trust_pickle: bool) -> None:
                           "it loads; use it only for files you trust", highlight=False, soft_wrap=True)
 
 
-def _print_graph(graph: GraphReport) -> None:
+def _print_fold_coverage(coverage: FoldCoverageReport, strict_fold: bool) -> None:
+    if coverage.clean:
+        console.print("fold coverage: [green]clean[/] (no foldable structure, no BatchNormalization left)")
+        return
+    if coverage.findings:
+        verdict = "[red]FLAGGED[/]" if strict_fold else "[yellow]WARNING[/] (--strict-fold makes this exit 4)"
+        console.print(f"fold coverage: {verdict}: " + "; ".join(f.message for f in coverage.findings))
+    else:
+        console.print("fold coverage: nothing foldable left")
+    if coverage.kept:
+        console.print(f"  kept: {coverage.kept_summary()}")
+
+
+def _print_graph(graph: GraphReport, coverage: FoldCoverageReport | None = None) -> None:
     ops = ", ".join(f"{op} {n}" for op, n in sorted(graph.op_histogram.items(), key=lambda kv: -kv[1]))
     macs = f"{graph.macs / 1e6:.2f} M" if graph.macs is not None else "unknown"
     verdict = "[green]clean[/]" if graph.ok else "[red]FLAGGED[/]: " + "; ".join(graph.reasons)
+    if graph.ok and coverage is not None and not coverage.ok:  # never "clean" while foldable structure is left
+        verdict = "standard ops only, but foldable structure is left (fold coverage below)"
     console.print(f"graph check: {verdict}")
     console.print(f"  opset {graph.opset}, {graph.nodes} nodes: {ops}")
     console.print(f"  params {graph.params / 1e6:.4f} M, MACs {macs} (from the ONNX graph), "
@@ -87,10 +130,13 @@ def _print_graph(graph: GraphReport) -> None:
 def export(
     model: Path = _MODEL,
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default: MODEL with .onnx)."),
-    fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold CoC/DO-Conv into convs and every Conv+BN pair first."),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold first: CoC/DO-Conv into convs, every module with "
+                              "fuse()/reparameterize()/switch_to_deploy(), every Conv+BN pair."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 18 dynamo, 17 torchscript)."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' (axis named 'batch') or a fixed batch size."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height/width (default: the checkpoint's)."),
+    input_size: Optional[str] = _INPUT_SIZE,
+    input_shape: Optional[str] = _INPUT_SHAPE,
+    dynamic: Optional[str] = _DYNAMIC,
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18) or torchscript (opset 17)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (kept only if outputs still "
                                   "match; skipped with --no-fold, which keeps the graph as exported)."),
@@ -101,7 +147,10 @@ def export(
     report: Optional[Path] = typer.Option(None, "--report", help="Report JSON (default: OUT.report.json)."),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Fail (exit 4) on graph-check findings; "
                                 "--no-strict writes the model and records them."),
+    strict_fold: bool = _STRICT_FOLD,
     arch: Optional[str] = _ARCH,
+    model_class: Optional[str] = _MODEL_CLASS,
+    model_args: Optional[str] = _MODEL_ARGS,
     conv: Optional[str] = _CONV,
     conv_opt: Optional[list[str]] = _CONV_OPT,
     ratio: Optional[float] = _RATIO,
@@ -120,15 +169,17 @@ def export(
 
     OUT.onnx and OUT.report.json are written together at the end, or neither is.
 
-    Exit codes: 2 bad input, 3 parity failed (names the first diverging layer), 4 graph check failed.
+    Every output of the model is compared by name. Exit codes: 2 bad input, 3 parity failed (names the
+    output and the first diverging layer), 4 graph check failed (or, with --strict-fold, fold coverage).
     """
     if exporter not in ("dynamo", "torchscript"):
         raise BadInputError(f"--exporter must be dynamo or torchscript, got {exporter!r}")
     kwargs = conv_options(conv, conv_opt, ratio)
     opts = ExportOptions(
         checkpoint=model, output=output, report=report, fold=fold, opset=opset, batch=batch,
-        input_size=input_size, exporter=exporter, simplify=simplify, atol=atol, rtol=rtol, samples=samples,
-        seed=seed, strict=strict, arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
+        input_size=input_size, input_shape=input_shape, dynamic=dynamic, exporter=exporter, simplify=simplify,
+        atol=atol, rtol=rtol, samples=samples, seed=seed, strict=strict, strict_fold=strict_fold, arch=arch,
+        conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle, model_class=model_class, model_args=model_args,
         engine=engine, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace=workspace, timing_cache=timing_cache,
     )
@@ -150,14 +201,17 @@ def _print_export(outcome: ExportOutcome) -> None:
         else:
             console.print(f"[bold yellow]WARNING: onnxsim NOT applied, the unsimplified graph is kept:[/] "
                           f"{rep.simplify.reason}")
-    _print_graph(outcome.graph)
+    _print_graph(outcome.graph, outcome.fold_coverage)
+    _print_fold_coverage(outcome.fold_coverage, bool(rep.options.get("strict_fold")))
     console.print(_parity_table(outcome.parity))
     _print_accuracy(rep.accuracy)
     if rep.engine:
         engine = rep.engine["parity"]["candidates"][0]
+        top1 = f"{100 * engine['top1_agreement']:.1f} %" if engine["top1_agreement"] is not None else "n/a"
+        decisive = sum(o["top1_rows"] for o in engine["outputs"])
         console.print(f"TensorRT engine {rep.engine['path']}: vs onnxruntime max rel err {engine['max_rel_err']:.3g}, "
-                      f"top-1 {100 * engine['top1_agreement']:.1f} % on {engine['top1_rows']} decisive rows "
-                      f"({engine['top1_excluded']} near-ties excluded; tolerance {rep.engine['parity']['tolerance']['name']})")
+                      f"top-1 {top1} on {decisive} decisive rows ({engine['top1_excluded']} near-ties excluded; "
+                      f"tolerance {rep.engine['parity']['tolerance']['name']})")
         for note in rep.engine["metadata"].get("notes", []):
             console.print(f"[yellow]warning:[/] {note}", highlight=False)
     console.print(f"wrote {outcome.onnx_path} and {outcome.report_path} (total {sum(rep.seconds.values()):.1f} s)")
@@ -170,15 +224,19 @@ def validate(
     seed: int = typer.Option(0, "--seed", help="Seed of the inputs."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute part of the bound (default 0)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height/width (default: the checkpoint's)."),
+    input_size: Optional[str] = _INPUT_SIZE,
+    input_shape: Optional[str] = _INPUT_SHAPE,
     report: Optional[Path] = typer.Option(None, "--report", help="Write the report JSON here."),
     arch: Optional[str] = _ARCH,
+    model_class: Optional[str] = _MODEL_CLASS,
+    model_args: Optional[str] = _MODEL_ARGS,
     conv: Optional[str] = _CONV,
     conv_opt: Optional[list[str]] = _CONV_OPT,
     ratio: Optional[float] = _RATIO,
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code)."),
 ) -> None:
-    """Prove MODEL.onnx computes what MODEL.pt computes: training form vs folded vs ONNX Runtime (exit 3 if not)."""
+    """Prove MODEL.onnx computes what MODEL.pt computes: training form vs folded vs ONNX Runtime, every output
+    by name, at twice H and W too when the graph's H/W are dynamic (exit 3 if not)."""
     if not onnx_file.is_file():
         raise BadInputError(f"{onnx_file}: no such ONNX file; export one with `deploy export`")
     if report is not None:
@@ -188,7 +246,8 @@ def validate(
     with console.status("checking parity …"):
         rep: RunReport = run_validate(
             model, onnx_file, samples=samples, seed=seed, atol=atol, rtol=rtol, input_size=input_size,
-            arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
+            input_shape=input_shape, arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
+            model_class=model_class, model_args=model_args,
         )
     console.print(_parity_table(rep.parity))
     _print_accuracy(rep.accuracy)
@@ -217,6 +276,7 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
         "outputs": io(proto.graph.output),
         "metadata": {p.key: p.value for p in proto.metadata_props},
         **graph.to_dict(),
+        "fold_coverage": check_fold_coverage(proto).to_dict(),
     }
 
 
@@ -242,11 +302,14 @@ def inspect(
         typer.echo(json.dumps(info, indent=2, default=str))
         return
     table = Table(show_header=False, title=str(file))
-    skip = {"macs_by_op", "trt_restrictions", "custom_domain_nodes", "unsupported_ops", "dynamic_conv_weights"}
+    skip = {"macs_by_op", "trt_restrictions", "custom_domain_nodes", "unsupported_ops", "dynamic_conv_weights",
+            "fold_coverage"}
     for key, value in info.items():
         if key in skip or value in (None, [], {}):
             continue
         if isinstance(value, (dict, list)):
             value = json.dumps(value, default=str)
         table.add_row(key, str(value))
+    if "fold_coverage" in info:
+        table.add_row("fold_coverage", info["fold_coverage"]["summary"])
     console.print(table)

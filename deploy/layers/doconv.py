@@ -14,7 +14,8 @@ Parameters are named and shaped exactly as in the authors' PyTorch layer
 * ``d_diag`` (in, M*N, D_mul), frozen Parameter (``requires_grad=False``, so it is in
   the state_dict): identity(M*N) tiled along D_mul as often as it fits, the rest
   zeros (Sec. 4.5, "What if D_mul > M x N?");
-* ``bias``   (out,) or None.
+* ``bias``   (out,) or None; on by default, like ``nn.Conv2d`` and the reference layer (the
+  zoo passes ``bias=False`` where a BatchNorm follows).
 
 1x1 kernels have no ``D``/``d_diag`` and ``D_mul`` is ignored (fixed to 1), as in the
 reference: there is no spatial patch to over-parameterize (Sec. 4).
@@ -32,7 +33,6 @@ with the paper's Eq. 3 / Eq. 4.
 
 Decisions of ours (differences from the reference layer):
 
-* ``bias`` defaults to False (project contract; the reference defaults to True).
 * ``D_mul < M*N`` raises ValueError (the paper requires D_mul >= M x N; below that the
   layer is a depthwise-separable convolution, not DO-Conv).
 * Non-zero ``padding_mode`` pads (left=right=padding[1], top=bottom=padding[0]) like
@@ -86,7 +86,7 @@ class DOConv2d(nn.Module):
         padding: int | tuple[int, int] = 0,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
-        bias: bool = False,
+        bias: bool = True,
         padding_mode: str = "zeros",
     ) -> None:
         super().__init__()

@@ -4,7 +4,8 @@ A kind says which roles of a network it replaces (``CONV_ROLES``: the stem, the 
 1x1 convs of residual blocks, the projection shortcut; ``BLOCK_ROLES``: whole bottleneck
 blocks), how to build its module for a role (``build``), which options it takes (typed,
 usually derived from the module's constructor signature), the variants the zoo lists,
-how to recognise its reference code's checkpoints, and the papers' figures. The zoo,
+how to recognise its reference code's checkpoints, its named models (``zoo_names``,
+``zoo_models``: SCNet-50 and SCNet-50-v1d on ResNet-50), and the papers' figures. The zoo,
 ``deploy zoo list``, checkpoint recognition and the claims matrix read everything from
 here; a new layer is one file plus one ``register_conv_kind`` call (and one import line
 in ``deploy/layers/__init__.py`` for a built-in one).
@@ -128,6 +129,19 @@ class ZooVariant:
         return dict(self.options)
 
 
+@dataclass(frozen=True)
+class ZooModel:
+    """A further named model of a kind on a base arch (SCNet-50-v1d on ResNet-50): the network
+    options of the base arch (``deep_stem``, ``stem_width``, ``avg_down``) and the kind's own
+    options it is built with (``avd``). Checkpoints of the kind's reference code are matched
+    against each named model of their base arch by their keys and shapes."""
+
+    name: str
+    base: str
+    arch_options: tuple[tuple[str, Any], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+
+
 Builder = Callable[[str, Any, Mapping[str, Any]], nn.Module]
 Recogniser = Callable[[Mapping[str, Any]], "dict[str, Any] | None"]
 
@@ -148,6 +162,7 @@ class ConvKind:
     targets: tuple[PaperTarget, ...] = ()
     claim: ClaimFacts | None = None
     zoo_names: Mapping[str, str] = field(default_factory=dict)  # base arch -> this kind's model name
+    zoo_models: tuple[ZooModel, ...] = ()  # more named models (network variants of a base arch)
     folded_twin: str = ""  # where the paper says the folded network is the baseline network
     aliases: tuple[str, ...] = ()
     paper: str = ""

@@ -41,7 +41,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from deploy.layers.conv_bn import fuse_conv_bn
 from deploy.layers.paper import ClaimCheck, ClaimFacts, target
-from deploy.layers.registry import BlockSpec, ConvKind, options_from_signature, register_conv_kind
+from deploy.layers.registry import BlockSpec, ConvKind, ZooModel, options_from_signature, register_conv_kind
 
 _INTERPOLATIONS = ("nearest", "bilinear")
 
@@ -248,12 +248,18 @@ register_conv_kind(ConvKind(
     name="sc", title="SCConv", module=SCBottleneck, build=_build,
     # Sec. 3.2: SCNet is ResNet with every bottleneck replaced by the SC bottleneck
     roles=frozenset({"bottleneck"}),
-    options=options_from_signature(SCBottleneck, ("interpolation", "pooling_r"), help={
+    options=options_from_signature(SCBottleneck, ("interpolation", "pooling_r", "avd"), help={
         "interpolation": "Up() of Eq. 3: nearest (reference code) or bilinear (paper text)",
         "pooling_r": "down-sampling rate r of the calibration branch (default 4)",
+        "avd": "stride by a 3x3 average pooling after the branches (the reference's v1d models)",
     }, choices={"interpolation": _INTERPOLATIONS}),
     recognise=_recognise, reference="scnet",
     zoo_names={"resnet50": "scnet50", "resnet101": "scnet101"},
+    # the reference's SCNet-v1d (its scnet50_v1d / scnet101_v1d): ResNet-D's deep stem and
+    # average-pool downsampling, and avd; the v1d stem is 32 wide in scnet50_v1d, 64 in scnet101_v1d
+    zoo_models=tuple(ZooModel(f"{name}_v1d", base, (("deep_stem", True), ("stem_width", width), ("avg_down", True)),
+                              (("avd", True),))
+                     for name, base, width in (("scnet50", "resnet50", 32), ("scnet101", "resnet101", 64))),
     targets=(
         target("scnet50", "25.6 M", "4.0 G", "SCNet Table 1"),
         target("scnet101", "44.6 M", "7.2 G", "SCNet Table 1"),

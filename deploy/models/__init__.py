@@ -1,0 +1,5 @@
+"""The model zoo: ``build_model(arch, conv, ...)`` and what it knows about each arch (``deploy.models.registry``)."""
+
+from deploy.models.registry import archs, build_model, supported_convs
+
+__all__ = ["archs", "build_model", "supported_convs"]

@@ -4,7 +4,9 @@ Every built model carries ``arch``, ``conv``, ``conv_kwargs``, ``num_classes`` a
 ``input_shape`` (C, H, W), which is what a convdeploy checkpoint records. The conv kinds
 come from ``deploy.layers.registry``: a kind applies to an arch when it replaces a role
 the arch has, and a kind may give its models of a base arch their own name (the SC kind
-turns ResNet-50 into ``scnet50``), which the zoo lists instead of the base arch.
+turns ResNet-50 into ``scnet50``), which the zoo lists instead of the base arch, and name
+further models built with network options of the base arch and options of its own
+(``scnet50_v1d``: ResNet-D's deep stem and average-pool downsampling, SCNet's ``avd``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Callable
 
 from deploy.errors import BadInputError
 from deploy.layers.paper import PaperTarget
-from deploy.layers.registry import ConvKind, baseline_kind, conv_kind, conv_kinds
+from deploy.layers.registry import ConvKind, ZooModel, baseline_kind, conv_kind, conv_kinds
 from deploy.models.resnet import CifarResNet, ConvFactory, ZooNet, imagenet_resnet
 
 IMAGENET_SHAPE = (3, 224, 224)
@@ -31,11 +33,11 @@ class Arch:
     num_classes: int
     input_shape: tuple[int, int, int]
     roles: frozenset[str]
-    build: Callable[[int, ConvFactory], ZooNet]
+    build: Callable[..., ZooNet]  # (num_classes, factory, **network options) -> model
 
 
-def _imagenet(name: str) -> Callable[[int, ConvFactory], ZooNet]:
-    return lambda classes, factory: imagenet_resnet(name, classes, factory)
+def _imagenet(name: str) -> Callable[..., ZooNet]:
+    return lambda classes, factory, **network: imagenet_resnet(name, classes, factory, **network)
 
 
 _BASE: dict[str, Arch] = {
@@ -49,9 +51,18 @@ _BASE: dict[str, Arch] = {
 }
 
 
-def _named_models() -> dict[str, tuple[str, ConvKind]]:
-    """Zoo name -> (base arch, kind) for the kinds that name their models (scnet50 -> resnet50 + sc)."""
-    return {name: (base, kind) for kind in conv_kinds() for base, name in kind.zoo_names.items() if base in _BASE}
+def _named_models() -> dict[str, tuple[ZooModel, ConvKind]]:
+    """Zoo name -> (model record, kind) for the kinds that name their models (scnet50 -> resnet50 + sc)."""
+    named: dict[str, tuple[ZooModel, ConvKind]] = {}
+    for kind in conv_kinds():
+        records = [ZooModel(name, base) for base, name in kind.zoo_names.items()] + list(kind.zoo_models)
+        named.update({r.name: (r, kind) for r in records if r.base in _BASE})
+    return named
+
+
+def named_models_of(kind: ConvKind, base: str) -> list[str]:
+    """The zoo names ``kind`` gives its models of the base arch ``base`` (its main name first)."""
+    return [name for name, (record, k) in _named_models().items() if k is kind and record.base == base]
 
 
 def archs() -> tuple[str, ...]:
@@ -63,7 +74,7 @@ def resolve_arch(arch: str, conv: str | None) -> tuple[Arch, ConvKind, str]:
     """(base arch, kind, the model's zoo name) for ``arch`` built with ``conv``; BadInputError if it cannot be."""
     named = _named_models()
     if arch in named:
-        base_name, named_kind = named[arch]
+        base_name, named_kind = named[arch][0].base, named[arch][1]
         if conv is not None and conv_kind(conv) is not named_kind:
             raise BadInputError(f"{arch} is {base_name} with conv={named_kind.name!r}: build {base_name} for conv={conv!r}")
         return _BASE[base_name], named_kind, arch
@@ -108,9 +119,11 @@ def build_model(arch: str, conv: str | None = None, num_classes: int | None = No
     classes = base.num_classes if num_classes is None else int(num_classes)
     if classes < 1:
         raise BadInputError(f"num_classes must be >= 1, got {num_classes}")
-    factory = ConvFactory(kind.name, **conv_kwargs)
+    named = _named_models()
+    record = named[name][0] if name in named else ZooModel(name, base.name)
+    factory = ConvFactory(kind.name, **{**dict(record.options), **conv_kwargs})
     try:
-        model = base.build(classes, factory)
+        model = base.build(classes, factory, **dict(record.arch_options))
     except (ValueError, TypeError, ZeroDivisionError) as exc:
         raise BadInputError(f"cannot build {name} with conv={kind.name} {factory.conv_kwargs}: {exc}") from exc
     model.arch = name

@@ -3,7 +3,12 @@
 ImageNet ResNet-18/34/50/101 follow torchvision's layout (He et al. 2016, Table 1;
 the "v1.5" Bottleneck with its stride on ``conv2``), module names included, so the
 reference checkpoints of SPConv (``resnet_sp``), DO-Conv and SCNet load strictly. The
-CIFAR ResNet-20 is He et al. 2016, Sec. 4.2 (16/32/64 filters, 3 stages of 3 basic blocks).
+ResNet-D network options of "Bag of Tricks" (He et al. 2019, Sec. 4.1, Fig. 2c), which
+the SCNet reference's ``*_v1d`` models use, are ``deep_stem`` (three 3x3 convs,
+``stem_width`` wide, instead of the 7x7: ``conv1.0/.3/.6``) and ``avg_down`` (a stride-s
+s x s average pooling before a stride-1 projection: ``downsample.0`` pool,
+``downsample.1`` conv, ``downsample.2`` BN). The CIFAR ResNet-20 is He et al. 2016,
+Sec. 4.2 (16/32/64 filters, 3 stages of 3 basic blocks).
 
 Every convolution is created through ``ConvFactory(role, ...)`` with one of the roles of
 ``deploy.layers.registry.CONV_ROLES``: ``stem`` (the first conv), ``block3x3`` (the 3x3
@@ -130,9 +135,22 @@ class ZeroPadShortcut(nn.Module):
         return nn.functional.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
 
-def _projection(inplanes: int, outplanes: int, stride: int, make_conv: ConvMaker) -> nn.Sequential:
-    """Option B shortcut: ``downsample.0`` = 1x1 conv with stride, ``downsample.1`` = BN."""
-    return nn.Sequential(make_conv("shortcut", inplanes, outplanes, 1, stride, 0), nn.BatchNorm2d(outplanes))
+def _projection(inplanes: int, outplanes: int, stride: int, make_conv: ConvMaker, avg_down: bool = False) -> nn.Sequential:
+    """Option B shortcut: ``downsample.0`` = 1x1 conv with stride, ``downsample.1`` = BN; with
+    ``avg_down`` (ResNet-D) an s x s average pooling first and a stride-1 conv."""
+    if not avg_down:
+        return nn.Sequential(make_conv("shortcut", inplanes, outplanes, 1, stride, 0), nn.BatchNorm2d(outplanes))
+    pool = nn.AvgPool2d(kernel_size=stride, stride=stride, ceil_mode=True, count_include_pad=False)
+    return nn.Sequential(pool, make_conv("shortcut", inplanes, outplanes, 1, 1, 0), nn.BatchNorm2d(outplanes))
+
+
+def _deep_stem(width: int, make_conv: ConvMaker) -> nn.Sequential:
+    """ResNet-D's stem: 3x3/2 (width) -> 3x3 (width) -> 3x3 (2 x width), BN + ReLU between."""
+    return nn.Sequential(
+        make_conv("stem", 3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        make_conv("stem", width, width, 3, 1, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        make_conv("stem", width, 2 * width, 3, 1, 1),
+    )
 
 
 def init_weights(model: nn.Module) -> None:
@@ -155,15 +173,20 @@ def init_weights(model: nn.Module) -> None:
 
 
 class ResNet(ZooNet):
-    """ImageNet ResNet (224x224 input): stem 7x7/2 + max-pool, four stages, global pool, fc."""
+    """ImageNet ResNet (224x224 input): stem 7x7/2 + max-pool, four stages, global pool, fc.
+
+    ``deep_stem``, ``stem_width`` and ``avg_down`` are the ResNet-D options (module docstring).
+    """
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 1000,
-                 make_conv: ConvFactory | None = None) -> None:
+                 make_conv: ConvFactory | None = None, deep_stem: bool = False, stem_width: int = 64,
+                 avg_down: bool = False) -> None:
         super().__init__()
         make_conv = make_conv or ConvFactory()
-        self.inplanes = 64
-        self.conv1 = make_conv("stem", 3, 64, 7, 2, 3)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.avg_down = avg_down
+        self.inplanes = 2 * stem_width if deep_stem else 64
+        self.conv1 = _deep_stem(stem_width, make_conv) if deep_stem else make_conv("stem", 3, 64, 7, 2, 3)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, layers[0], 1, make_conv, is_first=False)
@@ -179,7 +202,7 @@ class ResNet(ZooNet):
         """One stage; ``is_first`` marks the stage's first block as the SCNet reference does (layer1: no)."""
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = _projection(self.inplanes, planes * block.expansion, stride, make_conv)
+            downsample = _projection(self.inplanes, planes * block.expansion, stride, make_conv, self.avg_down)
         specs = [BlockSpec(self.inplanes, planes, stride, downsample, is_first)]
         specs += [BlockSpec(planes * block.expansion, planes, 1, None, False) for _ in range(1, blocks)]
         self.inplanes = planes * block.expansion
@@ -252,9 +275,11 @@ _IMAGENET: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
 }
 
 
-def imagenet_resnet(arch: str, num_classes: int = 1000, make_conv: ConvFactory | None = None) -> ResNet:
-    """``resnet18``/``34``/``50``/``101`` with torchvision's module names."""
+def imagenet_resnet(arch: str, num_classes: int = 1000, make_conv: ConvFactory | None = None,
+                    **network: Any) -> ResNet:
+    """``resnet18``/``34``/``50``/``101`` with torchvision's module names; ``network`` are the
+    ResNet-D options of ``ResNet`` (``deep_stem``, ``stem_width``, ``avg_down``)."""
     if arch not in _IMAGENET:
         raise BadInputError(f"unknown ImageNet ResNet {arch!r}: choose one of {sorted(_IMAGENET)}")
     block, layers = _IMAGENET[arch]
-    return ResNet(block, layers, num_classes, make_conv)
+    return ResNet(block, layers, num_classes, make_conv, **network)
