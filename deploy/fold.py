@@ -10,6 +10,9 @@ Three passes, in this order (docs/architecture.md, "Conventions"):
    (the pairs are found with torch.fx, paper layers as leaves) and the BN becomes
    ``nn.Identity``.
 
+With ``rewrite`` (the default) the deploy rewrites of ``deploy.rewrite`` run around
+pass 3: layers absorb the BatchNorm after them before it, the other rewrites after it.
+
 The folding itself runs in float64 on a copy, so the per-layer errors in the report are
 measured on a float64 probe input and the float32 kernels are rounded only once.
 """
@@ -17,9 +20,7 @@ measured on a float64 probe input and the float32 kernels are rounded only once.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 import torch.fx
@@ -27,16 +28,22 @@ from torch import nn
 
 from deploy.errors import BadInputError
 from deploy.layers.conv_bn import fuse_conv_bn
+from deploy.probe import capture_inputs, replacement_error
+from deploy.rewrite import RewriteRow, absorb_batchnorms, rewrite_layers
 
 
 @dataclass
 class FoldRow:
-    """One folded layer: its qualified name, what became what, and the error it made."""
+    """One folded layer: its qualified name, what became what, and the error it made.
+
+    Rewrites (``deploy.rewrite``) have the kind ``rewrite`` and say what they did in ``detail``.
+    """
 
     name: str
     kind: str
     max_abs_error: float
     max_rel_error: float
+    detail: str = ""
 
 
 @dataclass
@@ -50,6 +57,10 @@ class FoldReport:
     @property
     def worst_rel_error(self) -> float:
         return max((r.max_rel_error for r in self.rows), default=0.0)
+
+    @property
+    def rewrites(self) -> list[FoldRow]:
+        return [r for r in self.rows if r.kind == "rewrite"]
 
     def to_dict(self) -> dict:
         return {
@@ -71,61 +82,13 @@ class _PaperLayerTracer(torch.fx.Tracer):
         return _is_paper_layer(m) or super().is_leaf_module(m, qualname)
 
 
-class _InputRecorder:
-    """Forward pre-hooks that keep the (first) input each named module received."""
-
-    def __init__(self, model: nn.Module, names: set[str]):
-        self.inputs: dict[str, torch.Tensor] = {}
-        self._handles = [
-            module.register_forward_pre_hook(self._hook(name))
-            for name, module in model.named_modules()
-            if name in names
-        ]
-
-    def _hook(self, name: str) -> Callable:
-        def hook(_module: nn.Module, args: tuple) -> None:
-            if name not in self.inputs and args and isinstance(args[0], torch.Tensor):
-                self.inputs[name] = args[0].detach()
-
-        return hook
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-def _errors(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
-    abs_err = float((ref - out).abs().max())
-    scale = float(ref.abs().max())
-    return abs_err, abs_err / scale if scale > 0 else abs_err
-
-
-def _capture_inputs(model: nn.Module, names: set[str], probe: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    if probe is None or not names:
-        return {}
-    recorder = _InputRecorder(model, names)
-    try:
-        with torch.no_grad():
-            model(probe)
-    finally:
-        recorder.close()
-    return recorder.inputs
-
-
-@torch.no_grad()
-def _measure(before: nn.Module, after: nn.Module, inp: torch.Tensor | None) -> tuple[float, float]:
-    if inp is None:
-        return math.nan, math.nan
-    return _errors(before(inp), after(inp))
-
-
 def _fold_paper_convs(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
     names = [n for n, m in model.named_modules() if getattr(m, "folds_to_conv", False)]
-    inputs = _capture_inputs(model, set(names), probe)
+    inputs = capture_inputs(model, set(names), probe)
     for name in names:
         layer = model.get_submodule(name)
         conv = layer.to_conv2d()  # type: ignore[operator]  # folds_to_conv layers have it
-        err = _measure(layer, conv, inputs.get(name))
+        err = replacement_error(layer, conv, inputs.get(name))
         model.set_submodule(name, conv)
         report.rows.append(FoldRow(name, f"{type(layer).__name__}->Conv2d", *err))
 
@@ -138,12 +101,12 @@ def _switch_paper_layers(model: nn.Module, probe: torch.Tensor | None, report: F
     ]
     # an outer layer's switch_to_deploy covers the paper layers nested in it
     outer = [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
-    inputs = _capture_inputs(model, set(outer), probe)
+    inputs = capture_inputs(model, set(outer), probe)
     for name in outer:
         layer = model.get_submodule(name)
         before = copy.deepcopy(layer)
         layer.switch_to_deploy()  # type: ignore[operator]  # the layers selected above have it
-        err = _measure(before, layer, inputs.get(name))
+        err = replacement_error(before, layer, inputs.get(name))
         report.rows.append(FoldRow(name, f"{type(layer).__name__} (inner Conv+BN)", *err))
 
 
@@ -188,12 +151,12 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 def _fuse_conv_bn_pairs(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
     pairs = _conv_bn_pairs(model, report)
-    inputs = _capture_inputs(model, {c for c, _ in pairs}, probe)
+    inputs = capture_inputs(model, {c for c, _ in pairs}, probe)
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # what _conv_bn_pairs found
         fused = fuse_conv_bn(conv, bn)
-        err = _measure(nn.Sequential(conv, bn), fused, inputs.get(conv_name))
+        err = replacement_error(nn.Sequential(conv, bn), fused, inputs.get(conv_name))
         model.set_submodule(conv_name, fused)
         model.set_submodule(bn_name, nn.Identity())
         report.rows.append(FoldRow(conv_name, f"Conv2d+BatchNorm2d ({bn_name})", *err))
@@ -201,6 +164,12 @@ def _fuse_conv_bn_pairs(model: nn.Module, probe: torch.Tensor | None, report: Fo
     for name, module in model.named_modules():
         if isinstance(module, nn.BatchNorm2d) and name not in fused_bns:
             report.kept.append(f"{name}: BatchNorm2d kept (its input is not a Conv2d output used only by it)")
+
+
+def _add_rewrites(report: FoldReport, found: tuple[list[RewriteRow], list[str]]) -> None:
+    rows, kept = found
+    report.rows.extend(FoldRow(r.name, "rewrite", r.max_abs_error, r.max_rel_error, r.detail) for r in rows)
+    report.kept.extend(kept)
 
 
 def _probe_input(model: nn.Module, probe_shape: tuple[int, ...] | None, seed: int) -> torch.Tensor | None:
@@ -216,6 +185,7 @@ def fold_model(
     *,
     inplace: bool = False,
     fuse_bn: bool = True,
+    rewrite: bool = True,
     probe_shape: tuple[int, ...] | None = None,
     seed: int = 0,
     measure: bool = True,
@@ -223,8 +193,10 @@ def fold_model(
     """Return the deploy form of ``model`` and a report with one row per folded layer.
 
     ``fuse_bn=False`` stops after pass 1: the deploy form as the papers count it
-    (CoC/DO-Conv reduced to convolutions, every BatchNorm kept). ``probe_shape``
-    (C, H, W) defaults to ``model.input_shape``; without either, or with
+    (CoC/DO-Conv reduced to convolutions, every BatchNorm kept). ``rewrite`` (with
+    ``fuse_bn``) adds the exact deploy rewrites of ``deploy.rewrite`` (rows of kind
+    ``rewrite``); ``rewrite=False`` gives the folded graph without them, to compare.
+    ``probe_shape`` (C, H, W) defaults to ``model.input_shape``; without either, or with
     ``measure=False`` (counting params on a meta-device model, say), errors are NaN.
     """
     if model.training:
@@ -243,7 +215,11 @@ def fold_model(
     _fold_paper_convs(target, probe, report)
     if fuse_bn:
         _switch_paper_layers(target, probe, report)
+        if rewrite:
+            _add_rewrites(report, absorb_batchnorms(target, probe))
         _fuse_conv_bn_pairs(target, probe, report)
+        if rewrite:
+            _add_rewrites(report, rewrite_layers(target, probe))
     target.to(dtype)
     target.eval()
     return target, report

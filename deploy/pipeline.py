@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import onnx
 from torch import nn
 
 from deploy.atomic import check_output_path
@@ -30,10 +31,11 @@ from deploy.steps import (
     parity_batches,
     parity_step,
     parse_batch,
+    rewrite_comparison,
     tolerance_from,
     write_step,
 )
-from exporters.onnx import export_onnx_detailed, save_onnx, simplify_onnx
+from exporters.onnx import ExportResult, SimplifyResult, export_onnx_detailed, save_onnx, simplify_onnx
 from exporters.tensorrt import build_engine, validate_build_options
 from validators.graph import GraphReport, check_graph
 from validators.parity import ParityReport, check_parity
@@ -50,6 +52,8 @@ class ExportOptions:
     output: Path | None = None
     report: Path | None = None
     fold: bool = True
+    rewrite: bool = True  # the exact deploy rewrites (with fold)
+    compare_rewrites: bool = True  # also export without them, for the report's node counts
     opset: int | None = None
     batch: str = "dynamic"  # "dynamic" or a fixed batch size as text
     input_size: int | None = None
@@ -170,7 +174,8 @@ def build_checked_engine(proto: Any, opts: ExportOptions, input_shape: tuple[int
 
 
 def _options_record(opts: ExportOptions, opset: int, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    return {"fold": opts.fold, "exporter": opts.exporter, "opset": opset, "batch": opts.batch,
+    return {"fold": opts.fold, "rewrite": opts.rewrite and opts.fold, "exporter": opts.exporter, "opset": opset,
+            "batch": opts.batch,
             "input_shape": list(input_shape), "simplify": opts.simplify and opts.fold, "strict": opts.strict}
 
 
@@ -188,17 +193,29 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
                                         conv_kwargs=opts.conv_kwargs, trust_pickle=opts.trust_pickle,
                                         input_size=opts.input_size)
     with log.step("fold"):
-        deploy_model, fold_report = fold_step(loaded, input_shape, opts.seed) if opts.fold else (loaded.model, None)
-    with log.step("export"):
-        exported = export_onnx_detailed(deploy_model, input_shape, opset=opts.opset, exporter=opts.exporter,
-                                        dynamic_batch=fixed_batch is None, batch_size=fixed_batch or 1,
-                                        metadata=onnx_metadata(loaded, opts.fold))
-    with log.step("simplify"):
-        proto, simplified = exported.model, None
+        deploy_model, fold_report = (fold_step(loaded, input_shape, opts.seed, rewrite=opts.rewrite) if opts.fold
+                                     else (loaded.model, None))
+
+    def export(model: nn.Module) -> ExportResult:
+        return export_onnx_detailed(model, input_shape, opset=opts.opset, exporter=opts.exporter,
+                                    dynamic_batch=fixed_batch is None, batch_size=fixed_batch or 1,
+                                    metadata=onnx_metadata(loaded, opts.fold))
+
+    def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifyResult | None]:
         # without folding the graph is kept as exported: onnxsim would constant-fold the
         # kernel-computing subgraphs, i.e. fold behind the user's back.
         if opts.simplify and opts.fold:
-            proto, simplified = simplify_onnx(exported.model, input_shape, tol=tol, seed=opts.seed)
+            return simplify_onnx(model, input_shape, tol=tol, seed=opts.seed)
+        return model, None
+
+    with log.step("export"):
+        exported = export(deploy_model)
+    with log.step("simplify"):
+        proto, simplified = simplify(exported.model)
+    rewrites = None
+    if fold_report is not None and fold_report.rewrites and opts.compare_rewrites:
+        with log.step("rewrite diff"):
+            rewrites = rewrite_comparison(loaded, input_shape, proto, lambda m: simplify(export(m).model)[0])
     with log.step("graph checks"):
         graph = check_graph(proto, input_shape)
     with log.step("parity"):
@@ -208,7 +225,7 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
         accuracy = held_out_accuracy(loaded, runs)
     report = RunReport("convdeploy export", {"path": str(opts.checkpoint), **loaded.describe()}, parity, opts.seed,
                        options=_options_record(opts, exported.opset, input_shape), fold=fold_report, export=exported,
-                       simplify=simplified, graph=graph, accuracy=accuracy, seconds=log.seconds)
+                       simplify=simplified, rewrites=rewrites, graph=graph, accuracy=accuracy, seconds=log.seconds)
     parity.raise_if_failed()
     if opts.strict:
         graph.raise_if_failed()

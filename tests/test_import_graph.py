@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("deploy.version", "deploy.errors", "deploy.atomic", "deploy.environment", "deploy.metrics")),
     ("layers", ("deploy.layers", "deploy.layers.*")),
     ("models", ("deploy.models", "deploy.models.*", "deploy.digits", "deploy.train")),
-    ("fold / checkpoint", ("deploy.fold", "deploy.checkpoint", "deploy.zoo_counts")),
+    ("fold / checkpoint", ("deploy.probe", "deploy.rewrite", "deploy.fold", "deploy.checkpoint", "deploy.zoo_counts")),
     ("runtimes", ("validators", "validators.runtimes", "validators.torch_runtime", "validators.trt_env",
                   "validators.trt_runtime")),
     ("exporters / graph checks / parity / latency", ("exporters", "exporters.*", "validators.*")),

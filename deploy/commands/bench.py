@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from deploy.atomic import check_output_path, sha256_file, write_json_atomic
+from deploy.commands.bench_profile import profile_command
 from deploy.commands.common import console
 from deploy.environment import host_device, versions
 from deploy.errors import BadInputError
@@ -166,6 +167,9 @@ def bench(
     seed: int = typer.Option(0, "--seed", help="Seed of the input and the bootstrap."),
     include_copies: bool = typer.Option(False, "--include-copies", help="TensorRT: time host<->device copies too."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay a captured CUDA graph."),
+    profile: bool = typer.Option(False, "--profile", help="ONNX: ONNX Runtime's per-op profile instead of timing "
+                                 "(time by op type and by node; JSON to --json, default MODEL.profile.json)."),
+    top: int = typer.Option(15, "--top", help="--profile: rows of the op-type and node tables."),
 ) -> None:
     """Time an artifact (or two, interleaved) and print latency statistics."""
     if iters is not None and duration is not None:
@@ -179,6 +183,14 @@ def bench(
         check_output_path(json_out)
     paths = [artifact] + ([vs] if vs is not None else [])
     kinds = [artifact_kind(p) for p in paths]
+    if profile:
+        shapes = [onnx_bench_shape(p, batch, input_size) for p in paths]
+        if len(set(shapes)) > 1:
+            raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "
+                                "--vs compares on the same input; export both at the same input size")
+        profile_command(paths, shapes, threads=threads, provider=provider, iters=iters,
+                        warmup_runs=warm.runs if warm.runs is not None else 3, seed=seed, top=top, json_out=json_out)
+        return
     runtimes, shapes = _open_all(paths, kinds, batch, input_size, provider, threads, include_copies, cuda_graph)
     x = np.random.default_rng(seed).standard_normal(shapes[0]).astype(np.float32)
     facts = [{**runtime_facts(rt, k, provider, threads, include_copies), "input_shape": list(s)}

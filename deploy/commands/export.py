@@ -88,6 +88,9 @@ def export(
     model: Path = _MODEL,
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default: MODEL with .onnx)."),
     fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold CoC/DO-Conv into convs and every Conv+BN pair first."),
+    rewrite: bool = typer.Option(True, "--rewrite/--no-rewrite", help="With --fold: the exact deploy rewrites too "
+                                 "(SPConv/IC absorb the BN after them, SCNet's concat and sizes; each proven in "
+                                 "float64). --no-rewrite exports the folded graph without them, to compare."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 18 dynamo, 17 torchscript)."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' (axis named 'batch') or a fixed batch size."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height/width (default: the checkpoint's)."),
@@ -125,7 +128,7 @@ def export(
         raise BadInputError(f"--exporter must be dynamo or torchscript, got {exporter!r}")
     kwargs = conv_options(conv, conv_opt, ratio)
     opts = ExportOptions(
-        checkpoint=model, output=output, report=report, fold=fold, opset=opset, batch=batch,
+        checkpoint=model, output=output, report=report, fold=fold, rewrite=rewrite, opset=opset, batch=batch,
         input_size=input_size, exporter=exporter, simplify=simplify, atol=atol, rtol=rtol, samples=samples,
         seed=seed, strict=strict, arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
         engine=engine, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
@@ -142,7 +145,11 @@ def export(
 def _print_export(outcome: ExportOutcome) -> None:
     rep = outcome.report
     if rep.fold is not None:
-        console.print(f"fold: {len(rep.fold.rows)} layers folded, worst float64 rel error {rep.fold.worst_rel_error:.2e}")
+        rewrites = len(rep.fold.rewrites)
+        console.print(f"fold: {len(rep.fold.rows) - rewrites} layers folded, {rewrites} rewritten, worst float64 rel "
+                      f"error {rep.fold.worst_rel_error:.2e}")
+    if rep.rewrites is not None:
+        console.print(f"rewrites: {rep.rewrites.summary()}")
     if rep.simplify is not None:
         if rep.simplify.applied:
             console.print(rep.simplify.summary())

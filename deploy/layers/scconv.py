@@ -28,12 +28,29 @@ Deploy form: the sigmoid gate keeps SCConv from collapsing into one convolution,
 every Conv+BN pair folds exactly (``deploy.layers.conv_bn``); each BN becomes
 ``nn.Identity`` at the same ``nn.Sequential`` index, so the remaining keys
 (``k4.0.weight``, ``k4.0.bias``, ...) still line up with the reference's.
+
+Deploy rewrite (``rewritten``; ``deploy.layers.rewrite``), exact in real arithmetic:
+
+* ``conv3(cat(a, b)) = conv3_a(a) + conv3_b(b)`` with conv3's kernel split along its
+  input channels (bn3's shift in conv3_a's bias); the block computes
+  ReLU(conv3_b(b) + (conv3_a(a) + residual)), two convolutions that each accumulate into
+  the other's output, so no Concat remains and ONNX Runtime fuses both additions and
+  the final ReLU into the convolutions;
+* Up() of a map whose size H, W is fixed when the graph is traced: for a pooled size
+  p with H % p == 0 (W likewise), nearest is an upsampling by the integer factor H/p
+  (the same source pixel floor(i·p/H) = floor(i/(H/p))), exported as Resize with
+  constant scales, which ONNX Runtime runs in its blocked layout; p = 1 is a plain
+  broadcast; any other size is a gather of the source rows and columns torch's nearest
+  picks (computed exactly as torch computes them). The graph has no Shape/Concat size
+  computation left. (``bilinear`` keeps the sized interpolation.)
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +59,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from deploy.layers.conv_bn import fuse_conv_bn
 from deploy.layers.paper import ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import BlockSpec, ConvKind, options_from_signature, register_conv_kind
+from deploy.layers.rewrite import DeployRewrite
 
 _INTERPOLATIONS = ("nearest", "bilinear")
 
@@ -138,6 +156,60 @@ class SCConv(nn.Module):
         for seq in (self.k2, self.k3, self.k4):
             fuse_sequential_conv_bn(seq)
 
+    @torch.no_grad()
+    def rewritten(self) -> SCConvStatic:
+        """The deploy rewrite equal to ``self``: folded, with Up() computed from static sizes."""
+        folded = copy.deepcopy(self)
+        folded.switch_to_deploy()
+        return SCConvStatic(folded)
+
+
+def nearest_rows(size_in: int, size_out: int) -> list[int] | None:
+    """The source row of each output row of a nearest interpolation from ``size_in`` to
+    ``size_out`` rows: the exact floor(i·in/out), where torch's own float32 arithmetic (ATen's
+    nearest_idx: min(floor(i·(in/out)), in − 1) with a float32 ratio) picks the same rows, else
+    None. (They differ for a few sizes when in/out is not a power of two, e.g. 24 -> 74.)"""
+    exact = [i * size_in // size_out for i in range(size_out)]
+    if size_out in (size_in, 2 * size_in):
+        return exact
+    ratio = np.float32(size_in) / np.float32(size_out)
+    rounded = [min(int(np.floor(np.float32(i) * ratio)), size_in - 1) for i in range(size_out)]
+    return exact if rounded == exact else None
+
+
+def upsample_static(ref: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Nearest interpolation of ``ref`` to (h, w), equal to ``F.interpolate(ref, size=(h, w))``,
+    in the op that exports best for the sizes (module docstring)."""
+    p, q = int(ref.shape[-2]), int(ref.shape[-1])
+    if p == 1 and q == 1:
+        return ref  # the caller's addition broadcasts it
+    if h % p == 0 and w % q == 0:
+        return F.interpolate(ref, scale_factor=(float(h // p), float(w // q)), mode="nearest")
+    rows, cols = nearest_rows(p, h), nearest_rows(q, w)
+    if rows is None or cols is None:
+        return F.interpolate(ref, size=(h, w), mode="nearest")
+    rows_t = torch.tensor(rows, dtype=torch.long, device=ref.device)
+    return ref.index_select(2, rows_t).index_select(3, torch.tensor(cols, dtype=torch.long, device=ref.device))
+
+
+class SCConvStatic(DeployRewrite):
+    """SCConv's deploy form with Up() from static sizes (module docstring); keys as SCConv's."""
+
+    def __init__(self, folded: SCConv) -> None:
+        super().__init__()
+        self.k2, self.k3, self.k4 = folded.k2, folded.k3, folded.k4
+        self.pooling_r = folded.pooling_r
+        self.interpolation = folded.interpolation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        ref = self.k2(x)
+        if self.interpolation == "bilinear":
+            up = F.interpolate(ref, size=(h, w), mode="bilinear", align_corners=False)
+        else:
+            up = upsample_static(ref, h, w)
+        return self.k4(self.k3(x) * torch.sigmoid(x + up))
+
 
 class SCBottleneck(nn.Module):
     """SCNet bottleneck (Sec. 3.2, Fig. 2), expansion 4, key names as the reference.
@@ -232,6 +304,52 @@ class SCBottleneck(nn.Module):
         _fuse_pair(self, "conv3", "bn3")
         if isinstance(self.downsample, nn.Sequential):
             fuse_sequential_conv_bn(self.downsample)
+
+    @torch.no_grad()
+    def rewritten(self) -> SCBottleneckSplit:
+        """The deploy rewrite equal to ``self``: folded, conv3 split over the concat, static Up()."""
+        folded = copy.deepcopy(self)
+        folded.switch_to_deploy()
+        return SCBottleneckSplit(folded)
+
+
+class SCBottleneckSplit(DeployRewrite):
+    """The SC bottleneck's deploy form with conv3 split into conv3_a and conv3_b (module docstring)."""
+
+    def __init__(self, folded: SCBottleneck) -> None:
+        super().__init__()
+        conv3 = folded.conv3
+        assert isinstance(conv3, nn.Conv2d) and isinstance(folded.bn3, nn.Identity), "built from the folded block"
+        half = folded.conv1_a.out_channels
+        self.conv1_a, self.conv1_b, self.k1 = folded.conv1_a, folded.conv1_b, folded.k1
+        self.scconv = SCConvStatic(folded.scconv)
+        self.avd = folded.avd
+        if self.avd:
+            self.avd_layer = folded.avd_layer
+        self.conv3_a = _input_slice(conv3, 0, half, keep_bias=True)
+        self.conv3_b = _input_slice(conv3, half, conv3.in_channels, keep_bias=False)
+        self.downsample = folded.downsample
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        out_a = self.relu(self.k1(self.relu(self.conv1_a(x))))
+        out_b = self.relu(self.scconv(self.relu(self.conv1_b(x))))
+        if self.avd:
+            out_a, out_b = self.avd_layer(out_a), self.avd_layer(out_b)
+        return self.relu(self.conv3_b(out_b) + (self.conv3_a(out_a) + residual))
+
+
+@torch.no_grad()
+def _input_slice(conv: nn.Conv2d, start: int, stop: int, keep_bias: bool) -> nn.Conv2d:
+    """The convolution of ``conv`` restricted to input channels [start, stop) (groups = 1)."""
+    part = nn.Conv2d(stop - start, conv.out_channels, conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
+                     padding=conv.padding, dilation=conv.dilation,  # type: ignore[arg-type]
+                     bias=keep_bias and conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+    part.weight.copy_(conv.weight[:, start:stop])
+    if part.bias is not None and conv.bias is not None:
+        part.bias.copy_(conv.bias)
+    return part
 
 
 def _build(role: str, spec: BlockSpec, options: Mapping[str, Any]) -> SCBottleneck:
