@@ -42,25 +42,27 @@ class DeployRewrite(nn.Module):
         """Nothing to fold: a rewrite's output is a deploy form."""
 
 
-class ChannelScale(nn.Module):
-    """``x * weight[c] (+ bias[c])`` per channel, exported as a depthwise 1x1 convolution.
+class ChannelScale(nn.Conv2d):
+    """``x * weight[c] (+ bias[c])`` per channel: a depthwise 1x1 convolution.
 
     Exactly the per-channel multiply; a ``Mul`` by a constant vector would leave ONNX
     Runtime's blocked layout, while the convolution stays in it and takes a following Add
-    and ReLU into the same kernel. Eager torch multiplies directly (its float64 depthwise
-    convolution runs one slow convolution per channel); exported graphs get the convolution.
+    and ReLU into the same kernel. Exported graphs get the convolution; eager torch
+    multiplies directly (its float64 depthwise convolution runs one convolution per channel).
     """
 
-    bias: nn.Parameter | None
-
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight.detach().reshape(-1, 1, 1, 1).clone(), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        channels = weight.numel()
+        super().__init__(channels, channels, 1, groups=channels, bias=bias is not None,
+                         device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            self.weight.copy_(weight.reshape(channels, 1, 1, 1))
+            if bias is not None and self.bias is not None:
+                self.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_exporting() or torch.jit.is_tracing():
-            return F.conv2d(x, self.weight, self.bias, groups=self.weight.shape[0])
+            return super().forward(x)
         out = x * self.weight.reshape(1, -1, 1, 1)
         return out if self.bias is None else out + self.bias.reshape(1, -1, 1, 1)
 
