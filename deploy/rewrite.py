@@ -241,6 +241,9 @@ def _split_producers(model: nn.Module, probe: torch.Tensor | None, rows: list[Re
             split = _find_split(model, node, calls)
             if split is not None:
                 by_host.setdefault(split.host, []).append(split)
+            else:
+                kept.append(f"{node.target}: its input is sliced along channels (the producer is not a "
+                            "convolution, through at most a ReLU, used by nothing else inside a block)")
     inputs = capture_inputs(model, set(by_host), probe)
     for host_name, splits in by_host.items():
         before = copy.deepcopy(model.get_submodule(host_name))

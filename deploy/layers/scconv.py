@@ -29,20 +29,19 @@ every Conv+BN pair folds exactly (``deploy.layers.conv_bn``); each BN becomes
 ``nn.Identity`` at the same ``nn.Sequential`` index, so the remaining keys
 (``k4.0.weight``, ``k4.0.bias``, ...) still line up with the reference's.
 
-Deploy rewrite (``rewritten``; ``deploy.layers.rewrite``), exact in real arithmetic:
+Deploy rewrite (``SCConv.rewritten``; ``deploy.layers.rewrite``), exact in real arithmetic:
+Up() of a map whose size H, W is fixed when the graph is traced. For a pooled size p with
+H % p == 0 (W likewise), nearest is an upsampling by the integer factor H/p (the same
+source pixel floor(i·p/H) = floor(i/(H/p))), exported as Resize with constant scales,
+which ONNX Runtime runs in its blocked layout; p = 1 is a plain broadcast; any other size
+is a gather of the source rows and columns torch's nearest picks (only where torch's own
+float32 arithmetic picks floor(i·p/H), see ``nearest_rows``). The graph has no Shape/Concat
+size computation left. (``bilinear`` keeps the sized interpolation.)
 
-* ``conv3(cat(a, b)) = conv3_a(a) + conv3_b(b)`` with conv3's kernel split along its
-  input channels (bn3's shift in conv3_a's bias); the block computes
-  ReLU(conv3_b(b) + (conv3_a(a) + residual)), two convolutions that each accumulate into
-  the other's output, so no Concat remains and ONNX Runtime fuses both additions and
-  the final ReLU into the convolutions;
-* Up() of a map whose size H, W is fixed when the graph is traced: for a pooled size
-  p with H % p == 0 (W likewise), nearest is an upsampling by the integer factor H/p
-  (the same source pixel floor(i·p/H) = floor(i/(H/p))), exported as Resize with
-  constant scales, which ONNX Runtime runs in its blocked layout; p = 1 is a plain
-  broadcast; any other size is a gather of the source rows and columns torch's nearest
-  picks (computed exactly as torch computes them). The graph has no Shape/Concat size
-  computation left. (``bilinear`` keeps the sized interpolation.)
+Not rewritten, because it is slower: conv3(cat(a, b)) = conv3_a(a) + conv3_b(b) removes
+the Concat, but each half then writes (and the second re-reads) conv3's whole output, four
+times as wide as the concatenated input: measured on ONNX Runtime CPU (SCNet-50, 224x224,
+batch 4 and 1, one thread), 3-5 % slower than the Concat and one conv3.
 """
 
 from __future__ import annotations
@@ -304,52 +303,6 @@ class SCBottleneck(nn.Module):
         _fuse_pair(self, "conv3", "bn3")
         if isinstance(self.downsample, nn.Sequential):
             fuse_sequential_conv_bn(self.downsample)
-
-    @torch.no_grad()
-    def rewritten(self) -> SCBottleneckSplit:
-        """The deploy rewrite equal to ``self``: folded, conv3 split over the concat, static Up()."""
-        folded = copy.deepcopy(self)
-        folded.switch_to_deploy()
-        return SCBottleneckSplit(folded)
-
-
-class SCBottleneckSplit(DeployRewrite):
-    """The SC bottleneck's deploy form with conv3 split into conv3_a and conv3_b (module docstring)."""
-
-    def __init__(self, folded: SCBottleneck) -> None:
-        super().__init__()
-        conv3 = folded.conv3
-        assert isinstance(conv3, nn.Conv2d) and isinstance(folded.bn3, nn.Identity), "built from the folded block"
-        half = folded.conv1_a.out_channels
-        self.conv1_a, self.conv1_b, self.k1 = folded.conv1_a, folded.conv1_b, folded.k1
-        self.scconv = SCConvStatic(folded.scconv)
-        self.avd = folded.avd
-        if self.avd:
-            self.avd_layer = folded.avd_layer
-        self.conv3_a = _input_slice(conv3, 0, half, keep_bias=True)
-        self.conv3_b = _input_slice(conv3, half, conv3.in_channels, keep_bias=False)
-        self.downsample = folded.downsample
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = x if self.downsample is None else self.downsample(x)
-        out_a = self.relu(self.k1(self.relu(self.conv1_a(x))))
-        out_b = self.relu(self.scconv(self.relu(self.conv1_b(x))))
-        if self.avd:
-            out_a, out_b = self.avd_layer(out_a), self.avd_layer(out_b)
-        return self.relu(self.conv3_b(out_b) + (self.conv3_a(out_a) + residual))
-
-
-@torch.no_grad()
-def _input_slice(conv: nn.Conv2d, start: int, stop: int, keep_bias: bool) -> nn.Conv2d:
-    """The convolution of ``conv`` restricted to input channels [start, stop) (groups = 1)."""
-    part = nn.Conv2d(stop - start, conv.out_channels, conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
-                     padding=conv.padding, dilation=conv.dilation,  # type: ignore[arg-type]
-                     bias=keep_bias and conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
-    part.weight.copy_(conv.weight[:, start:stop])
-    if part.bias is not None and conv.bias is not None:
-        part.bias.copy_(conv.bias)
-    return part
 
 
 def _build(role: str, spec: BlockSpec, options: Mapping[str, Any]) -> SCBottleneck:
