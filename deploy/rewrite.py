@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.fx
@@ -258,8 +257,3 @@ def _split_producers(model: nn.Module, probe: torch.Tensor | None, rows: list[Re
         for s in splits:
             rows.append(RewriteRow(s.conv, f"Conv2d split into {list(s.sizes)} output channels for {s.layer}", *err))
 
-
-def rewrite_summary(rows: list[Any]) -> str:
-    """``3 rewrites, worst float64 rel error 2e-15``."""
-    worst = max((r.max_rel_error for r in rows), default=0.0)
-    return f"{len(rows)} rewrites, worst float64 rel error {worst:.2e}"
