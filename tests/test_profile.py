@@ -81,10 +81,13 @@ def test_bench_profile_cli(tmp_path, deploy_cli):
 @pytest.mark.parametrize("args,message", [
     (["--provider", "cuda"], "CPU profiler"),
     (["--top", "0"], "--top 0"),
+    (["--vs", "engine.plan"], "engine.plan without it"),
 ])
 def test_bench_profile_bad_options(tmp_path, deploy_cli, args, message):
     path = tmp_path / "tiny.onnx"
     _tiny(path)
+    (tmp_path / "engine.plan").write_bytes(b"not an engine")
+    args = [tmp_path / a if a.endswith(".plan") else a for a in args]
     run = deploy_cli("bench", path, "--profile", *args)
     assert run.exit_code == 2 and message in run.one_error_line()
     assert not (tmp_path / "tiny.profile.json").exists()

@@ -184,6 +184,8 @@ def bench(
     paths = [artifact] + ([vs] if vs is not None else [])
     kinds = [artifact_kind(p) for p in paths]
     if profile:
+        if "engine" in kinds:
+            raise BadInputError("--profile profiles model.onnx files (ONNX Runtime); time an engine.plan without it")
         shapes = [onnx_bench_shape(p, batch, input_size) for p in paths]
         if len(set(shapes)) > 1:
             raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "

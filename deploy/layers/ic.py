@@ -243,6 +243,7 @@ class ICConvBN(DeployRewrite):
 
     linear: ChannelScale | None
 
+    @torch.no_grad()
     def __init__(self, ic: ICConv2d, conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> None:
         super().__init__()
         assert ic.deployed and ic.adjust.bias is not None, "ICConvBN is built from the IC layer's deploy form"

@@ -209,6 +209,7 @@ class SPConvBN(DeployRewrite):
     ``inv_scale`` multiplies the pooled D by 1/s (0 where s = 0) and ``negate`` by −1.
     """
 
+    @torch.no_grad()
     def __init__(self, sp: SPConv3x3, scale: torch.Tensor, shift: torch.Tensor) -> None:
         super().__init__()
         assert sp.deployed, "SPConvBN is built from SPConv's deploy form"
