@@ -93,16 +93,19 @@ def _check_graph(rep: dict, proto: onnx.ModelProto, conv: str) -> dict[str, int]
     return hist
 
 
-def test_rewritten_spconv_resnet50_cli(folded_export):
+def test_rewritten_spconv_resnet50_cli(zoo_checkpoint, deploy_cli, tmp_path):
     """`deploy export` end to end, with the summary line and the comparison with the graph the
-    same model has without the rewrites."""
-    exp = folded_export("resnet50", "sp", 32)
-    assert exp.run.exit_code == 0, exp.run.stderr
-    hist = _check_graph(exp.report, onnx.load(str(exp.onnx_path)), "sp")
+    same model has without the rewrites (the default)."""
+    out = tmp_path / "sp50.onnx"
+    run = deploy_cli("export", zoo_checkpoint("resnet50", "sp", 32), "-o", out, "--samples", 2)
+    assert run.exit_code == 0, run.stderr
+    report = json.loads((tmp_path / "sp50.report.json").read_text())
+    hist = _check_graph(report, onnx.load(str(out)), "sp")
     assert "Slice" not in hist and hist["AveragePool"] >= 16 and hist["Resize"] == 16
-    changes = exp.report["rewrites"]["op_changes"]
+    changes = report["rewrites"]["op_changes"]
     assert all(changes[op][0] >= 16 and changes[op][1] == 0 for op in ("BatchNormalization", "Softmax", "Slice"))
-    assert "rewrites:" in exp.run.stdout and "BatchNormalization -16" in exp.run.stdout.replace("\n", " ")
+    assert "rewrites:" in run.stdout and "BatchNormalization -16" in run.stdout.replace("\n", " ")
+    assert "rewrite diff" in run.stdout  # the step of the second export
 
 
 def test_rewritten_ic_resnet50(zoo_checkpoint, tmp_path):

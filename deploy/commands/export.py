@@ -91,6 +91,9 @@ def export(
     rewrite: bool = typer.Option(True, "--rewrite/--no-rewrite", help="With --fold: the exact deploy rewrites too "
                                  "(SPConv/IC absorb the BN after them, SCNet's concat and sizes; each proven in "
                                  "float64). --no-rewrite exports the folded graph without them, to compare."),
+    rewrite_diff: bool = typer.Option(True, "--rewrite-diff/--no-rewrite-diff", help="When a layer was rewritten, "
+                                      "export the model once more without the rewrites to report what they changed "
+                                      "(node counts; the export step runs twice)."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 18 dynamo, 17 torchscript)."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' (axis named 'batch') or a fixed batch size."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height/width (default: the checkpoint's)."),
@@ -128,7 +131,8 @@ def export(
         raise BadInputError(f"--exporter must be dynamo or torchscript, got {exporter!r}")
     kwargs = conv_options(conv, conv_opt, ratio)
     opts = ExportOptions(
-        checkpoint=model, output=output, report=report, fold=fold, rewrite=rewrite, opset=opset, batch=batch,
+        checkpoint=model, output=output, report=report, fold=fold, rewrite=rewrite, compare_rewrites=rewrite_diff,
+        opset=opset, batch=batch,
         input_size=input_size, exporter=exporter, simplify=simplify, atol=atol, rtol=rtol, samples=samples,
         seed=seed, strict=strict, arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
         engine=engine, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
