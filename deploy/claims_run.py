@@ -185,7 +185,8 @@ def export_entry(entry: MatrixEntry, ckpt: Path, out_dir: Path, settings: Claims
     """run_export with the entry's fold/simplify; parity failures are recorded, not raised."""
     samples = settings.parity_samples or settings.defaults()["parity_samples"]
     opts = ExportOptions(checkpoint=ckpt, output=out_dir / f"{entry.stem}.onnx", fold=entry.fold,
-                         simplify=entry.simplify, strict=False, samples=samples, seed=settings.seed)
+                         simplify=entry.simplify, strict=False, samples=samples, seed=settings.seed,
+                         compare_rewrites=False)
     opts.exporter = settings.exporter or settings.defaults()["exporter"]
     start = time.perf_counter()
     try:

@@ -14,6 +14,9 @@ Three passes, in this order (docs/architecture.md, "Conventions"):
    torch.fx, paper layers and norms as leaves); the BN becomes ``nn.Identity``, a subclass
    becomes the ``PostNorm`` of what it applies after normalising (its activation).
 
+With ``rewrite`` (the default) the deploy rewrites of ``deploy.rewrite`` run around
+pass 3: layers absorb the BatchNorm after them before it, the other rewrites after it.
+
 The folding itself runs in float64 on a copy, so the per-layer errors in the report are
 measured on a float64 probe input and the float32 kernels are rounded only once.
 """
@@ -21,9 +24,7 @@ measured on a float64 probe input and the float32 kernels are rounded only once.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 import torch.fx
@@ -31,17 +32,23 @@ from torch import nn
 
 from deploy.errors import BadInputError
 from deploy.layers.conv_bn import fuse_conv_bn
+from deploy.probe import capture_inputs, replacement_error
 from deploy.reparam import apply_convention, convention_of, post_norm, same_module
+from deploy.rewrite import RewriteRow, absorb_batchnorms, rewrite_layers
 
 
 @dataclass
 class FoldRow:
-    """One folded layer: its qualified name, what became what, and the error it made."""
+    """One folded layer: its qualified name, what became what, and the error it made.
+
+    Rewrites (``deploy.rewrite``) have the kind ``rewrite`` and say what they did in ``detail``.
+    """
 
     name: str
     kind: str
     max_abs_error: float
     max_rel_error: float
+    detail: str = ""
 
 
 @dataclass
@@ -55,6 +62,10 @@ class FoldReport:
     @property
     def worst_rel_error(self) -> float:
         return max((r.max_rel_error for r in self.rows), default=0.0)
+
+    @property
+    def rewrites(self) -> list[FoldRow]:
+        return [r for r in self.rows if r.kind == "rewrite"]
 
     def to_dict(self) -> dict:
         return {
@@ -77,61 +88,13 @@ class _PaperLayerTracer(torch.fx.Tracer):
         return _is_paper_layer(m) or isinstance(m, nn.BatchNorm2d) or super().is_leaf_module(m, qualname)
 
 
-class _InputRecorder:
-    """Forward pre-hooks that keep the (first) input each named module received."""
-
-    def __init__(self, model: nn.Module, names: set[str]):
-        self.inputs: dict[str, torch.Tensor] = {}
-        self._handles = [
-            module.register_forward_pre_hook(self._hook(name))
-            for name, module in model.named_modules()
-            if name in names
-        ]
-
-    def _hook(self, name: str) -> Callable:
-        def hook(_module: nn.Module, args: tuple) -> None:
-            if name not in self.inputs and args and isinstance(args[0], torch.Tensor):
-                self.inputs[name] = args[0].detach()
-
-        return hook
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-def _errors(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
-    abs_err = float((ref - out).abs().max())
-    scale = float(ref.abs().max())
-    return abs_err, abs_err / scale if scale > 0 else abs_err
-
-
-def _capture_inputs(model: nn.Module, names: set[str], probe: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    if probe is None or not names:
-        return {}
-    recorder = _InputRecorder(model, names)
-    try:
-        with torch.no_grad():
-            model(probe)
-    finally:
-        recorder.close()
-    return recorder.inputs
-
-
-@torch.no_grad()
-def _measure(before: nn.Module, after: nn.Module, inp: torch.Tensor | None) -> tuple[float, float]:
-    if inp is None:
-        return math.nan, math.nan
-    return _errors(before(inp), after(inp))
-
-
 def _fold_paper_convs(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
     names = [n for n, m in model.named_modules() if getattr(m, "folds_to_conv", False)]
-    inputs = _capture_inputs(model, set(names), probe)
+    inputs = capture_inputs(model, set(names), probe)
     for name in names:
         layer = model.get_submodule(name)
         conv = layer.to_conv2d()  # type: ignore[operator]  # folds_to_conv layers have it
-        err = _measure(layer, conv, inputs.get(name))
+        err = replacement_error(layer, conv, inputs.get(name))
         model.set_submodule(name, conv)
         report.rows.append(FoldRow(name, f"{type(layer).__name__}->Conv2d", *err))
 
@@ -140,7 +103,7 @@ def _apply_conventions(model: nn.Module, probe: torch.Tensor | None, report: Fol
     """Pass 2: every module that folds itself by a convention, top-down (timm's walk), one row each."""
     names = {n for n, m in model.named_modules() if n and convention_of(m) is not None}
     if names:
-        _walk_conventions(model, "", _capture_inputs(model, names, probe), report)
+        _walk_conventions(model, "", capture_inputs(model, names, probe), report)
 
 
 def _walk_conventions(parent: nn.Module, prefix: str, inputs: dict[str, torch.Tensor], report: FoldReport) -> None:
@@ -152,7 +115,7 @@ def _walk_conventions(parent: nn.Module, prefix: str, inputs: dict[str, torch.Te
             child = apply_convention(child, method, name)
             setattr(parent, child_name, child)
             if not same_module(before, child):  # an idempotent call on an already folded layer is no fold
-                err = _measure(before, child, inputs.get(name))
+                err = replacement_error(before, child, inputs.get(name))
                 report.rows.append(FoldRow(name, f"{type(before).__name__}.{method}()", *err))
         _walk_conventions(child, name, inputs, report)
 
@@ -198,7 +161,7 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 def _fuse_conv_bn_pairs(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
     pairs = _conv_bn_pairs(model, report)
-    inputs = _capture_inputs(model, {c for c, _ in pairs}, probe)
+    inputs = capture_inputs(model, {c for c, _ in pairs}, probe)
     fused_bns, refused = set(), set()
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
@@ -210,7 +173,7 @@ def _fuse_conv_bn_pairs(model: nn.Module, probe: torch.Tensor | None, report: Fo
             refused.add(bn_name)
             continue
         fused = fuse_conv_bn(conv, bn)
-        err = _measure(nn.Sequential(conv, bn), nn.Sequential(fused, after), inputs.get(conv_name))
+        err = replacement_error(nn.Sequential(conv, bn), nn.Sequential(fused, after), inputs.get(conv_name))
         model.set_submodule(conv_name, fused)
         model.set_submodule(bn_name, after)
         fused_bns.add(bn_name)
@@ -220,6 +183,12 @@ def _fuse_conv_bn_pairs(model: nn.Module, probe: torch.Tensor | None, report: Fo
     for name, module in model.named_modules():
         if isinstance(module, nn.BatchNorm2d) and name not in fused_bns | refused:
             report.kept.append(f"{name}: {type(module).__name__} kept (its input is not a Conv2d output used only by it)")
+
+
+def _add_rewrites(report: FoldReport, found: tuple[list[RewriteRow], list[str]]) -> None:
+    rows, kept = found
+    report.rows.extend(FoldRow(r.name, "rewrite", r.max_abs_error, r.max_rel_error, r.detail) for r in rows)
+    report.kept.extend(kept)
 
 
 def _probe_input(model: nn.Module, probe_shape: tuple[int, ...] | None, seed: int) -> torch.Tensor | None:
@@ -235,6 +204,7 @@ def fold_model(
     *,
     inplace: bool = False,
     fuse_bn: bool = True,
+    rewrite: bool = True,
     probe_shape: tuple[int, ...] | None = None,
     seed: int = 0,
     measure: bool = True,
@@ -242,8 +212,10 @@ def fold_model(
     """Return the deploy form of ``model`` and a report with one row per folded layer.
 
     ``fuse_bn=False`` stops after pass 1: the deploy form as the papers count it
-    (CoC/DO-Conv reduced to convolutions, every BatchNorm kept). ``probe_shape``
-    (C, H, W) defaults to ``model.input_shape``; without either, or with
+    (CoC/DO-Conv reduced to convolutions, every BatchNorm kept). ``rewrite`` (with
+    ``fuse_bn``) adds the exact deploy rewrites of ``deploy.rewrite`` (rows of kind
+    ``rewrite``); ``rewrite=False`` gives the folded graph without them, to compare.
+    ``probe_shape`` (C, H, W) defaults to ``model.input_shape``; without either, or with
     ``measure=False`` (counting params on a meta-device model, say), errors are NaN.
     """
     if model.training:
@@ -262,7 +234,11 @@ def fold_model(
     _fold_paper_convs(target, probe, report)
     if fuse_bn:
         _apply_conventions(target, probe, report)
+        if rewrite:
+            _add_rewrites(report, absorb_batchnorms(target, probe))
         _fuse_conv_bn_pairs(target, probe, report)
+        if rewrite:
+            _add_rewrites(report, rewrite_layers(target, probe))
     target.to(dtype)
     target.eval()
     return target, report

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import onnx
 from torch import nn
 
 from deploy.atomic import check_output_path
@@ -32,11 +33,12 @@ from deploy.steps import (
     parity_step,
     parse_dynamic,
     program_axes,
+    rewrite_comparison,
     second_size,
     tolerance_from,
     write_step,
 )
-from exporters.onnx import export_onnx_detailed, save_onnx, simplify_onnx
+from exporters.onnx import ExportResult, SimplifyResult, export_onnx_detailed, save_onnx, simplify_onnx
 from exporters.tensorrt import build_engine, require_engine_builder, validate_build_options
 from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
 from validators.graph import GraphReport, check_graph
@@ -58,6 +60,8 @@ class ExportOptions:
     output: Path | None = None
     report: Path | None = None
     fold: bool = True
+    rewrite: bool = True  # the exact deploy rewrites (with fold)
+    compare_rewrites: bool = True  # also export without them, for the report's node counts
     opset: int | None = None
     batch: str = "dynamic"  # "dynamic" or a fixed batch size as text
     input_size: str | int | tuple[int, ...] | None = None  # H or HxW
@@ -196,8 +200,8 @@ def build_checked_engine(proto: Any, opts: ExportOptions, input_shape: tuple[int
 def _options_record(opts: ExportOptions, opset: int, input_shape: tuple[int, ...], fixed_batch: int | None,
                     dynamic_hw: bool) -> dict[str, Any]:
     axes = (["batch"] if fixed_batch is None else []) + (["height", "width"] if dynamic_hw else [])
-    return {"fold": opts.fold, "exporter": opts.exporter, "opset": opset, "batch": str(fixed_batch or "dynamic"),
-            "input_shape": list(input_shape), "dynamic_axes": axes,
+    return {"fold": opts.fold, "rewrite": opts.rewrite and opts.fold, "exporter": opts.exporter, "opset": opset,
+            "batch": str(fixed_batch or "dynamic"), "input_shape": list(input_shape), "dynamic_axes": axes,
             "parity_input_shapes": [list(input_shape)] + ([[input_shape[0], *second_size(input_shape)]]
                                                           if dynamic_hw else []),
             "simplify": opts.simplify and opts.fold, "strict": opts.strict, "strict_fold": opts.strict_fold}
@@ -217,18 +221,29 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
                                         model_args=opts.model_args, module=opts.module)
         fixed_batch, dynamic_hw = program_axes(loaded, opts.batch, opts.dynamic)
     with log.step("fold"):
-        deploy_model, fold_report = fold_step(loaded, input_shape, opts.seed) if opts.fold else (loaded.model, None)
-    with log.step("export"):
-        exported = export_onnx_detailed(deploy_model, input_shape, opset=opts.opset, exporter=opts.exporter,
-                                        dynamic_batch=fixed_batch is None, dynamic_hw=dynamic_hw,
-                                        batch_size=fixed_batch or 1,
-                                        metadata=onnx_metadata(loaded, opts.fold, input_shape))
-    with log.step("simplify"):
-        proto, simplified = exported.model, None
+        deploy_model, fold_report = (fold_step(loaded, input_shape, opts.seed, rewrite=opts.rewrite) if opts.fold
+                                     else (loaded.model, None))
+
+    def export(model: nn.Module) -> ExportResult:
+        return export_onnx_detailed(model, input_shape, opset=opts.opset, exporter=opts.exporter,
+                                    dynamic_batch=fixed_batch is None, dynamic_hw=dynamic_hw,
+                                    batch_size=fixed_batch or 1, metadata=onnx_metadata(loaded, opts.fold, input_shape))
+
+    def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifyResult | None]:
         # without folding the graph is kept as exported: onnxsim would constant-fold the
         # kernel-computing subgraphs, i.e. fold behind the user's back.
         if opts.simplify and opts.fold:
-            proto, simplified = simplify_onnx(exported.model, input_shape, tol=tol, seed=opts.seed)
+            return simplify_onnx(model, input_shape, tol=tol, seed=opts.seed)
+        return model, None
+
+    with log.step("export"):
+        exported = export(deploy_model)
+    with log.step("simplify"):
+        proto, simplified = simplify(exported.model)
+    rewrites = None
+    if fold_report is not None and fold_report.rewrites and opts.compare_rewrites:
+        with log.step("rewrite diff"):
+            rewrites = rewrite_comparison(loaded, input_shape, proto, lambda m: simplify(export(m).model)[0])
     with log.step("graph checks"):
         graph, coverage = check_graph(proto, input_shape), check_fold_coverage(proto)
     with log.step("parity"):
@@ -240,8 +255,8 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
     report = RunReport("convdeploy export", {"path": str(opts.checkpoint or "<in-memory module>"), **loaded.describe()},
                        parity, opts.seed, options=_options_record(opts, exported.opset, input_shape, fixed_batch,
                                                                   dynamic_hw),
-                       fold=fold_report, export=exported, simplify=simplified, graph=graph, fold_coverage=coverage,
-                       accuracy=accuracy, seconds=log.seconds)
+                       fold=fold_report, export=exported, simplify=simplified, rewrites=rewrites, graph=graph,
+                       fold_coverage=coverage, accuracy=accuracy, seconds=log.seconds)
     _gate(report, opts)
     if opts.engine is not None:
         with log.step("tensorrt"):

@@ -15,7 +15,7 @@ from typing import Any
 
 from deploy.environment import device_description, versions
 from deploy.fold import FoldReport
-from exporters.onnx import ExportResult, SimplifyResult
+from exporters.onnx import ExportResult, GraphDiff, SimplifyResult
 from validators.fold_coverage import FoldCoverageReport
 from validators.graph import GraphReport
 from validators.parity import ParityReport
@@ -37,6 +37,7 @@ class RunReport:
     fold: FoldReport | None = None
     export: ExportResult | None = None
     simplify: SimplifyResult | None = None
+    rewrites: GraphDiff | None = None  # export: the graph without the deploy rewrites -> with them
     graph: GraphReport | None = None
     fold_coverage: FoldCoverageReport | None = None
     accuracy: dict[str, Any] | None = None
@@ -67,6 +68,7 @@ class RunReport:
             doc.update({
                 "export": self.export.to_dict() if self.export else None,
                 "simplify": self.simplify.to_dict() if self.simplify else None,
+                "rewrites": self.rewrites.to_dict() if self.rewrites else None,
                 "graph": self.graph.to_dict() if self.graph else None,
                 "fold_coverage": self.fold_coverage.to_dict() if self.fold_coverage else None,
             })

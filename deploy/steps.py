@@ -23,7 +23,7 @@ from deploy.fold import FoldReport, fold_model
 from deploy.metrics import Tolerance
 from deploy.train import accuracy
 from deploy.version import __version__
-from exporters.onnx import save_onnx
+from exporters.onnx import GraphDiff, graph_diff, save_onnx
 from validators.parity import ParityReport, check_parity, first_divergence, seeded_inputs
 from validators.runtimes import OrtRuntime
 from validators.torch_runtime import TorchRuntime
@@ -184,9 +184,19 @@ def load_step(checkpoint: Path | None, *, arch: str | None, conv: str | None, co
     return loaded, shape
 
 
-def fold_step(loaded: LoadedModel, input_shape: tuple[int, ...], seed: int) -> tuple[nn.Module, FoldReport]:
-    """The deploy form of the loaded model and the per-layer fold report (float64 probe)."""
-    return fold_model(loaded.model, probe_shape=input_shape, seed=seed)
+def fold_step(loaded: LoadedModel, input_shape: tuple[int, ...], seed: int,
+              rewrite: bool = True) -> tuple[nn.Module, FoldReport]:
+    """The deploy form of the loaded model and the per-layer fold report (float64 probe);
+    ``rewrite`` adds the exact deploy rewrites (``deploy.rewrite``)."""
+    return fold_model(loaded.model, probe_shape=input_shape, seed=seed, rewrite=rewrite)
+
+
+def rewrite_comparison(loaded: LoadedModel, input_shape: tuple[int, ...], rewritten: onnx.ModelProto,
+                       export: Callable[[nn.Module], onnx.ModelProto]) -> GraphDiff:
+    """What the rewrites changed in the graph: the model folded without them, through the same
+    ``export`` (export and simplify) as ``rewritten``, compared with it."""
+    plain, _ = fold_model(loaded.model, probe_shape=input_shape, rewrite=False, measure=False)
+    return graph_diff(export(plain), rewritten)
 
 
 def onnx_metadata(loaded: LoadedModel, folded: bool, input_shape: Sequence[int]) -> dict[str, str]:

@@ -261,6 +261,31 @@ def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+@dataclass
+class GraphDiff:
+    """Two graphs of one model compared: node counts and the op types whose count changed."""
+
+    nodes_before: int
+    nodes_after: int
+    op_changes: dict[str, list[int]]  # op -> [count before, count after]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """``432 -> 336 nodes (BatchNormalization -16, Softmax -16, AveragePool +16)``, removals first."""
+        deltas = sorted(((op, b - a) for op, (a, b) in self.op_changes.items()), key=lambda d: (d[1] > 0, d[1]))
+        ops = ", ".join(f"{op} {d:+d}" for op, d in deltas) or "no op-count change"
+        return f"{self.nodes_before} -> {self.nodes_after} nodes ({ops})"
+
+
+def graph_diff(before: onnx.ModelProto, after: onnx.ModelProto) -> GraphDiff:
+    """How ``after`` differs from ``before`` in nodes per op type."""
+    a, b = op_histogram(before), op_histogram(after)
+    changes = {op: [a.get(op, 0), b.get(op, 0)] for op in sorted(set(a) | set(b)) if a.get(op, 0) != b.get(op, 0)}
+    return GraphDiff(len(before.graph.node), len(after.graph.node), changes)
+
+
 
 @dataclass
 class SimplifyResult:

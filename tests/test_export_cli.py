@@ -22,6 +22,7 @@ from deploy import __version__
 from deploy.atomic import sha256_file
 from deploy.checkpoint import load_checkpoint
 from deploy.fold import fold_model
+from deploy.layers.rewrite import ChannelScale
 from deploy.models.complexity import count_macs, count_params
 from tests.conftest import E2E_SAMPLES
 from validators.graph import check_graph, compare_reports
@@ -57,6 +58,19 @@ def _assert_nothing_foldable_left(coverage: dict, stdout: str) -> None:
     assert ("fold coverage: clean" in stdout) == coverage["clean"]
 
 
+def _channel_scale_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """A rewrite's per-channel scale multiplies in eager torch (no MAC there) but exports as the
+    depthwise 1x1 convolution it equals, which the graph counts: one MAC per output element."""
+    elements = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: elements.append(out.numel()))
+             for m in model.modules() if isinstance(m, ChannelScale)]
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    for h in hooks:
+        h.remove()
+    return sum(elements)
+
+
 @pytest.mark.parametrize("case", R20 + R18, ids=_id)
 def test_folded_export_is_clean_equal_and_labelled(folded_export, case: tuple) -> None:
     arch, conv, size = case
@@ -76,7 +90,7 @@ def test_folded_export_is_clean_equal_and_labelled(folded_export, case: tuple) -
     if conv not in ("coc", "doconv"):  # (those two are compared with their plain twin below)
         deploy_model, _ = fold_model(loaded.model)
         assert graph["params"] == sum(p.numel() for p in deploy_model.parameters())  # frozen IC ones kernel included
-        assert graph["macs"] == count_macs(deploy_model, shape)
+        assert graph["macs"] == count_macs(deploy_model, shape) + _channel_scale_macs(deploy_model, shape)
 
     # parity gate: both candidates within 1e-4 * max|ref| and 100 % top-1, on every input
     parity = rep["parity"]
@@ -354,7 +368,9 @@ def test_scnet50_export_at_64(deploy_cli, tmp_path) -> None:
     rep = json.loads((tmp_path / "sc50.report.json").read_text())
     assert rep["graph"]["verdict"] == "ok" and rep["input"]["conv_kwargs"] == {"pooling_r": 2}
     hist = rep["graph"]["op_histogram"]
-    assert hist["Sigmoid"] == hist["Resize"] == hist["AveragePool"] == 16  # one SCConv gate per bottleneck
+    assert hist["Sigmoid"] == hist["AveragePool"] == 16  # one SCConv gate per bottleneck
+    # layer4's last two blocks pool 2x2 to 1x1: their Up() is a broadcast (rewrite), the others integer upsamplings
+    assert hist["Resize"] == 14 and "Shape" not in hist and hist["Concat"] == 16  # no size computations left
     assert "BatchNormalization" not in hist  # every Conv+BN pair, SCConv's k2/k3/k4 included, fused
     assert rep["fold_coverage"]["clean"] and "fold coverage: clean" in run.stdout
     assert {c["name"] for c in rep["parity"]["candidates"]} == {"folded-torch", "onnxruntime-cpu"}

@@ -13,7 +13,8 @@ counts (deploy/models/complexity.py) and between a folded model and its plain tw
   counted once per consuming node input (seen through Identity aliases); excluded are
   integer/bool tensors (shapes, axes, pads, indices), rank-0 literals (``x * 0.5``,
   epsilons), BatchNormalization running mean/var (inputs 3 and 4: buffers in torch, not
-  parameters) and uses that read only a shape or type (Shape, Size, CastLike's target).
+  parameters), Resize's roi and scales (the output geometry) and uses that read only a
+  shape or type (Shape, Size, CastLike's target).
   Counting per use, not per tensor, matters: both exporters deduplicate
   identical tensors (e.g. the all-zero biases that Conv+BN fusion gives freshly initialised
   BNs), which would otherwise hide parameters. (A weight that torch truly shares between two
@@ -129,6 +130,8 @@ def count_params(model: onnx.ModelProto) -> int:
                 continue
             if (node.op_type == "BatchNormalization" and slot in (3, 4)) or (node.op_type == "CastLike" and slot == 1):
                 continue  # BN buffers; CastLike's target only lends its type
+            if node.op_type in ("Resize", "Upsample") and slot >= 1:
+                continue  # roi and scales: the output's geometry, not weights
             total += int(np.prod(t.dims, dtype=np.int64))
     return total
 

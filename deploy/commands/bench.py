@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from deploy.atomic import check_output_path, sha256_file, write_json_atomic
+from deploy.commands.bench_profile import profile_command
 from deploy.commands.common import console
 from deploy.environment import host_device, versions
 from deploy.errors import BadInputError
@@ -209,6 +210,9 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="PyTorch backend: cpu or cuda (exit 5 without a CUDA GPU)."),
     dtype: str = typer.Option("fp32", "--dtype", help="PyTorch backend: fp32, fp16 or bf16 weights and input."),
     channels_last: bool = typer.Option(False, "--channels-last", help="PyTorch backend: NHWC memory format."),
+    profile: bool = typer.Option(False, "--profile", help="ONNX: ONNX Runtime's per-op profile instead of timing "
+                                 "(time by op type and by node; JSON to --json, default MODEL.profile.json)."),
+    top: int = typer.Option(15, "--top", help="--profile: rows of the op-type and node tables."),
 ) -> None:
     """Time an artifact (or two, interleaved) and print latency statistics."""
     if iters is not None and duration is not None:
@@ -222,6 +226,9 @@ def bench(
         check_output_path(json_out)
     paths = [artifact] + ([vs] if vs is not None else [])
     kinds = [artifact_kind(artifact, backend)] + [artifact_kind(p) for p in paths[1:]]
+    if profile:
+        _profile(paths, kinds, batch, input_size, threads, provider, iters, warm, seed, top, json_out)
+        return
     torch_opts = _torch_options(kinds, device, dtype, cuda_graph, channels_last, seed)
     runtimes, shapes = _open_all(paths, kinds, batch, input_size, provider, threads, include_copies, cuda_graph,
                                  torch_opts)
@@ -255,6 +262,20 @@ def _torch_options(kinds: list[str], device: str, dtype: str, cuda_graph: bool, 
                              seed=seed)
     opts.check()
     return opts
+
+
+def _profile(paths: list[Path], kinds: list[str], batch: int, input_size: Optional[int], threads: Optional[int],
+             provider: Optional[str], iters: Optional[int], warm: Warmup, seed: int, top: int,
+             json_out: Optional[Path]) -> None:
+    """`--profile`: ONNX Runtime's per-op profile of one model (or two, interleaved) instead of timing."""
+    if any(k != "onnx" for k in kinds):
+        raise BadInputError("--profile profiles model.onnx files (ONNX Runtime); time other artifacts without it")
+    shapes = [onnx_bench_shape(p, batch, input_size) for p in paths]
+    if len(set(shapes)) > 1:
+        raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "
+                            "--vs compares on the same input; export both at the same input size")
+    profile_command(paths, shapes, threads=threads, provider=provider, iters=iters,
+                    warmup_runs=warm.runs if warm.runs is not None else 3, seed=seed, top=top, json_out=json_out)
 
 
 def _open_all(paths: list[Path], kinds: list[str], batch: int, input_size: Optional[int], provider: Optional[str],

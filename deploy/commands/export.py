@@ -132,6 +132,12 @@ def export(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default: MODEL with .onnx)."),
     fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold first: CoC/DO-Conv into convs, every module with "
                               "fuse()/reparameterize()/switch_to_deploy(), every Conv+BN pair."),
+    rewrite: bool = typer.Option(True, "--rewrite/--no-rewrite", help="With --fold: the exact deploy rewrites too "
+                                 "(SPConv/IC absorb the BN after them, SCNet's static sizes; each proven in "
+                                 "float64). --no-rewrite exports the folded graph without them, to compare."),
+    rewrite_diff: bool = typer.Option(True, "--rewrite-diff/--no-rewrite-diff", help="When a layer was rewritten, "
+                                      "export the model once more without the rewrites to report what they changed "
+                                      "(node counts; the export step runs twice)."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 18 dynamo, 17 torchscript)."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' (axis named 'batch') or a fixed batch size."),
     input_size: Optional[str] = _INPUT_SIZE,
@@ -176,10 +182,11 @@ def export(
         raise BadInputError(f"--exporter must be dynamo or torchscript, got {exporter!r}")
     kwargs = conv_options(conv, conv_opt, ratio)
     opts = ExportOptions(
-        checkpoint=model, output=output, report=report, fold=fold, opset=opset, batch=batch,
-        input_size=input_size, input_shape=input_shape, dynamic=dynamic, exporter=exporter, simplify=simplify,
-        atol=atol, rtol=rtol, samples=samples, seed=seed, strict=strict, strict_fold=strict_fold, arch=arch,
-        conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle, model_class=model_class, model_args=model_args,
+        checkpoint=model, output=output, report=report, fold=fold, rewrite=rewrite, compare_rewrites=rewrite_diff,
+        opset=opset, batch=batch, input_size=input_size, input_shape=input_shape, dynamic=dynamic, exporter=exporter,
+        simplify=simplify, atol=atol, rtol=rtol, samples=samples, seed=seed, strict=strict, strict_fold=strict_fold,
+        arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle, model_class=model_class,
+        model_args=model_args,
         engine=engine, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace=workspace, timing_cache=timing_cache,
     )
@@ -194,7 +201,11 @@ def export(
 def _print_export(outcome: ExportOutcome) -> None:
     rep = outcome.report
     if rep.fold is not None:
-        console.print(f"fold: {len(rep.fold.rows)} layers folded, worst float64 rel error {rep.fold.worst_rel_error:.2e}")
+        rewrites = len(rep.fold.rewrites)
+        console.print(f"fold: {len(rep.fold.rows) - rewrites} layers folded, {rewrites} rewritten, worst float64 rel "
+                      f"error {rep.fold.worst_rel_error:.2e}")
+    if rep.rewrites is not None:
+        console.print(f"rewrites: {rep.rewrites.summary()}")
     if rep.simplify is not None:
         if rep.simplify.applied:
             console.print(rep.simplify.summary())

@@ -7,6 +7,8 @@ Conventions shared by every layer here:
 * Layers that fold into a single convolution (CoC, DO-Conv) also offer
   ``to_conv2d() -> nn.Conv2d``; ``deploy.fold.fold_model`` swaps them for it, so the
   folded network is indistinguishable from its plain twin.
+* The exact deploy rewrites (``deploy.layers.rewrite``) live with their layer too:
+  ``absorb_batchnorm(bn)``, ``rewritten()`` and ``input_split``, found by ``deploy.rewrite``.
 * Each file ends with one ``register_conv_kind(...)`` call (``deploy.layers.registry``);
   importing this package registers the built-in kinds, one import per file below.
 """

@@ -45,19 +45,41 @@ the bias arrangement: with y = W⊗X + b2 and z = W'·(1⊗̂X) + (b2 − b1),
 so both biases live inside the two convolutions and the two broadcast additions of
 the training form disappear. α stays a separate multiply: pulling it inside the
 ReLU (valid only for α ≥ 0) would need a second, scaled copy of y.
+
+Deploy rewrite (``absorb_batchnorm``, ``rewritten``; ``deploy.layers.rewrite``), exact in
+real arithmetic, for the BN the host block applies after the layer (y -> s·y + t per
+channel) too. With Y' = s·y + t, Z' = s·z + t and B = Y' − Z' = s·(y − z):
+
+* s ≥ 0: s·ReLU(v) = ReLU(s·v), so s·u + t = Y' + α·ReLU(B) -- the BN moves into both
+  convolutions (s = 0 included: the channel is t);
+* s < 0: s·ReLU(v) = s·v − ReLU(s·v), so s·u + t = Y' + α·B − α·ReLU(B): per channel the
+  ReLU branch changes sign and a linear term appears; only layers with a negative
+  scale get that extra term;
+* the window sum 1 ⊗̂ X is k_h·k_w times a k×k average pooling that counts the zero
+  padding (``count_include_pad``); the factor goes into W'. ONNX Runtime pools faster
+  than it runs an all-ones depthwise convolution. (Dilated windows keep the convolution:
+  average pooling has no dilation here.)
+* the graph is y = conv(x), B = adjust(pool(x)) + y with the negated adjustment kernel
+  (one convolution accumulating into y), and α·ReLU(B) + y as a depthwise 1×1
+  convolution of ReLU(B) accumulating into y, which ONNX Runtime fuses with the ReLU
+  that follows the block's BN. With α = 0 the layer is its convolution.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from deploy.layers.conv_bn import bn_scale_shift
 from deploy.layers.paper import ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import ConvKind, ConvSpec, options_from_signature, register_conv_kind
+from deploy.layers.rewrite import ChannelScale, DeployRewrite, RewriteRefusedError
 
 _IntOr2 = int | tuple[int, int]
 
@@ -165,6 +187,84 @@ class ICConv2d(nn.Module):
     def extra_repr(self) -> str:
         alpha = "meta" if self.alpha.is_meta else f"{self.alpha.item():g}"
         return f"alpha={alpha}, learn_alpha={self.learn_alpha}, bias={self.has_bias}, deployed={self.deployed}"
+
+    @torch.no_grad()
+    def absorb_batchnorm(self, bn: _BatchNorm) -> nn.Module:
+        """The deploy rewrite equal to ``bn(self(x))`` (eval mode): the BN inside both convolutions."""
+        if bn.num_features != self.out_channels:
+            raise RewriteRefusedError(f"{bn} does not match the IC layer's {self.out_channels} output channels")
+        try:
+            scale, shift = bn_scale_shift(bn)
+        except ValueError as exc:
+            raise RewriteRefusedError(str(exc)) from exc
+        return _rewrite(self._deploy_form(), scale, shift)
+
+    @torch.no_grad()
+    def rewritten(self) -> nn.Module:
+        """The deploy rewrite equal to ``self`` (the identity affine map absorbed)."""
+        ones = torch.ones(self.out_channels, dtype=self.conv.weight.dtype, device=self.conv.weight.device)
+        return _rewrite(self._deploy_form(), ones, torch.zeros_like(ones))
+
+    def _deploy_form(self) -> ICConv2d:
+        if self.deployed:
+            return self
+        folded = copy.deepcopy(self)
+        folded.switch_to_deploy()
+        return folded
+
+
+def _rewrite(ic: ICConv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+    """``scale * ic(x) + shift`` per channel: ``ICConvBN``, or the convolution alone when α = 0."""
+    conv = copy.deepcopy(ic.conv)
+    b2 = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(scale * b2 + shift)
+    if float(ic.alpha) == 0.0:
+        return conv
+    return ICConvBN(ic, conv, scale, shift)
+
+
+def _window_pool(ic: ICConv2d) -> nn.AvgPool2d | None:
+    """1 ⊗̂ X / (k_h·k_w) as an average pooling counting the padding, where one exists."""
+    ws = ic.window_sum
+    pads = ws.padding
+    if isinstance(pads, str) or tuple(ws.dilation) != (1, 1) or ws.padding_mode != "zeros":
+        return None
+    if any(2 * p > k for p, k in zip(pads, ws.kernel_size)):
+        return None
+    return nn.AvgPool2d(tuple(ws.kernel_size), stride=tuple(ws.stride), padding=tuple(pads),  # type: ignore[arg-type]
+                        count_include_pad=True)
+
+
+class ICConvBN(DeployRewrite):
+    """The IC layer followed by y -> s·y + t per channel, rewritten (module docstring):
+    ``conv`` gives Y', ``adjust`` the negated Z' from the pooled window, ``gate`` α·sign(s)
+    and, where some s < 0, ``linear`` the α·B term of those channels."""
+
+    linear: ChannelScale | None
+
+    @torch.no_grad()
+    def __init__(self, ic: ICConv2d, conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        assert ic.deployed and ic.adjust.bias is not None, "ICConvBN is built from the IC layer's deploy form"
+        adjust_bias = ic.adjust.bias
+        self.conv = conv
+        pool = _window_pool(ic)
+        self.window: nn.Module = pool if pool is not None else copy.deepcopy(ic.window_sum)
+        area = float(ic.window_sum.kernel_size[0] * ic.window_sum.kernel_size[1]) if pool is not None else 1.0
+        self.adjust = copy.deepcopy(ic.adjust)
+        self.adjust.weight.mul_(-area * scale.reshape(-1, 1, 1, 1))
+        self.adjust.bias = nn.Parameter(-(scale * adjust_bias + shift))
+        alpha = ic.alpha.detach().to(scale.dtype)
+        negative = scale < 0
+        self.gate = ChannelScale(alpha * torch.where(negative, -1.0, 1.0).to(scale.dtype))
+        self.linear = ChannelScale(alpha * negative.to(scale.dtype)) if bool(negative.any()) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        inner = self.adjust(self.window(x)) + y  # B = Y' - Z'
+        outer = y if self.linear is None else self.linear(inner) + y
+        return self.gate(F.relu(inner)) + outer
 
 
 def _build(role: str, spec: ConvSpec, options: Mapping[str, Any]) -> ICConv2d:

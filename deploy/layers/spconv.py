@@ -33,22 +33,41 @@ becoming one convolution, but its linear pieces fold exactly. bn1 follows the *s
 gwc + pwc, so bn1(gwc(x) + pwc(x)) = s·gwc(x) + s·pwc(x) + shift: both kernels are
 scaled by s and the shift goes into gwc's bias. gwc and pwc stay separate: merging pwc
 into a dense 3×3 kernel (or into gwc, which is grouped) would multiply its MACs. bn2
-folds into conv1x1. The BN the host block applies after SPConv (``Bottleneck.bn2``)
-cannot be folded into it: β and γ are computed from GAP of the branch outputs, so a
-per-channel affine map after the fusion is not a change of any kernel inside it.
+folds into conv1x1.
+
+Deploy rewrite (``absorb_batchnorm``, ``rewritten``; ``deploy.layers.rewrite``): exact in
+real arithmetic, for the BN the host block applies after SPConv (``Bottleneck.bn2``,
+per channel y -> s·y + t) too:
+
+* β + γ = 1 (a softmax over two logits), so s·(β·U3 + γ·U1) + t = β·U3' + γ·U1' with
+  U3' = s·U3 + t and U1' = s·U1 + t: the BN goes into both branches' kernels;
+* a softmax over two values is a sigmoid of their difference, and GAP is linear:
+  β = σ(GAP(U3) − GAP(U1)) = σ(GAP(D) / s) with D = U3' − U1' = s·(U3 − U1) (t cancels);
+  a negative s is just a negative divisor; where s = 0 the output channel is t whatever
+  the gate is (D = 0 there), so its divisor is replaced by 0 rather than 1/0;
+* Y' = U1' + β·D. The graph computes N = −U1' (conv1x1 with the negated kernel),
+  D = gwc'(x) + pwc'(x) + N as convolutions accumulating into one another, the GAP as an
+  average pooling over the whole map, the 1/s and the −1 as depthwise 1×1 convolutions
+  and β over the map as a nearest upsampling, so that ONNX Runtime keeps every op in
+  its blocked layout (no Sub, ReduceMean, Softmax, Gather, Slice or broadcasting Mul);
+* the input slices are ``input_split``: where the host computes them with a 1×1 conv
+  (+ ReLU) used by nothing else, that conv is split instead (``deploy.rewrite``).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from deploy.errors import BadInputError
 from deploy.layers.conv_bn import bn_scale_shift, fuse_conv_bn
 from deploy.layers.paper import THOP_NOTE, ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import ConvKind, ConvSpec, ZooVariant, options_from_signature, register_conv_kind
+from deploy.layers.rewrite import ChannelScale, DeployRewrite, RewriteRefusedError, broadcast_to_map, global_mean
 
 
 def _eager(x: torch.Tensor) -> bool:
@@ -109,14 +128,13 @@ class SPConv3x3(nn.Module):
         self.bn2: nn.Module = nn.BatchNorm2d(out_channels)
         self.deployed = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 2 and _eager(x) and (x.shape[-2] % 2 or x.shape[-1] % 2):
-            raise ValueError(
-                f"SPConv3x3 with stride 2 got a {x.shape[-2]}x{x.shape[-1]} input: its 2x2 average "
-                "pooling and its strided 3x3 disagree on odd sizes; use an even height and width"
-            )
-        x_rep = x[:, : self.inplanes_3x3]
-        x_red = x[:, self.inplanes_3x3 :]
+    @property
+    def input_split(self) -> tuple[int, int]:
+        """The channel slices the input is cut into: representative, redundant (Sec. 3.2)."""
+        return (self.inplanes_3x3, self.inplanes_1x1)
+
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x_rep, x_red = _split_input(x, self.inplanes_3x3, self.stride)
         out_gwc = self.gwc(x_rep)
         if self.stride == 2:
             x_rep = self.avgpool_s2_3(x_rep)
@@ -146,6 +164,85 @@ class SPConv3x3(nn.Module):
         self.bn1 = nn.Identity()
         self.bn2 = nn.Identity()
         self.deployed = True
+
+    @torch.no_grad()
+    def absorb_batchnorm(self, bn: _BatchNorm) -> SPConvBN:
+        """The deploy rewrite equal to ``bn(self(x))`` (eval mode): the BN inside both branches."""
+        if bn.num_features != self.outplanes:
+            raise RewriteRefusedError(f"{bn} does not match SPConv's {self.outplanes} output channels")
+        try:
+            scale, shift = bn_scale_shift(bn)
+        except ValueError as exc:
+            raise RewriteRefusedError(str(exc)) from exc
+        return SPConvBN(self._deploy_form(), scale, shift)
+
+    @torch.no_grad()
+    def rewritten(self) -> SPConvBN:
+        """The deploy rewrite equal to ``self`` (the identity affine map absorbed)."""
+        ones = torch.ones(self.outplanes, dtype=self.gwc.weight.dtype, device=self.gwc.weight.device)
+        return SPConvBN(self._deploy_form(), ones, torch.zeros_like(ones))
+
+    def _deploy_form(self) -> SPConv3x3:
+        if self.deployed:
+            return self
+        folded = copy.deepcopy(self)
+        folded.switch_to_deploy()
+        return folded
+
+
+def _split_input(x: torch.Tensor | tuple[torch.Tensor, torch.Tensor], rep: int,
+                 stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(representative, redundant) channels: sliced from ``x``, or given as a pair by a split producer."""
+    x_rep, x_red = x if isinstance(x, tuple) else (x[:, :rep], x[:, rep:])
+    if stride == 2 and _eager(x_rep) and (x_rep.shape[-2] % 2 or x_rep.shape[-1] % 2):
+        raise ValueError(
+            f"SPConv3x3 with stride 2 got a {x_rep.shape[-2]}x{x_rep.shape[-1]} input: its 2x2 average "
+            "pooling and its strided 3x3 disagree on odd sizes; use an even height and width"
+        )
+    return x_rep, x_red
+
+
+class SPConvBN(DeployRewrite):
+    """SPConv followed by the per-channel affine map y -> s·y + t, rewritten (module docstring).
+
+    ``gwc``/``pwc`` compute U3' = s·U3 + t, ``neg_red`` computes N = −U1' = −(s·U1 + t),
+    ``inv_scale`` multiplies the pooled D by 1/s (0 where s = 0) and ``negate`` by −1.
+    """
+
+    @torch.no_grad()
+    def __init__(self, sp: SPConv3x3, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        assert sp.deployed, "SPConvBN is built from SPConv's deploy form"
+        self.stride = sp.stride
+        self.inplanes_3x3, self.inplanes_1x1 = sp.inplanes_3x3, sp.inplanes_1x1
+        col = scale.reshape(-1, 1, 1, 1)
+        self.gwc = copy.deepcopy(sp.gwc)  # bn1's shift is its bias
+        self.gwc.weight.mul_(col)
+        assert self.gwc.bias is not None
+        self.gwc.bias.copy_(scale * self.gwc.bias + shift)
+        self.pwc = copy.deepcopy(sp.pwc)
+        self.pwc.weight.mul_(col)
+        self.neg_red = copy.deepcopy(sp.conv1x1)
+        self.neg_red.weight.mul_(-col)
+        assert self.neg_red.bias is not None
+        self.neg_red.bias.copy_(-(scale * self.neg_red.bias + shift))
+        self.avgpool_s2 = nn.AvgPool2d(kernel_size=2, stride=2)
+        inverse = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / torch.where(scale == 0, 1.0, scale))
+        self.inv_scale = ChannelScale(inverse)
+        self.negate = ChannelScale(-torch.ones_like(scale))
+
+    @property
+    def input_split(self) -> tuple[int, int]:
+        return (self.inplanes_3x3, self.inplanes_1x1)
+
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x_rep, x_red = _split_input(x, self.inplanes_3x3, self.stride)
+        p_rep = self.avgpool_s2(x_rep) if self.stride == 2 else x_rep
+        p_red = self.avgpool_s2(x_red) if self.stride == 2 else x_red
+        neg_u1 = self.neg_red(p_red)
+        diff = self.gwc(x_rep) + (self.pwc(p_rep) + neg_u1)  # D = U3' - U1'
+        beta = torch.sigmoid(self.inv_scale(global_mean(diff)))
+        return self.negate(neg_u1) + broadcast_to_map(beta, diff) * diff
 
 
 def _build(role: str, spec: ConvSpec, options: Mapping[str, Any]) -> SPConv3x3:
