@@ -318,11 +318,16 @@ def test_inspect_onnx_json(folded_export, deploy_cli) -> None:
     assert info["op_histogram"] == graph["op_histogram"] == {
         "Add": 9, "Conv": 21, "Gemm": 1, "ReduceMean": 1, "Relu": 19, "Reshape": 1}
     assert (info["params"], info["macs"]) == (graph["params"], graph["macs"])
-    assert info["inputs"] == [{"name": "input", "shape": ["batch", 3, 32, 32]}]
-    assert info["outputs"] == [{"name": "output", "shape": ["batch", 10]}]
-    assert info["metadata"]["convdeploy.conv"] == "coc" and info["metadata"]["convdeploy.folded"] == "yes"
+    assert info["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
+    assert info["outputs"] == [{"name": "output", "dtype": "float32", "shape": ["batch", 10]}]
+    meta = info["metadata"]
+    assert meta["convdeploy.conv"] == "coc" and meta["convdeploy.folded"] == "yes"
+    assert all(k.startswith("convdeploy.") for k in meta), meta  # onnxsim's run settings are not kept
+    assert info["fold_coverage"]["clean"] is True
     human = deploy_cli("inspect", exp.onnx_path)
-    assert human.exit_code == 0 and "op_histogram" in human.stdout and "verdict" in human.stdout
+    assert human.exit_code == 0, human.stderr
+    assert "input  input  float32  [batch, 3, 32, 32]" in human.stdout and "graph check: clean" in human.stdout
+    assert "Conv 21" in human.stdout and "fold coverage: clean" in human.stdout
 
 
 def test_inspect_checkpoint_json(zoo_checkpoint, deploy_cli) -> None:
