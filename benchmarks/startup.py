@@ -13,6 +13,10 @@ another model instead.
 
     .venv/bin/python benchmarks/startup.py               # 7 rounds
     .venv/bin/python benchmarks/startup.py --rounds 15   # steadier medians on a loaded machine
+    .venv/bin/python benchmarks/startup.py --baseline OTHER/.venv/bin/deploy   # before/after in one run
+
+``--baseline`` times the same four deploy commands of another installation (an older checkout)
+in the same interleaved rounds, labelled ``before:``.
 """
 
 from __future__ import annotations
@@ -45,16 +49,24 @@ def make_onnx(work: Path) -> Path:
     return onnx_path
 
 
-def commands(onnx_path: Path) -> dict[str, list[str]]:
-    """Label -> argv of every command timed."""
-    model = str(onnx_path)
+def deploy_commands(deploy: str, model: str, tag: str = "") -> dict[str, list[str]]:
+    """The four deploy commands timed, for the ``deploy`` executable given."""
     return {
-        "deploy --version": [DEPLOY, "--version"],
-        "deploy --help": [DEPLOY, "--help"],
-        "deploy inspect r50.onnx": [DEPLOY, "inspect", model],
-        "deploy bench r50.onnx --iters 1": [DEPLOY, "bench", model, "--iters", "1"],
-        "polygraphy inspect model r50.onnx": [POLYGRAPHY, "inspect", "model", model],
+        f"{tag}deploy --version": [deploy, "--version"],
+        f"{tag}deploy --help": [deploy, "--help"],
+        f"{tag}deploy inspect r50.onnx": [deploy, "inspect", model],
+        f"{tag}deploy bench r50.onnx --iters 1": [deploy, "bench", model, "--iters", "1"],
     }
+
+
+def commands(onnx_path: Path, baseline: str | None = None) -> dict[str, list[str]]:
+    """Label -> argv of every command timed; polygraphy last (the ratios' base)."""
+    model = str(onnx_path)
+    cmds = deploy_commands(DEPLOY, model)
+    if baseline is not None:
+        cmds.update(deploy_commands(baseline, model, "before: "))
+    cmds["polygraphy inspect model r50.onnx"] = [POLYGRAPHY, "inspect", "model", model]
+    return cmds
 
 
 def time_once(argv: list[str]) -> float:
@@ -72,9 +84,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="Runs of each command (interleaved).")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "startup", help="Where r50.onnx is made.")
     parser.add_argument("--onnx", type=Path, default=None, help="Time this model instead of ResNet-50.")
+    parser.add_argument("--baseline", default=None, help="Another installation's deploy executable, timed too.")
     args = parser.parse_args()
     onnx_path = args.onnx or make_onnx(args.work)
-    cmds = commands(onnx_path)
+    cmds = commands(onnx_path, args.baseline)
     labels = list(cmds)
     for argv in cmds.values():  # once each untimed: the file cache and .pyc files are warm for every command
         time_once(argv)
@@ -86,10 +99,10 @@ def main() -> None:
     base = statistics.median(times[labels[-1]])
     print(f"start-up times, {args.rounds} interleaved rounds, {onnx_path} "
           f"({onnx_path.stat().st_size / 2**20:.1f} MiB)")
-    print(f"{'command':<36} {'median s':>9} {'min s':>7} {'max s':>7} {'/ polygraphy':>13}")
+    print(f"{'command':<44} {'median s':>9} {'min s':>7} {'max s':>7} {'/ polygraphy':>13}")
     for label in labels:
         t = times[label]
-        print(f"{label:<36} {statistics.median(t):9.3f} {min(t):7.3f} {max(t):7.3f} "
+        print(f"{label:<44} {statistics.median(t):9.3f} {min(t):7.3f} {max(t):7.3f} "
               f"{statistics.median(t) / base:12.2f}x")
     ratio = statistics.median(times["deploy inspect r50.onnx"]) / base
     verdict = "met" if ratio <= TARGET else "NOT met"

@@ -103,3 +103,31 @@ def test_shell_completion_through_the_lazy_group() -> None:
     assert "--layers" in _complete("deploy inspect --l")
     assert {"list", "create", "train"} <= set(_complete("deploy zoo "))
     assert "--json-file" in _complete("deploy bench --json")
+
+
+def test_bench_json_rule(small_onnx: Path, tmp_path: Path) -> None:
+    """bench --json: the record alone on stdout (table and progress on stderr); --json-file: the same
+    record in a file; the old `--json FILE` form is refused by click (a path is not a command)."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    args = ["bench", str(small_onnx), "--iters", "3", "--warmup", "1", "--input-size", "16"]
+    printed = runner.invoke(cli.app, [*args, "--json"])
+    assert printed.exit_code == 0, printed.stderr
+    record = json.loads(printed.stdout)
+    assert record["format"] == "convdeploy-bench/1" and len(record["results"][0]["stats"]["samples_ms"]) == 3
+    assert "median" in printed.stderr
+    target = tmp_path / "b.json"
+    written = runner.invoke(cli.app, [*args, "--json-file", str(target)])
+    assert written.exit_code == 0 and "median" in written.stdout
+    assert json.loads(target.read_text())["results"][0]["input_shape"] == [1, 3, 16, 16]
+    old = runner.invoke(cli.app, [*args, "--json", str(tmp_path / "old.json")])
+    assert old.exit_code == 2 and not (tmp_path / "old.json").exists()
+    assert runner.invoke(cli.app, ["-v", "-q", "--version"]).exit_code == 0  # --version is eager
+
+
+def test_quiet_keeps_errors(small_onnx: Path) -> None:
+    from typer.testing import CliRunner
+
+    run = CliRunner().invoke(cli.app, ["-q", "bench", str(small_onnx), "--iters", "2", "--duration", "1"])
+    assert run.exit_code == 2 and run.stdout == "" and "give --iters or --duration, not both" in run.stderr

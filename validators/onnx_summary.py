@@ -15,7 +15,7 @@ from typing import Any
 
 import onnx
 
-from validators.graph import constants
+from validators.graph import constants, declarations_only
 
 #: a list attribute longer than this is shown by its length only
 _MAX_LIST = 16
@@ -82,7 +82,7 @@ def interface(model: onnx.ModelProto) -> tuple[list[TensorInfo], list[TensorInfo
 def _known_tensors(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     """Every tensor shape inference can describe, plus the stored tensors (from their declarations)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(declarations_only(model), data_prop=True)
     except Exception:  # noqa: BLE001 - inference fails in many ways on hand-made graphs; shapes are then unknown
         inferred = model
     graph = inferred.graph

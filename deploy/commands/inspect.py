@@ -107,9 +107,8 @@ def _print_onnx(record: dict[str, Any], graph: GraphReport, coverage: FoldCovera
         for t in record[label]:
             console.print(f"  {label[:-1]:<7}{t['name']}  {t['dtype']}  {shape_text(t['shape'])}", highlight=False,
                           markup=False)
-    if record["metadata"]:
-        console.print("  metadata: " + ", ".join(f"{k}={v}" for k, v in record["metadata"].items()),
-                      highlight=False, soft_wrap=True, markup=False)
+    for key, value in record["metadata"].items():
+        console.print(f"  meta   {key} = {value}", highlight=False, soft_wrap=True, markup=False)
     print_graph(graph, coverage)
     print_fold_coverage(coverage, strict_fold=False)
     if rows:
