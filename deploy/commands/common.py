@@ -109,8 +109,8 @@ def detail(text: str) -> None:
         console.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
-JSON = typer.Option(False, "--json", help="Print the machine-readable record (JSON) on stdout; the human text "
-                    "goes to stderr.")
+JSON = typer.Option(False, "--json", help="Print the machine-readable record (JSON) on stdout and nothing else "
+                    "there (human text goes to stderr).")
 JSON_FILE = typer.Option(None, "--json-file", metavar="PATH", help="Write the machine-readable record (JSON) to "
                          "PATH (atomically).")
 

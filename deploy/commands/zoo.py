@@ -26,6 +26,7 @@ from deploy.zoo_counts import CONVENTIONS, zoo_row
 app = typer.Typer(
     help="The model zoo: ResNet-18/34/50/101, CIFAR ResNet-20 and SCNet-50/101 with each paper's layer.",
     no_args_is_help=True,
+    add_completion=False,  # completion is the root's (`deploy --install-completion`)
 )
 
 _CONV_OPT = typer.Option(None, "--conv-opt", help=conv_opt_help())
