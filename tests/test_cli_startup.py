@@ -131,3 +131,12 @@ def test_quiet_keeps_errors(small_onnx: Path) -> None:
 
     run = CliRunner().invoke(cli.app, ["-q", "bench", str(small_onnx), "--iters", "2", "--duration", "1"])
     assert run.exit_code == 2 and run.stdout == "" and "give --iters or --duration, not both" in run.stderr
+
+
+def test_quiet_silences_progress_bars_too(small_onnx: Path, tmp_path: Path) -> None:
+    """`deploy -q bench … --json-file F` prints nothing on stdout (the harness's progress bar included)."""
+    run = subprocess.run([str(Path(sys.executable).parent / "deploy"), "-q", "bench", str(small_onnx), "--iters", "3",
+                          "--warmup", "1", "--input-size", "16", "--json-file", str(tmp_path / "q.json")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "" and json.loads((tmp_path / "q.json").read_text())["format"] == "convdeploy-bench/1"

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
+import rich
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -96,6 +97,7 @@ def configure_output(*, debug: bool, verbose: bool, quiet: bool) -> None:
     warnings still print), ``verbose`` asks commands for their details."""
     state.update(debug=debug, verbose=verbose, quiet=quiet)
     console.quiet = quiet
+    rich.get_console().quiet = quiet  # the library's progress bars draw on rich's global console
 
 
 def warn(text: str) -> None:
