@@ -123,6 +123,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "-v", "--verbose", help="More detail: library warnings, the exporter's own "
                                  "messages."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only errors and warnings (and the JSON of --json)."),
@@ -132,6 +133,8 @@ def _root(
     if verbose and quiet:
         raise typer.BadParameter("give -v/--verbose or -q/--quiet, not both")
     configure_output(debug=debug, verbose=verbose, quiet=quiet)
+    # the root options hold for this invocation only (the test runner invokes many in one process)
+    ctx.call_on_close(lambda: configure_output(debug=False, verbose=False, quiet=False))
     if not (debug or verbose):
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -140,3 +140,15 @@ def test_quiet_silences_progress_bars_too(small_onnx: Path, tmp_path: Path) -> N
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout == "" and json.loads((tmp_path / "q.json").read_text())["format"] == "convdeploy-bench/1"
+
+
+def test_root_options_last_one_invocation(small_onnx: Path) -> None:
+    """`-q` of one invocation does not silence the next (in-process runners share the consoles)."""
+    from typer.testing import CliRunner
+
+    from deploy.commands.common import console, state
+
+    runner = CliRunner()
+    assert runner.invoke(cli.app, ["-q", "inspect", str(small_onnx)]).stdout == ""
+    assert not console.quiet and not state["quiet"]
+    assert "graph check" in runner.invoke(cli.app, ["inspect", str(small_onnx)]).stdout
