@@ -224,10 +224,12 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
         deploy_model, fold_report = (fold_step(loaded, input_shape, opts.seed, rewrite=opts.rewrite) if opts.fold
                                      else (loaded.model, None))
 
+    metadata = onnx_metadata(loaded, opts.fold, input_shape, fold_report, opts.rewrite)
+
     def export(model: nn.Module) -> ExportResult:
         return export_onnx_detailed(model, input_shape, opset=opts.opset, exporter=opts.exporter,
                                     dynamic_batch=fixed_batch is None, dynamic_hw=dynamic_hw,
-                                    batch_size=fixed_batch or 1, metadata=onnx_metadata(loaded, opts.fold, input_shape))
+                                    batch_size=fixed_batch or 1, metadata=metadata)
 
     def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifyResult | None]:
         # without folding the graph is kept as exported: onnxsim would constant-fold the

@@ -199,14 +199,19 @@ def rewrite_comparison(loaded: LoadedModel, input_shape: tuple[int, ...], rewrit
     return graph_diff(export(plain), rewritten)
 
 
-def onnx_metadata(loaded: LoadedModel, folded: bool, input_shape: Sequence[int]) -> dict[str, str]:
-    """The ``convdeploy.*`` metadata an export writes into the ONNX file."""
+def onnx_metadata(loaded: LoadedModel, folded: bool, input_shape: Sequence[int],
+                  fold_report: FoldReport | None = None, rewrite: bool = True) -> dict[str, str]:
+    """The ``convdeploy.*`` metadata an export writes into the ONNX file (and nothing else: the
+    simplifier's own keys are dropped). ``convdeploy.rewrites``: how many exact deploy rewrites
+    the fold applied, ``off`` without ``rewrite``, ``none`` without a fold."""
+    rewrites = (str(len(fold_report.rewrites)) if rewrite else "off") if folded and fold_report else "none"
     return {
         "convdeploy.version": __version__,
         "convdeploy.arch": loaded.arch or "custom",
         "convdeploy.conv": loaded.conv or "custom",
         "convdeploy.conv_kwargs": ",".join(f"{k}={v}" for k, v in sorted(loaded.conv_kwargs.items())),
         "convdeploy.folded": "yes" if folded else "no",
+        "convdeploy.rewrites": rewrites,
         "convdeploy.source_sha256": loaded.sha256,
         "convdeploy.input_shape": "x".join(str(int(s)) for s in input_shape),
     }

@@ -395,6 +395,9 @@ def _same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, x: np.ndarray
 
 
 def _carry_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+    """``src``'s model metadata replaces ``dst``'s (onnxsim adds some twenty ``onnxsim.*`` keys of its
+    run's settings: clutter in a deployed file); node metadata is carried by node name."""
+    del dst.metadata_props[:]
     set_metadata(dst, {p.key: p.value for p in src.metadata_props})
     by_name = {n.name: n for n in src.graph.node if n.name}
     for node in dst.graph.node:

@@ -35,6 +35,7 @@ from deploy.atomic import check_output_path, sha256_file, write_bytes_atomic, wr
 from deploy.errors import BackendUnavailableError, BadInputError
 from exporters.fp16_onnx import fp32_ops, write_fp16_onnx
 from exporters.timing_cache import TimingCachePlan, plan_timing_cache, refused_note, save_timing_cache
+from validators.onnx_file import OnnxInput, onnx_input
 from validators.trt_env import (
     ENGINE_FORMAT,
     ENGINE_SUFFIXES,
@@ -49,33 +50,6 @@ MAX_WORKSPACE_GIB = 1024.0
 
 
 # ---------------------------------------------------------------- ONNX input and profile
-
-@dataclass(frozen=True)
-class OnnxInput:
-    """The single graph input of an ONNX model: name and dims (int, or None when symbolic)."""
-
-    name: str
-    dims: tuple[int | None, ...]
-
-
-def onnx_input(path: str | Path) -> OnnxInput:
-    """Read the (single) non-initializer graph input of ``path``."""
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"{p} does not exist: give the path of a model.onnx (deploy export … -o model.onnx)")
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
-        raise BadInputError(f"{p} is not a readable ONNX model ({type(exc).__name__}): re-export it") from None
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise BadInputError(f"{p} has {len(inputs)} inputs; convdeploy handles single-input image models only")
-    tensor = inputs[0].type.tensor_type
-    dims = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
-                 for d in tensor.shape.dim)
-    return OnnxInput(name=inputs[0].name, dims=dims)
-
 
 def _axis_range(axis: str, names: str, fixed: int | None, lo: int | None, opt: int | None, hi: int | None,
                 default_min: int | None) -> tuple[int, int, int]:

@@ -85,7 +85,7 @@ WORK="$OUT/trt"
 mkdir -p "$WORK"
 step "zoo create resnet20 (doconv)" 60 "${DEPLOY[@]}" zoo create resnet20 --conv doconv -o "$WORK/r20.pt"
 step "bench r20.pt on torch cuda (CUDA graph)" 60 "${DEPLOY[@]}" bench "$WORK/r20.pt" --backend torch --device cuda \
-    --cuda-graph --batch 8 --iters 200 --json "$OUT/bench-torch-cuda.json"
+    --cuda-graph --batch 8 --iters 200 --json-file "$OUT/bench-torch-cuda.json"
 if [[ $TRT == yes* ]]; then
     for precision in fp32 fp16; do
         flag=()
@@ -94,7 +94,7 @@ if [[ $TRT == yes* ]]; then
             -o "$WORK/r20-$precision.onnx" --engine "$WORK/r20-$precision.plan" --max-batch 8 --opt-batch 8 \
             --timing-cache "$WORK/timing.cache" "${flag[@]}"
         step "bench engine ($precision)" 60 "${DEPLOY[@]}" bench "$WORK/r20-$precision.plan" --batch 8 --iters 200 \
-            --json "$OUT/bench-trt-$precision.json"
+            --json-file "$OUT/bench-trt-$precision.json"
     done
 else
     say "TensorRT steps skipped: ${TRT#no: }"

@@ -124,6 +124,10 @@ def test_folded_export_is_clean_equal_and_labelled(folded_export, case: tuple) -
     assert meta["convdeploy.conv"] == conv and meta["convdeploy.arch"] == arch
     assert meta["convdeploy.folded"] == "yes" and meta["convdeploy.version"] == __version__
     assert meta["convdeploy.source_sha256"] == sha256_file(exp.checkpoint) == rep["input"]["sha256"]
+    assert meta["convdeploy.rewrites"] == str(sum(r["kind"] == "rewrite" for r in rep["fold"]["rows"]))
+    assert sorted(meta) == sorted(f"convdeploy.{k}" for k in (  # ours only: no onnxsim.* run settings
+        "exporter", "torch", "dynamic_axes", "version", "arch", "conv", "conv_kwargs", "folded", "rewrites",
+        "source_sha256", "input_shape"))
     assert rep["outputs"]["onnx"]["sha256"] == sha256_file(exp.onnx_path)
     assert rep["input"]["source"] == "convdeploy" and rep["options"]["opset"] == 18
 
@@ -198,10 +202,13 @@ def test_fixed_batch_and_report_path(zoo_checkpoint, deploy_cli, tmp_path) -> No
     ckpt = zoo_checkpoint("resnet20", "ic", 32)
     (tmp_path / "reports").mkdir()
     report = tmp_path / "reports" / "custom.json"
-    run = deploy_cli("export", ckpt, "--batch", 4, "-o", tmp_path / "b4.onnx", "--report", report, "--samples", 2)
+    run = deploy_cli("export", ckpt, "--batch", 4, "-o", tmp_path / "b4.onnx", "--report", report, "--samples", 2,
+                     "--json")
     assert run.exit_code == 0, run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b4.onnx", "reports"]  # no b4.report.json
     rep = json.loads(report.read_text())
+    assert json.loads(run.stdout) == rep  # --json: the report on stdout, nothing else
+    assert "parity vs training-form" in run.stderr  # the human text moved to stderr
     assert rep["parity"]["batches"] == [4] and rep["parity"]["passed"] and rep["options"]["batch"] == "4"
     proto = onnx.load(str(tmp_path / "b4.onnx"))
     assert _dims(proto.graph.input[0]) == [4, 3, 32, 32] and _dims(proto.graph.output[0]) == [4, 10]
@@ -215,9 +222,11 @@ def test_fixed_batch_and_report_path(zoo_checkpoint, deploy_cli, tmp_path) -> No
 def test_validate_writes_a_passing_report(folded_export, deploy_cli, tmp_path) -> None:
     exp = folded_export("resnet20", "doconv", 32)
     assert exp.run.exit_code == 0, exp.run.stderr
-    run = deploy_cli("validate", exp.checkpoint, exp.onnx_path, "--samples", 2, "--report", tmp_path / "v.json")
+    run = deploy_cli("validate", exp.checkpoint, exp.onnx_path, "--samples", 2, "--json-file", tmp_path / "v.json")
     assert run.exit_code == 0, run.stderr
     rep = json.loads((tmp_path / "v.json").read_text())
+    printed = deploy_cli("validate", exp.checkpoint, exp.onnx_path, "--samples", 2, "--json")
+    assert printed.exit_code == 0 and json.loads(printed.stdout)["parity"] == rep["parity"]
     assert rep["tool"] == "convdeploy validate" and rep["parity"]["passed"]
     assert rep["onnx"]["sha256"] == sha256_file(exp.onnx_path) and rep["input"]["sha256"] == sha256_file(exp.checkpoint)
     assert {c["name"] for c in rep["parity"]["candidates"]} == {"folded-torch", "onnxruntime-cpu"}
@@ -318,11 +327,16 @@ def test_inspect_onnx_json(folded_export, deploy_cli) -> None:
     assert info["op_histogram"] == graph["op_histogram"] == {
         "Add": 9, "Conv": 21, "Gemm": 1, "ReduceMean": 1, "Relu": 19, "Reshape": 1}
     assert (info["params"], info["macs"]) == (graph["params"], graph["macs"])
-    assert info["inputs"] == [{"name": "input", "shape": ["batch", 3, 32, 32]}]
-    assert info["outputs"] == [{"name": "output", "shape": ["batch", 10]}]
-    assert info["metadata"]["convdeploy.conv"] == "coc" and info["metadata"]["convdeploy.folded"] == "yes"
+    assert info["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
+    assert info["outputs"] == [{"name": "output", "dtype": "float32", "shape": ["batch", 10]}]
+    meta = info["metadata"]
+    assert meta["convdeploy.conv"] == "coc" and meta["convdeploy.folded"] == "yes"
+    assert all(k.startswith("convdeploy.") for k in meta), meta  # onnxsim's run settings are not kept
+    assert info["fold_coverage"]["clean"] is True
     human = deploy_cli("inspect", exp.onnx_path)
-    assert human.exit_code == 0 and "op_histogram" in human.stdout and "verdict" in human.stdout
+    assert human.exit_code == 0, human.stderr
+    assert "input  input  float32  [batch, 3, 32, 32]" in human.stdout and "graph check: clean" in human.stdout
+    assert "Conv 21" in human.stdout and "fold coverage: clean" in human.stdout
 
 
 def test_inspect_checkpoint_json(zoo_checkpoint, deploy_cli) -> None:

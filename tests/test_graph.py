@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import onnx
 import onnx.helper as oh
 import pytest
@@ -190,3 +191,35 @@ def test_packaged_tensorrt_table() -> None:
     assert table.lookup("Conv").supported and not table.lookup("Unique").supported
     assert "dilations" in table.lookup("MaxPool").restrictions
     assert table.lookup("NotAnOp") is None
+
+
+def _runtime_shaped_conv() -> onnx.ModelProto:
+    """x [1, 3, 8, 8] reshaped to a width computed from x's values (8 at run time on a zero input: shape
+    inference cannot know it), then a 4x3x3x3 conv: its MACs need the shape fallback."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = [numpy_helper.from_array(np.zeros((4, 3, 3, 3), np.float32), "w"),
+             numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+             numpy_helper.from_array(np.array([8], np.int64), "eight"),
+             numpy_helper.from_array(np.array([1, 3, 8], np.int64), "head")]
+    nodes = [oh.make_node("Mul", ["x", "zero"], ["z"]), oh.make_node("ReduceMax", ["z"], ["m"], keepdims=0),
+             oh.make_node("Cast", ["m"], ["mi"], to=TensorProto.INT64),
+             oh.make_node("Unsqueeze", ["mi", "axis0"], ["mu"]), oh.make_node("Add", ["mu", "eight"], ["width"]),
+             oh.make_node("Concat", ["head", "width"], ["shape"], axis=0),
+             oh.make_node("Reshape", ["x", "shape"], ["r"]), oh.make_node("Conv", ["r", "w"], ["y"], name="conv")]
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+
+
+def test_shape_fallback_runs_only_within_its_budget() -> None:
+    """Where shape inference cannot tell, one ONNX Runtime run fills the shapes in — only when every known
+    tensor fits the budget; with no budget (`deploy inspect`) the graph is never run."""
+    model = _runtime_shaped_conv()
+    assert count_macs(model)[0] == 4 * 6 * 6 * 27  # run: the conv's output is 1x4x6x6
+    for budget in (None, 100):  # 100 < 192 elements of x
+        with pytest.raises(GraphCheckError, match="cannot infer the shapes around Conv node conv"):
+            count_macs(model, run_budget=budget)
+    report = check_graph(model, run_budget=None)
+    assert report.macs is None and report.verdict == "failed"

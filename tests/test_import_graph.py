@@ -3,9 +3,12 @@
 Every module of deploy/, exporters/ and validators/ is parsed (never imported); each import
 of another project module is an edge. The layer order is the one docs/architecture.md
 documents. Function-local imports are allowed only for heavy or optional third-party
-backends, each with a comment saying why — and for exactly one project import: the package
-``deploy/__init__.py``'s PEP 562 ``__getattr__`` imports ``deploy.api`` on first use of the
-API's names, so that ``import deploy`` (and ``deploy.errors``) never imports torch.
+backends, each with a comment saying why — and for exactly the project imports of
+``LAZY_PROJECT_IMPORTS``, each keeping torch out of a start-up that does not need it: the
+package ``deploy/__init__.py``'s PEP 562 ``__getattr__`` imports ``deploy.api`` on first use of
+the API's names (``import deploy`` and ``deploy.errors`` stay torch-free), and the torch-free
+commands on ONNX files import their torch side only for a .pt file (``deploy inspect``'s
+checkpoint record, ``deploy bench``'s PyTorch backend).
 """
 
 from __future__ import annotations
@@ -39,8 +42,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                            "deploy.torch_bench", "deploy.claims_matrix", "deploy.claims_run")),
     ("CLI / API", ("deploy", "deploy.api", "deploy.cli", "deploy.commands", "deploy.commands.*")),
 ]
-#: the one function-level project import: (module, function, imported module)
-LAZY_PROJECT_IMPORT = ("deploy", "__getattr__", "deploy.api")
+#: the function-level project imports allowed: (module, function, imported module)
+LAZY_PROJECT_IMPORTS = (
+    ("deploy", "__getattr__", "deploy.api"),
+    ("deploy.commands.inspect", "_inspect_checkpoint", "deploy.commands.inspect_checkpoint"),
+    ("deploy.commands.bench", "open_runtime", "deploy.torch_bench"),
+    ("deploy.commands.bench", "_torch_options", "deploy.torch_bench"),
+)
 #: third-party modules a function may import lazily (heavy or optional backends)
 LAZY_OK = ("tensorrt", "polygraphy", "matplotlib", "onnxsim", "torch", "onnxconverter_common")
 
@@ -147,9 +155,10 @@ def _comment_lines(path: Path) -> dict[int, str]:
 
 def _is_the_lazy_api_import(module: str, fn: ast.FunctionDef | ast.AsyncFunctionDef,
                             node: ast.Import | ast.ImportFrom, modules: dict[str, Path]) -> bool:
-    """``from deploy import api`` inside ``deploy/__init__.py``'s module-level ``__getattr__``, nothing else."""
-    owner, function, target = LAZY_PROJECT_IMPORT
-    return module == owner and fn.name == function and _targets(node, modules) == [target]
+    """One of ``LAZY_PROJECT_IMPORTS`` (e.g. ``from deploy import api`` inside ``deploy/__init__.py``'s
+    ``__getattr__``), nothing else."""
+    return any(module == owner and fn.name == function and _targets(node, modules) == [target]
+               for owner, function, target in LAZY_PROJECT_IMPORTS)
 
 
 def lazy_import_violations(root: Path = ROOT) -> list[str]:

@@ -17,7 +17,8 @@ import typer
 from torch import nn
 from typer.testing import CliRunner
 
-from deploy.commands.bench import bench, build
+from deploy.commands.bench import bench
+from deploy.commands.build import build
 from deploy.commands.common import guarded
 from deploy.errors import BadInputError
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, bootstrap_ratio, interleaved
@@ -175,7 +176,7 @@ def test_interleaved_self_ratio_contains_one(models: dict[str, Path]) -> None:
 def test_cli_bench_json(models: dict[str, Path]) -> None:
     out = models["dir"] / "bench.json"
     res = invoke("bench", models["tiny"], "--batch", "3", "--iters", "12", "--warmup", "2", "--threads", "1",
-                 "--json", out, "--seed", "4")
+                 "--json-file", out, "--seed", "4")
     assert res.exit_code == 0, res.output
     assert "throughput" in res.output and "median" in res.output
     rec = json.loads(out.read_text())
@@ -192,7 +193,7 @@ def test_cli_vs_twin_session_is_close_to_one(models: dict[str, Path]) -> None:
     # two sessions of one model may differ systematically by ~1 % on a 20 µs model
     # (memory placement), so only closeness is asserted for two files.
     out = models["dir"] / "twin.json"
-    res = invoke("bench", models["tiny"], "--vs", models["twin"], "--iters", "100", "--threads", "1", "--json", out)
+    res = invoke("bench", models["tiny"], "--vs", models["twin"], "--iters", "100", "--threads", "1", "--json-file", out)
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     vs = doc["vs"]
@@ -200,7 +201,7 @@ def test_cli_vs_twin_session_is_close_to_one(models: dict[str, Path]) -> None:
     # two sessions taking turns must not spin (one's idle pool would steal the other's cores)
     assert [r["spinning"] for r in doc["results"]] == [False, False]
     single = models["dir"] / "single.json"
-    assert invoke("bench", models["tiny"], "--iters", "3", "--json", single).exit_code == 0
+    assert invoke("bench", models["tiny"], "--iters", "3", "--json-file", single).exit_code == 0
     assert [r["spinning"] for r in json.loads(single.read_text())["results"]] == [True]
 
 
@@ -209,7 +210,7 @@ def test_cli_vs_itself(models: dict[str, Path]) -> None:
     for seed in (0, 1):  # see test_interleaved_self_ratio_contains_one for the two tries
         out = models["dir"] / f"vs{seed}.json"
         res = invoke("bench", models["tiny"], "--vs", models["tiny"], "--iters", "150", "--threads", "1",
-                     "--seed", str(seed), "--json", out)
+                     "--seed", str(seed), "--json-file", out)
         assert res.exit_code == 0, res.output
         assert "A/B median ratio" in res.output
         outs.append(json.loads(out.read_text()))
@@ -225,7 +226,7 @@ def test_cli_resnet20_faster_than_resnet18(models: dict[str, Path]) -> None:
     r20 = export_onnx(build_model("resnet20"), d / "r20.onnx", 32)
     r18 = export_onnx(build_model("resnet18"), d / "r18.onnx", 32)
     out = d / "r20_vs_r18.json"
-    res = invoke("bench", r20, "--vs", r18, "--iters", "30", "--warmup", "3", "--json", out)
+    res = invoke("bench", r20, "--vs", r18, "--iters", "30", "--warmup", "3", "--json-file", out)
     assert res.exit_code == 0, res.output
     vs = json.loads(out.read_text())["vs"]
     # ResNet-18 streams 44 MB of weights per image, ResNet-20 1 MB: about 0.5 on an idle

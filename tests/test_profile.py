@@ -73,7 +73,7 @@ def test_bench_profile_cli(tmp_path, deploy_cli):
     assert doc["profiles"][0]["runs"] == 3 and doc["profiles"][0]["by_op"]
     # --vs profiles both, in turns, into the file --json names
     named = tmp_path / "both.json"
-    run = deploy_cli("bench", path, "--vs", path, "--profile", "--iters", "2", "--json", named)
+    run = deploy_cli("bench", path, "--vs", path, "--profile", "--iters", "2", "--json-file", named)
     assert run.exit_code == 0, run.stderr
     assert len(json.loads(named.read_text())["profiles"]) == 2 and "A−B" in run.stdout
 

@@ -18,7 +18,8 @@ import typer
 from torch import nn
 from typer.testing import CliRunner
 
-from deploy.commands.bench import bench, build
+from deploy.commands.bench import bench
+from deploy.commands.build import build
 from deploy.commands.common import guarded
 from deploy.errors import BadInputError
 from exporters.tensorrt import (
@@ -328,7 +329,7 @@ def test_gpu_bench_engine_cli(onnx_files: dict[str, Path]) -> None:
     out, _ = _build(onnx_files, "bench", opt_batch=8, max_batch=8)
     js = onnx_files["dir"] / "bench_trt.json"
     for extra in ([], ["--include-copies"], ["--cuda-graph"]):
-        res = invoke("bench", out, "--batch", "8", "--iters", "30", "--json", js, *extra)
+        res = invoke("bench", out, "--batch", "8", "--iters", "30", "--json-file", js, *extra)
         assert res.exit_code == 0, res.output
         (entry,) = json.loads(js.read_text())["results"]
         assert entry["provider"] == "tensorrt" and entry["copies_included"] == ("--include-copies" in extra)

@@ -42,7 +42,7 @@ def r20(zoo_checkpoint) -> Path:
 
 def test_bench_checkpoint_json(r20: Path, tmp_path: Path) -> None:
     out = tmp_path / "torch.json"
-    res = invoke("bench", r20, "--backend", "torch", "--batch", "2", "--iters", "8", "--warmup", "2", "--json", out)
+    res = invoke("bench", r20, "--backend", "torch", "--batch", "2", "--iters", "8", "--warmup", "2", "--json-file", out)
     assert res.exit_code == 0, res.output
     assert "pytorch-eager-cpu" in res.output and "median" in res.output
     rec = json.loads(out.read_text())
@@ -58,7 +58,7 @@ def test_vs_itself_contains_one(r20: Path, tmp_path: Path) -> None:
     outs = []
     for seed in (0, 1):  # two tries, as tests/test_latency.py explains
         out = tmp_path / f"self{seed}.json"
-        res = invoke("bench", r20, "--vs", r20, "--iters", "120", "--warmup", "5", "--seed", seed, "--json", out)
+        res = invoke("bench", r20, "--vs", r20, "--iters", "120", "--warmup", "5", "--seed", seed, "--json-file", out)
         assert res.exit_code == 0, res.output
         outs.append(json.loads(out.read_text())["vs"])
     assert all(v["ci_low"] <= v["ratio"] <= v["ci_high"] for v in outs)
@@ -68,7 +68,7 @@ def test_vs_itself_contains_one(r20: Path, tmp_path: Path) -> None:
 def test_resnet20_faster_than_resnet18(zoo_checkpoint, r20: Path, tmp_path: Path) -> None:
     r18 = zoo_checkpoint("resnet18", size=32)
     out = tmp_path / "r20_r18.json"
-    res = invoke("bench", r20, "--vs", r18, "--iters", "25", "--warmup", "3", "--json", out)
+    res = invoke("bench", r20, "--vs", r18, "--iters", "25", "--warmup", "3", "--json-file", out)
     assert res.exit_code == 0, res.output
     vs = json.loads(out.read_text())["vs"]
     # eager PyTorch, one thread: ResNet-18 reads 44 MB of weights per image, ResNet-20 1 MB (about 0.45
@@ -80,7 +80,7 @@ def test_checkpoint_against_its_onnx_export(folded_export, tmp_path: Path) -> No
     exported = folded_export("resnet20", "doconv", 32)
     out = tmp_path / "pt_vs_onnx.json"
     res = invoke("bench", exported.checkpoint, "--backend", "torch", "--vs", exported.onnx_path, "--iters", "10",
-                 "--warmup", "2", "--json", out)
+                 "--warmup", "2", "--json-file", out)
     assert res.exit_code == 0, res.output
     a, b = json.loads(out.read_text())["results"]
     assert (a["provider"], b["provider"]) == ("pytorch-eager-cpu", "CPUExecutionProvider")
@@ -132,7 +132,7 @@ def test_training_mode_model_is_refused() -> None:
 @no_cuda_here
 def test_cuda_without_gpu_exits_5(r20: Path, tmp_path: Path) -> None:
     out = tmp_path / "never.json"
-    res = invoke("bench", r20, "--device", "cuda", "--json", out)
+    res = invoke("bench", r20, "--device", "cuda", "--json-file", out)
     assert res.exit_code == 5, res.output
     assert "sees no CUDA GPU" in res.output and "--device cpu" in res.output and not out.exists()
     with pytest.raises(BackendUnavailableError):
@@ -145,7 +145,7 @@ def test_cuda_without_gpu_exits_5(r20: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("extra", [[], ["--cuda-graph"], ["--dtype", "fp16", "--channels-last"]])
 def test_gpu_bench_cli(r20: Path, tmp_path: Path, extra: list[str]) -> None:
     out = tmp_path / "gpu.json"
-    res = invoke("bench", r20, "--device", "cuda", "--batch", "8", "--iters", "30", "--json", out, *extra)
+    res = invoke("bench", r20, "--device", "cuda", "--batch", "8", "--iters", "30", "--json-file", out, *extra)
     assert res.exit_code == 0, res.output
     (entry,) = json.loads(out.read_text())["results"]
     assert entry["stats"]["clock"] == "cuda_event" and entry["stats"]["n"] == 30

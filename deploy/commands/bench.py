@@ -1,29 +1,32 @@
-"""`deploy bench ARTIFACT` and `deploy build MODEL.onnx -o engine.plan`.
+"""`deploy bench ARTIFACT`: time a model.onnx, an engine.plan or a model.pt.
 
 bench: model.onnx runs on ONNX Runtime (CPU by default; --provider cuda|tensorrt when
 installed), engine.plan on TensorRT, model.pt on PyTorch (loaded and folded as `deploy
 export` does; --device cpu|cuda, --dtype, --cuda-graph, --channels-last). The harness is
 validators/latency.py; --vs times two artifacts interleaved (A B A B …) and reports the
 ratio of medians A/B with a bootstrap 95 % interval (docs/architecture.md "Measuring speed").
+
+This module imports no torch: `deploy bench x.onnx` starts fast. The PyTorch backend
+(``deploy.torch_bench``, which loads and folds a checkpoint) is imported only when a model.pt
+is timed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import typer
 from rich.table import Table
 
-from deploy.atomic import check_output_path, sha256_file, write_json_atomic
+from deploy.atomic import sha256_file
 from deploy.commands.bench_profile import profile_command
-from deploy.commands.common import console
+from deploy.commands.common import JSON, MachineOutput, console, machine_output, warn
 from deploy.environment import host_device, versions
 from deploy.errors import BadInputError
-from deploy.torch_bench import CHECKPOINT_SUFFIXES, TorchBenchOptions, open_torch_runtime
-from exporters.tensorrt import build_engine, compute_profile, onnx_input, require_engine_builder, validate_build_options
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, interleaved
+from validators.onnx_file import onnx_input
 from validators.runtimes import ORT_PROVIDERS, OrtRuntime
 from validators.trt_env import (
     ENGINE_SUFFIXES,
@@ -34,10 +37,15 @@ from validators.trt_env import (
 )
 from validators.trt_runtime import TensorRTRuntime
 
+if TYPE_CHECKING:
+    from deploy.torch_bench import TorchBenchOptions
+
 BENCH_FORMAT = "convdeploy-bench/1"
 #: --backend -> the artifact kind it runs
 BACKENDS = {"ort": "onnx", "trt": "engine", "torch": "torch"}
 KIND_FILES = {"onnx": "model.onnx", "engine": "engine.plan", "torch": "model.pt"}
+#: files the PyTorch backend times (deploy.torch_bench.CHECKPOINT_SUFFIXES; kept here so bench imports no torch)
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 
 # ---------------------------------------------------------------- plain helpers
@@ -106,7 +114,7 @@ def engine_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tup
 
 def open_runtime(path: Path, kind: str, provider: Optional[str], threads: Optional[int],
                  include_copies: bool, cuda_graph: bool, spin: bool = True,
-                 torch_opts: Optional[TorchBenchOptions] = None, input_size: Optional[int] = None) -> Any:
+                 torch_opts: Optional["TorchBenchOptions"] = None, input_size: Optional[int] = None) -> Any:
     """Construct the runtime for an artifact; every availability check happens here first."""
     if kind == "onnx":
         if cuda_graph:
@@ -115,7 +123,10 @@ def open_runtime(path: Path, kind: str, provider: Optional[str], threads: Option
     if kind == "torch":
         if provider is not None or include_copies:
             raise BadInputError("--provider and --include-copies do not apply to model.pt: use --device cpu|cuda")
-        return open_torch_runtime(path, torch_opts or TorchBenchOptions(cuda_graph=cuda_graph), input_size, threads)
+        from deploy import torch_bench  # noqa: PLC0415 - torch: only a model.pt needs it; bench x.onnx stays torch-free
+
+        opts = torch_opts or torch_bench.TorchBenchOptions(cuda_graph=cuda_graph)
+        return torch_bench.open_torch_runtime(path, opts, input_size, threads)
     if provider not in (None, "tensorrt"):
         raise BadInputError(f"--provider {provider}: an engine.plan runs on TensorRT only; "
                             "bench the model.onnx for other providers")
@@ -199,7 +210,10 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads of ONNX Runtime, or of PyTorch "
                                    "(process-wide) for a model.pt."),
     provider: Optional[str] = typer.Option(None, "--provider", help="cpu | cuda | tensorrt (ONNX Runtime)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every field and raw sample here."),
+    as_json: bool = JSON,
+    json_file: Optional[Path] = typer.Option(None, "--json-file", metavar="PATH", help="Write the record (every field "
+                                             "and raw sample; with --profile the profile, default MODEL.profile.json) "
+                                             "to PATH."),
     vs: Optional[Path] = typer.Option(None, "--vs", help="Second artifact, interleaved (A B, B A, …) on the same input."),
     seed: int = typer.Option(0, "--seed", help="Seed of the input and the bootstrap."),
     include_copies: bool = typer.Option(False, "--include-copies", help="TensorRT: time host<->device copies too."),
@@ -214,7 +228,11 @@ def bench(
                                  "(time by op type and by node; JSON to --json, default MODEL.profile.json)."),
     top: int = typer.Option(15, "--top", help="--profile: rows of the op-type and node tables."),
 ) -> None:
-    """Time an artifact (or two, interleaved) and print latency statistics."""
+    """Time an artifact (or two, interleaved) and print latency statistics.
+
+    --json prints the record (every field and raw sample, hashes, versions) on stdout; --json-file
+    PATH writes it to a file.
+    """
     if iters is not None and duration is not None:
         raise BadInputError("give --iters or --duration, not both")
     if duration is not None and duration <= 0:
@@ -222,13 +240,22 @@ def bench(
     warm = Warmup.parse(warmup)
     if provider is not None and provider not in ORT_PROVIDERS:
         raise BadInputError(f"--provider {provider}: choose cpu, cuda or tensorrt")
-    if json_out is not None:
-        check_output_path(json_out)
     paths = [artifact] + ([vs] if vs is not None else [])
     kinds = [artifact_kind(artifact, backend)] + [artifact_kind(p) for p in paths[1:]]
     if profile:
-        _profile(paths, kinds, batch, input_size, threads, provider, iters, warm, seed, top, json_out)
+        _profile(paths, kinds, batch, input_size, threads, provider, iters, warm, seed, top, as_json, json_file)
         return
+    with machine_output(as_json, json_file) as out:
+        _time(paths, kinds, out, batch=batch, input_size=input_size, warm=warm, iters=iters, duration=duration,
+              threads=threads, provider=provider, seed=seed, include_copies=include_copies, cuda_graph=cuda_graph,
+              device=device, dtype=dtype, channels_last=channels_last)
+
+
+def _time(paths: list[Path], kinds: list[str], out: MachineOutput, *, batch: int, input_size: Optional[int],
+          warm: Warmup, iters: Optional[int], duration: Optional[float], threads: Optional[int],
+          provider: Optional[str], seed: int, include_copies: bool, cuda_graph: bool, device: str, dtype: str,
+          channels_last: bool) -> None:
+    """Open the runtimes, time them (interleaved for two), print the table and emit the record."""
     torch_opts = _torch_options(kinds, device, dtype, cuda_graph, channels_last, seed)
     runtimes, shapes = _open_all(paths, kinds, batch, input_size, provider, threads, include_copies, cuda_graph,
                                  torch_opts)
@@ -236,28 +263,28 @@ def bench(
     facts = [{**runtime_facts(rt, k, provider, threads, include_copies), "input_shape": list(s)}
              for rt, k, s in zip(runtimes, kinds, shapes)]
     ab: Optional[ABResult] = None
-    if vs is None:
+    if len(paths) == 1:
         stats = [benchmark(runtimes[0], x, warmup=warm, iters=iters, duration=duration, progress=True,
-                           description=artifact.name)]
+                           description=paths[0].name)]
     else:
         ab = interleaved(runtimes[0], runtimes[1], x, warmup=warm, iters=iters, duration=duration, seed=seed,
                          progress=True)
         stats = [ab.a, ab.b]
     names = [p.name if len(paths) == 1 else f"{tag}: {p.name}" for tag, p in zip("AB", paths)]
     _print_bench(batch, names, stats, facts, ab)
-    if json_out is not None:
-        record = bench_record(paths, facts, stats, ab, seed=seed, warmup=warm)
-        write_json_atomic(json_out, record)
-        console.print(f"wrote {json_out}", highlight=False)
+    if out.wanted:
+        out.emit(bench_record(paths, facts, stats, ab, seed=seed, warmup=warm))
 
 
 def _torch_options(kinds: list[str], device: str, dtype: str, cuda_graph: bool, channels_last: bool,
-                   seed: int) -> Optional[TorchBenchOptions]:
+                   seed: int) -> Optional["TorchBenchOptions"]:
     """The PyTorch backend's options (checked: exit 2, or 5 for a missing GPU), None without a model.pt."""
     if "torch" not in kinds:
         if (device, dtype, channels_last) != ("cpu", "fp32", False):
             raise BadInputError("--device, --dtype and --channels-last apply to the PyTorch backend: bench a model.pt")
         return None
+    from deploy.torch_bench import TorchBenchOptions  # noqa: PLC0415 - torch: only a model.pt needs it
+
     opts = TorchBenchOptions(device=device, dtype=dtype, cuda_graph=cuda_graph, channels_last=channels_last,
                              seed=seed)
     opts.check()
@@ -266,7 +293,7 @@ def _torch_options(kinds: list[str], device: str, dtype: str, cuda_graph: bool, 
 
 def _profile(paths: list[Path], kinds: list[str], batch: int, input_size: Optional[int], threads: Optional[int],
              provider: Optional[str], iters: Optional[int], warm: Warmup, seed: int, top: int,
-             json_out: Optional[Path]) -> None:
+             as_json: bool, json_file: Optional[Path]) -> None:
     """`--profile`: ONNX Runtime's per-op profile of one model (or two, interleaved) instead of timing."""
     if any(k != "onnx" for k in kinds):
         raise BadInputError("--profile profiles model.onnx files (ONNX Runtime); time other artifacts without it")
@@ -275,12 +302,13 @@ def _profile(paths: list[Path], kinds: list[str], batch: int, input_size: Option
         raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "
                             "--vs compares on the same input; export both at the same input size")
     profile_command(paths, shapes, threads=threads, provider=provider, iters=iters,
-                    warmup_runs=warm.runs if warm.runs is not None else 3, seed=seed, top=top, json_out=json_out)
+                    warmup_runs=warm.runs if warm.runs is not None else 3, seed=seed, top=top, as_json=as_json,
+                    json_file=json_file)
 
 
 def _open_all(paths: list[Path], kinds: list[str], batch: int, input_size: Optional[int], provider: Optional[str],
               threads: Optional[int], include_copies: bool, cuda_graph: bool,
-              torch_opts: Optional[TorchBenchOptions] = None) -> tuple[list[Any], list[tuple[int, ...]]]:
+              torch_opts: Optional["TorchBenchOptions"] = None) -> tuple[list[Any], list[tuple[int, ...]]]:
     """The runtimes to time (one when A is B: an A/A check of the harness) and the input shape of each."""
     shapes = [onnx_bench_shape(p, batch, input_size) if k == "onnx" else
               engine_bench_shape(p, batch, input_size) if k == "engine" else () for p, k in zip(paths, kinds)]
@@ -296,7 +324,7 @@ def _open_all(paths: list[Path], kinds: list[str], batch: int, input_size: Optio
                                                               cuda_graph, spin, torch_opts, input_size))
     for rt in {id(r): r for r in runtimes}.values():
         for w in getattr(rt, "warnings", []):
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+            warn(w)
     shapes = [s or (batch, *(rt.profile.opt[1:] if k == "engine" else rt.sample_shape))
               for s, rt, k in zip(shapes, runtimes, kinds)]
     if len(shapes) == 2 and shapes[0] != shapes[1]:
@@ -310,8 +338,8 @@ def _print_bench(batch: int, names: list[str], stats: list[LatencyStats], facts:
     console.print(stats_table(f"deploy bench — batch {batch}", list(zip(names, stats, facts)), ab))
     for s, n in zip(stats, names):
         if s.cov_warning:
-            console.print(f"[yellow]warning:[/] {n}: coefficient of variation {s.cov * 100:.1f} % > 5 %: "
-                          "the machine is noisy; use more --iters or a quieter machine", highlight=False)
+            warn(f"{n}: coefficient of variation {s.cov * 100:.1f} % > 5 %: the machine is noisy; use more --iters "
+                 "or a quieter machine")
     if ab is not None:
         verdict = "faster than" if ab.ci_high < 1 else ("slower than" if ab.ci_low > 1 else "not distinguishable from")
         console.print(f"A/B median ratio {ab.ratio:.3f} (95 % CI {ab.ci_low:.3f}–{ab.ci_high:.3f}): "
@@ -326,37 +354,3 @@ def bench_record(paths: list[Path], facts: list[dict[str, Any]], stats: list[Lat
     return {"format": BENCH_FORMAT, "seed": seed, "warmup": warmup.describe(), "results": entries,
             "vs": None if ab is None else {k: v for k, v in ab.to_dict().items() if k not in ("a", "b")},
             "versions": versions()}
-
-
-def build(
-    model: Path = typer.Argument(..., help="model.onnx to compile."),
-    output: Path = typer.Option(..., "-o", "--output", help="engine.plan to write (engine.plan.json beside it)."),
-    fp16: bool = typer.Option(False, "--fp16", help="fp16 engine: TensorRT 10's fp16 kernels; on TensorRT 11 (strongly "
-                              "typed) an fp16 copy of the ONNX, checked on ONNX Runtime first (exit 3 if it disagrees)."),
-    min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Smallest batch (default 1)."),
-    opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Batch TensorRT tunes for (default: max)."),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch (default: opt, or 1)."),
-    workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GiB."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Load/save tactic timings here (one "
-                                                "from another GPU or TensorRT is reported and replaced)."),
-    min_size: Optional[int] = typer.Option(None, "--min-size", help="ONNX with dynamic H/W: smallest input size "
-                                           "(height = width; default: opt)."),
-    opt_size: Optional[int] = typer.Option(None, "--opt-size", help="ONNX with dynamic H/W: size TensorRT tunes for."),
-    max_size: Optional[int] = typer.Option(None, "--max-size", help="ONNX with dynamic H/W: largest input size."),
-) -> None:
-    """Compile model.onnx into a TensorRT engine (GPU + TensorRT 10 or 11 needed; built with polygraphy)."""
-    opts = validate_build_options(model, output, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
-                                  max_batch=max_batch, workspace_gib=workspace, timing_cache=timing_cache,
-                                  min_size=min_size, opt_size=opt_size, max_size=max_size)
-    profile = compute_profile(onnx_input(opts.onnx_path), min_batch, opt_batch, max_batch, min_size, opt_size, max_size)
-    require_engine_builder(fp16)
-    meta = build_engine(opts)
-    table = Table(title=f"deploy build — {output}", show_header=False)
-    for key in ("tensorrt_version", "gpu_name", "compute_capability", "precision", "precision_route", "build_seconds",
-                "source_onnx_sha256", "engine_sha256"):
-        table.add_row(key, str(meta.get(key)))
-    table.add_row("profile (min/opt/max)", " / ".join("x".join(map(str, profile.to_dict()[k]))
-                                                     for k in ("min", "opt", "max")))
-    console.print(table)
-    for note in meta.get("notes", []):
-        console.print(f"[yellow]warning:[/] {note}", highlight=False)

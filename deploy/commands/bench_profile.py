@@ -13,8 +13,7 @@ from typing import Any, Optional
 import numpy as np
 from rich.table import Table
 
-from deploy.atomic import check_output_path, write_json_atomic
-from deploy.commands.common import console
+from deploy.commands.common import MachineOutput, console, machine_output
 from deploy.environment import host_device
 from deploy.errors import BadInputError
 from validators.profile import OnnxProfile, profile_models
@@ -69,14 +68,20 @@ def node_table(name: str, prof: OnnxProfile, top: int) -> Table:
 
 def profile_command(paths: list[Path], shapes: list[tuple[int, ...]], *, threads: Optional[int],
                     provider: Optional[str], iters: Optional[int], warmup_runs: int, seed: int, top: int,
-                    json_out: Optional[Path]) -> None:
-    """Profile each ONNX model of ``paths`` on one seeded input, print the tables, write the JSON."""
+                    as_json: bool, json_file: Optional[Path]) -> None:
+    """Profile each ONNX model of ``paths`` on one seeded input, print the tables and emit the record: to
+    ``json_file`` (default MODEL.profile.json, unless ``as_json`` prints it on stdout only)."""
     if provider not in (None, "cpu"):
         raise BadInputError("--profile uses ONNX Runtime's CPU profiler: drop --provider")
     if top < 1:
         raise BadInputError(f"--top {top} must be >= 1")
-    out = json_out or default_profile_path(paths[0])
-    check_output_path(out)
+    target = json_file if json_file is not None or as_json else default_profile_path(paths[0])
+    with machine_output(as_json, target) as out:
+        _profile(paths, shapes, out, threads=threads, iters=iters, warmup_runs=warmup_runs, seed=seed, top=top)
+
+
+def _profile(paths: list[Path], shapes: list[tuple[int, ...]], out: MachineOutput, *, threads: Optional[int],
+             iters: Optional[int], warmup_runs: int, seed: int, top: int) -> None:
     x = np.random.default_rng(seed).standard_normal(shapes[0]).astype(np.float32)
     with console.status(f"profiling {' and '.join(p.name for p in paths)} …"):
         found = profile_models(paths, x, threads=threads, runs=iters or 20, warmup=warmup_runs)
@@ -87,5 +92,4 @@ def profile_command(paths: list[Path], shapes: list[tuple[int, ...]], *, threads
         console.print(node_table(name, prof, top))
     record: dict[str, Any] = {"format": PROFILE_FORMAT, "seed": seed, "device": host_device(),
                               "profiles": [{"artifact": str(p), **prof.to_dict()} for p, (_, prof) in zip(paths, profiles)]}
-    write_json_atomic(out, record)
-    console.print(f"wrote {out}", highlight=False)
+    out.emit(record)

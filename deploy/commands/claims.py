@@ -19,7 +19,7 @@ from rich.table import Table
 
 from deploy.claims_matrix import model_choices, select_entries
 from deploy.claims_run import ClaimsSettings, Ui, run_claims
-from deploy.commands.common import console
+from deploy.commands.common import JSON, console, machine_output
 from deploy.errors import BadInputError, ClaimRefutedError
 
 _STYLE = {"confirmed": "green", "refuted": "bold red", "inconclusive": "yellow", "reported": "cyan"}
@@ -136,6 +136,7 @@ def claims(
     exporter: Optional[str] = typer.Option(None, "--exporter", help="dynamo (default) or torchscript "
                                            "(default with --quick: faster)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights, parity inputs, timing input and bootstrap."),
+    as_json: bool = JSON,
 ) -> None:
     """Verify the papers' efficiency claims on this machine: verdicts in DIR/claims.md (exit 6 if any is refuted)."""
     settings = ClaimsSettings(output_dir=output_dir, backend=backend, device=device, batches=_batches(batch), quick=quick,
@@ -146,9 +147,20 @@ def claims(
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
     ui = RichUi(progress)
-    with progress:
-        doc = run_claims(settings, entries, ui)
-        ui.close()
+    with machine_output(as_json, None) as machine:  # DIR/claims.json is always written; --json also prints it
+        with progress:
+            doc = run_claims(settings, entries, ui)
+            ui.close()
+        machine.emit(doc)
+        _print_claims(doc, output_dir)
+    refuted = [c for c in doc["claims"] if c["verdict"] == "refuted"]
+    if refuted:
+        names = ", ".join(f"claim {c['claim']} ({c['subject']})" for c in refuted)
+        raise ClaimRefutedError(f"{len(refuted)} claim(s) refuted: {names}; the reasons are in "
+                                f"{Path(output_dir) / 'claims.md'}")
+
+
+def _print_claims(doc: dict, output_dir: Path) -> None:
     console.print(_summary(doc))
     for c in doc["claims"]:
         if c["verdict"] in ("refuted", "inconclusive"):
@@ -157,7 +169,3 @@ def claims(
     out = Path(output_dir)
     console.print(f"wrote {out / 'claims.json'}, {out / 'claims.md'}, {out / 'claims.png'} "
                   f"in {doc['seconds']:.0f} s", highlight=False)
-    refuted = [c for c in doc["claims"] if c["verdict"] == "refuted"]
-    if refuted:
-        names = ", ".join(f"claim {c['claim']} ({c['subject']})" for c in refuted)
-        raise ClaimRefutedError(f"{len(refuted)} claim(s) refuted: {names}; the reasons are in {out / 'claims.md'}")

@@ -1,26 +1,40 @@
-"""What every command shares: consoles, the error guard, the --debug state, conv-kind options.
+"""What every command shares: consoles, the error guard, the root options' state, machine output.
 
 Library errors name the Python parameters they are about in backticks (`` `input_size` ``);
 the guard translates those into the command line's flags (``--input-size``) before it
 prints the one-line message, so the same library serves both audiences.
+
+Output rule (README "Output"): human text goes to ``console`` (stdout; silenced by ``deploy -q``);
+errors and warnings go to stderr. A command's machine-readable record goes to stdout with
+``--json`` (the human text then moves to stderr) and to a file with ``--json-file PATH``.
+
+This module is torch-free: ``deploy --version``, ``deploy inspect x.onnx`` and ``deploy bench
+x.onnx`` import it and must start without torch (the conv-kind options are in
+``deploy.commands.conv_options``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import re
-from typing import Any, Callable, Optional, TypeVar
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
+import rich
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from deploy.errors import BadInputError, ConvDeployError
-from deploy.layers.registry import conv_kind, conv_kinds
+from deploy.atomic import check_output_path, write_json_atomic
+from deploy.errors import ConvDeployError
 
 console = Console()
 err_console = Console(stderr=True)
-state = {"debug": False}
+#: the root options of this invocation (`deploy --debug -v|-q COMMAND …`)
+state = {"debug": False, "verbose": False, "quiet": False}
 
 #: library parameter names -> the flag that sets them
 FLAGS = {
@@ -76,42 +90,70 @@ def guarded(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# ---------------------------------------------------------------- conv kinds on the command line
+# ---------------------------------------------------------------- root options and the output rule
 
-def conv_help(what: str = "Conv kind") -> str:
-    """``--conv`` help listing the registered kinds."""
-    return f"{what}: {', '.join(k.name for k in conv_kinds())}."
-
-
-def conv_opt_help() -> str:
-    """``--conv-opt`` help listing each kind's options."""
-    kinds = "; ".join(f"{k.name}: {', '.join(o.name for o in k.options)}" for k in conv_kinds() if k.options)
-    return f"Option of the conv kind, KEY=VALUE, repeatable (typed and checked). Options per kind — {kinds}."
+def configure_output(*, debug: bool, verbose: bool, quiet: bool) -> None:
+    """Set the root options for this invocation: ``quiet`` silences the human text (errors and
+    warnings still print), ``verbose`` asks commands for their details."""
+    state.update(debug=debug, verbose=verbose, quiet=quiet)
+    console.quiet = quiet
+    rich.get_console().quiet = quiet  # the library's progress bars draw on rich's global console
 
 
-def ratio_help() -> str:
-    """``--ratio`` help: the alias, and which kinds take a ratio."""
-    owners = [f"{k.name} ({k.option('ratio').help})" for k in conv_kinds() if any(o.name == "ratio" for o in k.options)]
-    return f"Alias for --conv-opt ratio=R: {', '.join(owners) or 'no registered kind takes a ratio'}."
+def warn(text: str) -> None:
+    """One warning line on stderr (kept by ``-q``: a warning is not chatter)."""
+    err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
-def conv_options(conv: Optional[str], items: Optional[list[str]], ratio: Optional[float]) -> dict[str, Any]:
-    """``--conv-opt KEY=VALUE`` (and the ``--ratio`` alias) -> the kind's typed options."""
-    raw: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise BadInputError(f"--conv-opt {item!r}: give KEY=VALUE, e.g. --conv-opt ratio=0.25")
-        if key in raw:
-            raise BadInputError(f"--conv-opt {key} is given twice: give each option once")
-        raw[key] = value
-    if ratio is not None:
-        if "ratio" in raw:
-            raise BadInputError("--ratio and --conv-opt ratio=… both given: give one")
-        raw["ratio"] = repr(ratio)
-    if conv is None:
-        if raw:
-            raise BadInputError("--conv-opt/--ratio need --conv (they describe the conv kind's options)")
-        return {}
-    return conv_kind(conv).parse_options(raw)
+def detail(text: str) -> None:
+    """A line only ``deploy -v`` shows."""
+    if state["verbose"]:
+        console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+JSON = typer.Option(False, "--json", help="Print the machine-readable record (JSON) on stdout and nothing else "
+                    "there (human text goes to stderr).")
+JSON_FILE = typer.Option(None, "--json-file", metavar="PATH", help="Write the machine-readable record (JSON) to "
+                         "PATH (atomically).")
+
+
+class MachineOutput:
+    """Where a command's record goes: ``emit(record)`` keeps it until the command ends."""
+
+    def __init__(self, as_json: bool, json_file: Optional[Path]) -> None:
+        self.as_json, self.json_file = as_json, json_file
+        self.record: Optional[Any] = None
+
+    @property
+    def wanted(self) -> bool:
+        """Whether anyone will read the record (build it only then when it costs something)."""
+        return self.as_json or self.json_file is not None
+
+    def emit(self, record: Any) -> None:
+        self.record = record
+
+
+@contextlib.contextmanager
+def machine_output(as_json: bool, json_file: Optional[Path]) -> Iterator[MachineOutput]:
+    """The ``--json`` / ``--json-file`` rule around a command's body.
+
+    With ``as_json`` everything the body prints to stdout (our tables, progress, any library's
+    print) goes to stderr instead, so stdout holds exactly one JSON document: the emitted record,
+    written when the body ends, also when it then fails (validate's parity report before exit 3).
+    ``json_file`` is checked before any work and written atomically.
+    """
+    if json_file is not None:
+        check_output_path(json_file)
+    out = MachineOutput(as_json, json_file)
+    stdout = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            yield out
+    finally:
+        if out.record is not None:
+            if json_file is not None:
+                write_json_atomic(json_file, out.record)
+                console.print(f"wrote {json_file}", highlight=False, soft_wrap=True, markup=False)
+            if as_json:
+                stdout.write(json.dumps(out.record, indent=2, default=str) + "\n")
+                stdout.flush()

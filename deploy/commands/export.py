@@ -1,4 +1,4 @@
-"""`deploy export`, `deploy validate`, `deploy inspect`: the main job and its two helpers."""
+"""`deploy export` and `deploy validate`: the main job and its parity check (`deploy inspect` is its own module)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,16 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import onnx
 import typer
 from rich.table import Table
 
-from deploy.atomic import check_output_path, write_json_atomic
-from deploy.checkpoint import load_checkpoint
-from deploy.commands.common import console, conv_help, conv_opt_help, conv_options, err_console, ratio_help
+from deploy.commands.common import JSON, console, detail, machine_output, warn
+from deploy.commands.conv_options import conv_help, conv_opt_help, conv_options, ratio_help
+from deploy.commands.inspect import print_fold_coverage, print_graph
 from deploy.errors import BadInputError
-from deploy.models.complexity import count_params
 from deploy.pipeline import ExportOptions, ExportOutcome, StepLog, run_export
 from deploy.report import RunReport
 from deploy.validate import run_validate
-from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
-from validators.graph import GraphReport, check_graph
 from validators.parity import ParityReport
 
 _MODEL = typer.Argument(..., help="model.pt: a convdeploy checkpoint, a bare state_dict (with --arch/--conv, or "
@@ -97,34 +93,8 @@ def _print_accuracy(accuracy: Optional[dict[str, Any]]) -> None:
 def _warn_pickle(trust_pickle: bool) -> None:
     """Say that a pickle runs code: a UserWarning would be filtered by the CLI, so print it."""
     if trust_pickle:
-        err_console.print("[bold yellow]warning:[/] --trust-pickle: a pickled module runs code from the file while "
-                          "it loads; use it only for files you trust", highlight=False, soft_wrap=True)
-
-
-def _print_fold_coverage(coverage: FoldCoverageReport, strict_fold: bool) -> None:
-    if coverage.clean:
-        console.print("fold coverage: [green]clean[/] (no foldable structure, no BatchNormalization left)")
-        return
-    if coverage.findings:
-        verdict = "[red]FLAGGED[/]" if strict_fold else "[yellow]WARNING[/] (--strict-fold makes this exit 4)"
-        console.print(f"fold coverage: {verdict}: " + "; ".join(f.message for f in coverage.findings))
-    else:
-        console.print("fold coverage: nothing foldable left")
-    if coverage.kept:
-        console.print(f"  kept: {coverage.kept_summary()}")
-
-
-def _print_graph(graph: GraphReport, coverage: FoldCoverageReport | None = None) -> None:
-    ops = ", ".join(f"{op} {n}" for op, n in sorted(graph.op_histogram.items(), key=lambda kv: -kv[1]))
-    macs = f"{graph.macs / 1e6:.2f} M" if graph.macs is not None else "unknown"
-    verdict = "[green]clean[/]" if graph.ok else "[red]FLAGGED[/]: " + "; ".join(graph.reasons)
-    if graph.ok and coverage is not None and not coverage.ok:  # never "clean" while foldable structure is left
-        verdict = "standard ops only, but foldable structure is left (fold coverage below)"
-    console.print(f"graph check: {verdict}")
-    console.print(f"  opset {graph.opset}, {graph.nodes} nodes: {ops}")
-    console.print(f"  params {graph.params / 1e6:.4f} M, MACs {macs} (from the ONNX graph), "
-                  f"TensorRT {graph.tensorrt.get('version')} parser: "
-                  + ("all ops supported" if not graph.unsupported_ops else "unsupported ops present"))
+        warn("--trust-pickle: a pickled module runs code from the file while it loads; use it only for files "
+             "you trust")
 
 
 def export(
@@ -150,7 +120,10 @@ def export(
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
     samples: int = typer.Option(8, "--samples", help="Seeded random inputs per batch size for parity."),
     seed: int = typer.Option(0, "--seed", help="Seed of the parity inputs and the fold probe."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Report JSON (default: OUT.report.json)."),
+    report: Optional[Path] = typer.Option(None, "--json-file", "--report", metavar="PATH", help="The report JSON, "
+                                          "written with OUT.onnx, both or neither (default: OUT.report.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the report JSON on stdout; the human text goes "
+                                 "to stderr."),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Fail (exit 4) on graph-check findings; "
                                 "--no-strict writes the model and records them."),
     strict_fold: bool = _STRICT_FOLD,
@@ -191,11 +164,13 @@ def export(
         workspace=workspace, timing_cache=timing_cache,
     )
     _warn_pickle(trust_pickle)
-    log, status = _step_log()
-    console.print(f"[bold]deploy export[/] {model} ({'fold' if fold else 'no fold'}, {exporter} exporter)")
-    with status:
-        outcome = run_export(opts, log)
-    _print_export(outcome)
+    with machine_output(as_json, None) as out:
+        log, status = _step_log()
+        console.print(f"[bold]deploy export[/] {model} ({'fold' if fold else 'no fold'}, {exporter} exporter)")
+        with status:
+            outcome = run_export(opts, log)
+        _print_export(outcome)
+        out.emit(json.loads(outcome.report_path.read_text()))  # the very record the pair holds
 
 
 def _print_export(outcome: ExportOutcome) -> None:
@@ -210,10 +185,12 @@ def _print_export(outcome: ExportOutcome) -> None:
         if rep.simplify.applied:
             console.print(rep.simplify.summary())
         else:
-            console.print(f"[bold yellow]WARNING: onnxsim NOT applied, the unsimplified graph is kept:[/] "
-                          f"{rep.simplify.reason}")
-    _print_graph(outcome.graph, outcome.fold_coverage)
-    _print_fold_coverage(outcome.fold_coverage, bool(rep.options.get("strict_fold")))
+            warn(f"onnxsim NOT applied, the unsimplified graph is kept: {rep.simplify.reason}")
+    if rep.export is not None:
+        for line in rep.export.captured_warnings + rep.export.captured_stdout.splitlines():
+            detail(f"  exporter: {line}")
+    print_graph(outcome.graph, outcome.fold_coverage)
+    print_fold_coverage(outcome.fold_coverage, bool(rep.options.get("strict_fold")))
     console.print(_parity_table(outcome.parity))
     _print_accuracy(rep.accuracy)
     if rep.engine:
@@ -224,7 +201,7 @@ def _print_export(outcome: ExportOutcome) -> None:
                       f"top-1 {top1} on {decisive} decisive rows ({engine['top1_excluded']} near-ties excluded; "
                       f"tolerance {rep.engine['parity']['tolerance']['name']})")
         for note in rep.engine["metadata"].get("notes", []):
-            console.print(f"[yellow]warning:[/] {note}", highlight=False)
+            warn(note)
     console.print(f"wrote {outcome.onnx_path} and {outcome.report_path} (total {sum(rep.seconds.values()):.1f} s)")
 
 
@@ -237,7 +214,9 @@ def validate(
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
     input_size: Optional[str] = _INPUT_SIZE,
     input_shape: Optional[str] = _INPUT_SHAPE,
-    report: Optional[Path] = typer.Option(None, "--report", help="Write the report JSON here."),
+    report: Optional[Path] = typer.Option(None, "--json-file", "--report", metavar="PATH",
+                                          help="Write the report JSON here (atomically)."),
+    as_json: bool = JSON,
     arch: Optional[str] = _ARCH,
     model_class: Optional[str] = _MODEL_CLASS,
     model_args: Optional[str] = _MODEL_ARGS,
@@ -246,81 +225,23 @@ def validate(
     ratio: Optional[float] = _RATIO,
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code)."),
 ) -> None:
-    """Prove MODEL.onnx computes what MODEL.pt computes: training form vs folded vs ONNX Runtime, every output
-    by name, at twice H and W too when the graph's H/W are dynamic (exit 3 if not)."""
+    """Prove MODEL.onnx computes what MODEL.pt computes: training form vs folded vs ONNX Runtime.
+
+    Every output is compared by name, at twice H and W too when the graph's H/W are dynamic; exit 3 if
+    any differs. The report (--json, --json-file) is written in either case.
+    """
     if not onnx_file.is_file():
         raise BadInputError(f"{onnx_file}: no such ONNX file; export one with `deploy export`")
-    if report is not None:
-        check_output_path(report)
     kwargs = conv_options(conv, conv_opt, ratio)
     _warn_pickle(trust_pickle)
-    with console.status("checking parity …"):
-        rep: RunReport = run_validate(
-            model, onnx_file, samples=samples, seed=seed, atol=atol, rtol=rtol, input_size=input_size,
-            input_shape=input_shape, arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
-            model_class=model_class, model_args=model_args,
-        )
-    console.print(_parity_table(rep.parity))
-    _print_accuracy(rep.accuracy)
-    if report is not None:
-        write_json_atomic(report, rep.to_dict())
-        console.print(f"wrote {report}")
+    with machine_output(as_json, report) as out:
+        with console.status("checking parity …"):
+            rep: RunReport = run_validate(
+                model, onnx_file, samples=samples, seed=seed, atol=atol, rtol=rtol, input_size=input_size,
+                input_shape=input_shape, arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
+                model_class=model_class, model_args=model_args,
+            )
+        console.print(_parity_table(rep.parity))
+        _print_accuracy(rep.accuracy)
+        out.emit(rep.to_dict())
     rep.parity.raise_if_failed()
-
-
-def _inspect_onnx(path: Path) -> dict[str, Any]:
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
-        raise BadInputError(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
-
-    def io(values) -> list[dict[str, Any]]:
-        return [
-            {"name": v.name, "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
-            for v in values
-        ]
-
-    graph = check_graph(proto)
-    return {
-        "file": str(path),
-        "inputs": io(proto.graph.input),
-        "outputs": io(proto.graph.output),
-        "metadata": {p.key: p.value for p in proto.metadata_props},
-        **graph.to_dict(),
-        "fold_coverage": check_fold_coverage(proto).to_dict(),
-    }
-
-
-def _inspect_checkpoint(path: Path, trust_pickle: bool) -> dict[str, Any]:
-    loaded = load_checkpoint(path, trust_pickle=trust_pickle)
-    return {"file": str(path), **loaded.describe(), "params": count_params(loaded.model), "meta": loaded.meta}
-
-
-def inspect(
-    file: Path = typer.Argument(..., help="A .onnx model or a .pt checkpoint."),
-    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole module (runs code)."),
-) -> None:
-    """What a file holds: .onnx interface, ops, params, MACs, graph verdict; .pt arch, conv, params."""
-    if not file.exists():
-        raise BadInputError(f"{file}: no such file")
-    if file.is_dir():
-        raise BadInputError(f"{file} is a directory: point to a .onnx or .pt file")
-    if file.suffix != ".onnx":
-        _warn_pickle(trust_pickle)
-    info = _inspect_onnx(file) if file.suffix == ".onnx" else _inspect_checkpoint(file, trust_pickle)
-    if as_json:
-        typer.echo(json.dumps(info, indent=2, default=str))
-        return
-    table = Table(show_header=False, title=str(file))
-    skip = {"macs_by_op", "trt_restrictions", "custom_domain_nodes", "unsupported_ops", "dynamic_conv_weights",
-            "fold_coverage"}
-    for key, value in info.items():
-        if key in skip or value in (None, [], {}):
-            continue
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value, default=str)
-        table.add_row(key, str(value))
-    if "fold_coverage" in info:
-        table.add_row("fold_coverage", info["fold_coverage"]["summary"])
-    console.print(table)

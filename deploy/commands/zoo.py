@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,7 +12,8 @@ from rich.table import Table
 
 from deploy.atomic import check_output_path
 from deploy.checkpoint import save_checkpoint
-from deploy.commands.common import console, conv_help, conv_opt_help, conv_options, guarded, ratio_help
+from deploy.commands.common import JSON_FILE, console, guarded, machine_output
+from deploy.commands.conv_options import conv_help, conv_opt_help, conv_options, ratio_help
 from deploy.digits import load_digits
 from deploy.errors import BadInputError
 from deploy.models.complexity import count_params
@@ -26,6 +26,7 @@ from deploy.zoo_counts import CONVENTIONS, zoo_row
 app = typer.Typer(
     help="The model zoo: ResNet-18/34/50/101, CIFAR ResNet-20 and SCNet-50/101 with each paper's layer.",
     no_args_is_help=True,
+    add_completion=False,  # completion is the root's (`deploy --install-completion`)
 )
 
 _CONV_OPT = typer.Option(None, "--conv-opt", help=conv_opt_help())
@@ -78,7 +79,9 @@ def list_models(
     arch: Optional[list[str]] = typer.Option(None, "--arch", help="Only these archs (repeatable). Default: all."),
     convention: str = typer.Option("conv", "--convention", help="MAC convention of the table: conv (convolutions "
                                    "and matrix products, FlopCounterMode) or thop (what SPConv's tables count)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead (both conventions)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON (both conventions) on stdout; the "
+                                 "table is not printed."),
+    json_file: Optional[Path] = JSON_FILE,
 ) -> None:
     """Every arch x conv with params and MACs (deploy form), beside the papers' figures."""
     if convention not in CONVENTIONS:
@@ -90,16 +93,19 @@ def list_models(
         raise BadInputError(f"unknown arch {', '.join(unknown)}; choose from {', '.join(known)}")
     entries = zoo_entries(wanted)
     rows = []
-    with _progress() as progress:
-        task = progress.add_task("counting params and MACs", total=len(entries))
-        for arch_name, conv, kwargs in entries:
-            progress.update(task, description=f"{arch_name} conv={conv}")
-            rows.append(zoo_row(arch_name, conv, kwargs))
-            progress.advance(task)
-    if as_json:
-        typer.echo(json.dumps({"conventions": {"macs": CONVENTIONS["conv"], "macs_thop": CONVENTIONS["thop"]},
-                               "rows": rows}, indent=2))
-        return
+    with machine_output(as_json, json_file) as out:
+        with _progress() as progress:
+            task = progress.add_task("counting params and MACs", total=len(entries))
+            for arch_name, conv, kwargs in entries:
+                progress.update(task, description=f"{arch_name} conv={conv}")
+                rows.append(zoo_row(arch_name, conv, kwargs))
+                progress.advance(task)
+        out.emit({"conventions": {"macs": CONVENTIONS["conv"], "macs_thop": CONVENTIONS["thop"]}, "rows": rows})
+    if not as_json:
+        _print_zoo(rows, convention)
+
+
+def _print_zoo(rows: list[dict[str, Any]], convention: str) -> None:
     table = Table(title="convdeploy zoo", caption=CONVENTIONS[convention], caption_justify="left")
     for col in ("arch", "conv", "params M", "paper", "MACs", "paper MACs", "MACs/paper", "paper source"):
         left = col in ("arch", "conv", "paper source")
