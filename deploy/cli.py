@@ -12,7 +12,7 @@ import warnings
 import typer
 
 from deploy.commands import bench, claims, export, zoo
-from deploy.commands.common import guarded, state
+from deploy.commands.common import guarded, state, terminate_on_sigterm
 from deploy.version import __version__
 
 app = typer.Typer(
@@ -57,6 +57,7 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
+    terminate_on_sigterm()
     app()
 
 

@@ -16,11 +16,13 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from deploy.atomic import check_output_path, sha256_file, write_json_atomic
+from deploy.atomic import sha256_file, write_json_atomic
 from deploy.commands.bench_profile import profile_command
-from deploy.commands.common import console
+from deploy.commands.common import console, finite
 from deploy.environment import host_device, versions
 from deploy.errors import BadInputError
+from deploy.limits import check_input_elements, check_input_size, check_seed
+from deploy.pathguard import guard_paths
 from deploy.torch_bench import CHECKPOINT_SUFFIXES, TorchBenchOptions, open_torch_runtime
 from exporters.tensorrt import build_engine, compute_profile, onnx_input, require_engine_builder, validate_build_options
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, interleaved
@@ -85,7 +87,9 @@ def onnx_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tuple
             dims[axis] = input_size
     if dims[2] is None or dims[3] is None:
         raise BadInputError(f"{path} has dynamic height/width: give --input-size")
-    return tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    shape = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    check_input_elements(shape)
+    return shape
 
 
 def engine_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tuple[int, ...]:
@@ -95,6 +99,7 @@ def engine_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tup
     if meta is None:
         return ()  # unknown until the engine is loaded
     shape = (batch, *meta["profile"]["opt"][1:])
+    check_input_elements(shape)
     if input_size is not None:
         shape = (batch, shape[1], input_size, input_size)
         if not BatchProfile.from_dict(meta["profile"]).admits(shape):
@@ -195,7 +200,8 @@ def bench(
                                       "H/W, or a model.pt at another size than its checkpoint's."),
     warmup: str = typer.Option("10", "--warmup", help="Warm-up: a run count (10) or seconds (2s)."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed runs (default: up to 100 or 30 s)."),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Time budget in seconds, warm-up included."),
+    duration: Optional[float] = typer.Option(None, "--duration", callback=finite,
+                                  help="Time budget in seconds, warm-up included."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads of ONNX Runtime, or of PyTorch "
                                    "(process-wide) for a model.pt."),
     provider: Optional[str] = typer.Option(None, "--provider", help="cpu | cuda | tensorrt (ONNX Runtime)."),
@@ -222,9 +228,11 @@ def bench(
     warm = Warmup.parse(warmup)
     if provider is not None and provider not in ORT_PROVIDERS:
         raise BadInputError(f"--provider {provider}: choose cpu, cuda or tensorrt")
-    if json_out is not None:
-        check_output_path(json_out)
+    check_seed(seed)
+    if input_size is not None:
+        check_input_size("input_size", (input_size,))
     paths = [artifact] + ([vs] if vs is not None else [])
+    guard_paths(inputs={"the benchmarked artifact": artifact, "the --vs artifact": vs}, outputs={"`json_out`": json_out})
     kinds = [artifact_kind(artifact, backend)] + [artifact_kind(p) for p in paths[1:]]
     if profile:
         _profile(paths, kinds, batch, input_size, threads, provider, iters, warm, seed, top, json_out)
@@ -299,6 +307,8 @@ def _open_all(paths: list[Path], kinds: list[str], batch: int, input_size: Optio
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
     shapes = [s or (batch, *(rt.profile.opt[1:] if k == "engine" else rt.sample_shape))
               for s, rt, k in zip(shapes, runtimes, kinds)]
+    for shape in shapes:
+        check_input_elements(shape)
     if len(shapes) == 2 and shapes[0] != shapes[1]:
         raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "
                             "--vs compares on the same input; export both at the same input size")
@@ -336,7 +346,8 @@ def build(
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Smallest batch (default 1)."),
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Batch TensorRT tunes for (default: max)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch (default: opt, or 1)."),
-    workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GiB."),
+    workspace: Optional[float] = typer.Option(None, "--workspace", callback=finite,
+                                  help="Builder workspace limit in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Load/save tactic timings here (one "
                                                 "from another GPU or TensorRT is reported and replaced)."),
     min_size: Optional[int] = typer.Option(None, "--min-size", help="ONNX with dynamic H/W: smallest input size "

@@ -13,10 +13,11 @@ from typing import Any, Optional
 import numpy as np
 from rich.table import Table
 
-from deploy.atomic import check_output_path, write_json_atomic
+from deploy.atomic import write_json_atomic
 from deploy.commands.common import console
 from deploy.environment import host_device
 from deploy.errors import BadInputError
+from deploy.pathguard import guard_paths
 from validators.profile import OnnxProfile, profile_models
 
 PROFILE_FORMAT = "convdeploy-profile/1"
@@ -76,7 +77,8 @@ def profile_command(paths: list[Path], shapes: list[tuple[int, ...]], *, threads
     if top < 1:
         raise BadInputError(f"--top {top} must be >= 1")
     out = json_out or default_profile_path(paths[0])
-    check_output_path(out)
+    guard_paths(inputs={"the profiled model": paths[0],
+                        "the second model": paths[1] if len(paths) > 1 else None}, outputs={"`json_out`": out})
     x = np.random.default_rng(seed).standard_normal(shapes[0]).astype(np.float32)
     with console.status(f"profiling {' and '.join(p.name for p in paths)} …"):
         found = profile_models(paths, x, threads=threads, runs=iters or 20, warmup=warmup_runs)

@@ -8,13 +8,16 @@ prints the one-line message, so the same library serves both audiences.
 from __future__ import annotations
 
 import functools
+import math
 import re
+import signal
 from typing import Any, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from deploy.atomic import Terminated
 from deploy.errors import BadInputError, ConvDeployError
 from deploy.layers.registry import conv_kind, conv_kinds
 
@@ -32,7 +35,8 @@ FLAGS = {
     "model_args": "--model-args", "model_class": "--model-class", "models": "--models", "opt_batch": "--opt-batch",
     "opt_size": "--opt-size", "output": "--output", "provider": "--provider", "rtol": "--rtol", "samples": "--samples",
     "strict_fold": "--strict-fold", "tf32": "--tf32", "threads": "--threads", "timing_cache": "--timing-cache",
-    "trust_pickle": "--trust-pickle", "warmup": "--warmup", "workspace": "--workspace",
+    "trust_pickle": "--trust-pickle", "warmup": "--warmup", "workspace": "--workspace", "report": "--report",
+    "engine": "--engine", "json_out": "--json", "seed": "--seed", "opset": "--opset", "output_dir": "--output",
 }
 _PARAM = re.compile(r"`([a-z_0-9]+)`")
 
@@ -60,7 +64,15 @@ def guarded(fn: F) -> F:
                 err_console.print_exception()
             err_console.print(f"[bold red]error:[/] {escape(cli_message(str(exc)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/] (SIGINT): every output is either complete or untouched",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except Terminated:
+            err_console.print("[bold red]terminated[/] (SIGTERM): every output is either complete or untouched",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(143) from None
+        except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if state["debug"]:
@@ -74,6 +86,22 @@ def guarded(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def finite(value: Optional[float]) -> Optional[float]:
+    """A typer callback for float options: NaN and infinity are refused while parsing (exit 2)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def terminate_on_sigterm() -> None:
+    """SIGTERM (timeout, docker stop, CI cancellation) raises ``Terminated`` in the main thread, so
+    temporary files are removed as on SIGINT; the guard exits 143."""
+    def handler(_signum: int, _frame: Any) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 # ---------------------------------------------------------------- conv kinds on the command line

@@ -10,9 +10,16 @@ import onnx
 import typer
 from rich.table import Table
 
-from deploy.atomic import check_output_path, write_json_atomic
 from deploy.checkpoint import load_checkpoint
-from deploy.commands.common import console, conv_help, conv_opt_help, conv_options, err_console, ratio_help
+from deploy.commands.common import (
+    console,
+    conv_help,
+    conv_opt_help,
+    conv_options,
+    err_console,
+    finite,
+    ratio_help,
+)
 from deploy.errors import BadInputError
 from deploy.models.complexity import count_params
 from deploy.pipeline import ExportOptions, ExportOutcome, StepLog, run_export
@@ -43,7 +50,7 @@ _INPUT_SHAPE = typer.Option(None, "--input-shape", metavar="CxHxW",
                             help="The whole input shape, e.g. 3x64x48 (for models that do not record it).")
 _CONV = typer.Option(None, "--conv", help=conv_help("Conv kind of a bare state_dict"))
 _CONV_OPT = typer.Option(None, "--conv-opt", help=conv_opt_help())
-_RATIO = typer.Option(None, "--ratio", help=ratio_help())
+_RATIO = typer.Option(None, "--ratio", callback=finite, help=ratio_help())
 
 
 def _step_log() -> tuple[StepLog, Any]:
@@ -146,8 +153,10 @@ def export(
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18) or torchscript (opset 17)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (kept only if outputs still "
                                   "match; skipped with --no-fold, which keeps the graph as exported)."),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute part of the parity bound (default 0)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
+    atol: Optional[float] = typer.Option(None, "--atol", callback=finite,
+                                  help="Absolute part of the parity bound (default 0)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", callback=finite,
+                                  help="Bound relative to max|ref| (default 1e-4)."),
     samples: int = typer.Option(8, "--samples", help="Seeded random inputs per batch size for parity."),
     seed: int = typer.Option(0, "--seed", help="Seed of the parity inputs and the fold probe."),
     report: Optional[Path] = typer.Option(None, "--report", help="Report JSON (default: OUT.report.json)."),
@@ -168,7 +177,8 @@ def export(
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Engine profile: smallest batch (default 1)."),
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Engine profile: batch TensorRT tunes for."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Engine profile: largest batch."),
-    workspace: Optional[float] = typer.Option(None, "--workspace", help="Engine: builder workspace limit in GiB."),
+    workspace: Optional[float] = typer.Option(None, "--workspace", callback=finite,
+                                  help="Engine: builder workspace limit in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Engine: load/save tactic timings here."),
 ) -> None:
     """Fold MODEL.pt, export ONNX, simplify, check the graph, prove parity; write OUT.onnx + report.
@@ -233,8 +243,10 @@ def validate(
     onnx_file: Path = typer.Argument(..., metavar="MODEL.onnx", help="The exported ONNX model to check."),
     samples: int = typer.Option(8, "--samples", help="Seeded random inputs per batch size."),
     seed: int = typer.Option(0, "--seed", help="Seed of the inputs."),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute part of the bound (default 0)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
+    atol: Optional[float] = typer.Option(None, "--atol", callback=finite,
+                                  help="Absolute part of the bound (default 0)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", callback=finite,
+                                  help="Bound relative to max|ref| (default 1e-4)."),
     input_size: Optional[str] = _INPUT_SIZE,
     input_shape: Optional[str] = _INPUT_SHAPE,
     report: Optional[Path] = typer.Option(None, "--report", help="Write the report JSON here."),
@@ -250,20 +262,17 @@ def validate(
     by name, at twice H and W too when the graph's H/W are dynamic (exit 3 if not)."""
     if not onnx_file.is_file():
         raise BadInputError(f"{onnx_file}: no such ONNX file; export one with `deploy export`")
-    if report is not None:
-        check_output_path(report)
     kwargs = conv_options(conv, conv_opt, ratio)
     _warn_pickle(trust_pickle)
     with console.status("checking parity …"):
         rep: RunReport = run_validate(
             model, onnx_file, samples=samples, seed=seed, atol=atol, rtol=rtol, input_size=input_size,
             input_shape=input_shape, arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
-            model_class=model_class, model_args=model_args,
+            model_class=model_class, model_args=model_args, report=report,
         )
     console.print(_parity_table(rep.parity))
     _print_accuracy(rep.accuracy)
     if report is not None:
-        write_json_atomic(report, rep.to_dict())
         console.print(f"wrote {report}")
     rep.parity.raise_if_failed()
 
