@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from deploy.errors import BadInputError
-from validators.runtimes import as_float32_nchw
+from validators.runtimes import as_float32_nchw, quiet_session_options
 
 _KERNEL = "_kernel_time"
 
@@ -66,8 +66,7 @@ class OnnxProfile:
 
 def _session(model: str | os.PathLike[str] | onnx.ModelProto, threads: int | None, prefix: str,
              spin: bool) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts = quiet_session_options()
     opts.enable_profiling = True
     opts.profile_file_prefix = prefix
     if not spin:  # two sessions taking turns: idle pool threads must sleep (validators.runtimes)

@@ -20,7 +20,7 @@ from deploy.atomic import sha256_file, write_json_atomic
 from deploy.commands.bench_profile import profile_command
 from deploy.commands.common import console, finite
 from deploy.environment import host_device, versions
-from deploy.errors import BadInputError
+from deploy.errors import BadInputError, ConvDeployError
 from deploy.limits import check_input_elements, check_input_size, check_seed
 from deploy.pathguard import guard_paths
 from deploy.torch_bench import CHECKPOINT_SUFFIXES, TorchBenchOptions, open_torch_runtime
@@ -307,12 +307,25 @@ def _open_all(paths: list[Path], kinds: list[str], batch: int, input_size: Optio
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
     shapes = [s or (batch, *(rt.profile.opt[1:] if k == "engine" else rt.sample_shape))
               for s, rt, k in zip(shapes, runtimes, kinds)]
-    for shape in shapes:
+    for shape, rt, path in zip(shapes, runtimes, paths):
         check_input_elements(shape)
+        _probe_run(rt, shape, path)
     if len(shapes) == 2 and shapes[0] != shapes[1]:
         raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "
                             "--vs compares on the same input; export both at the same input size")
     return runtimes, shapes
+
+
+def _probe_run(rt: Any, shape: tuple[int, ...], path: Path) -> None:
+    """One untimed run: a model that cannot run on its own input shape is bad input (exit 2), not a crash."""
+    try:
+        rt.run(np.zeros(shape, dtype=np.float32))
+    except ConvDeployError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a runtime refuses a broken graph with its own exception types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise BadInputError(f"{path} fails to run on a {'x'.join(map(str, shape))} input ({reason}): "
+                            "re-export it or check the file") from exc
 
 
 def _print_bench(batch: int, names: list[str], stats: list[LatencyStats], facts: list[dict[str, Any]],
