@@ -93,17 +93,19 @@ class Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt by the CLI's handler so that clean-ups run (exit 143)."""
 
 
-#: the environment variable of the test hook (``point:action``, see ``write_hook``)
+#: the environment variable of the test hook (``point:action``, see ``run_hook``)
 HOOK_ENV = "CONVDEPLOY_TEST_HOOK"
 
 
-def write_hook(point: str) -> None:
-    """A test hook at a named point of a write: ``CONVDEPLOY_TEST_HOOK=point:action`` with
+def run_hook(point: str) -> None:
+    """A test hook at a named point of a run: ``CONVDEPLOY_TEST_HOOK=point:action`` with
     action ``term`` or ``int`` (send SIGTERM / SIGINT to this process) or ``sleep=SECONDS``.
 
-    Points: ``write`` (a transaction starts), ``staged`` (every temporary file is written
-    and synced), ``between-renames`` (after the first rename of a commit). Used by the
-    signal and concurrency tests; unset, it does nothing.
+    Points: each export step as it starts (``load``, ``fold``, ``export``, ``parity``,
+    ``write`` …, from ``deploy.pipeline.StepLog``), ``transaction`` (a transaction starts),
+    ``staged`` (every temporary file is written and synced) and ``between-renames`` (after
+    the first rename of a commit). Used by the signal and concurrency tests; unset, it does
+    nothing.
     """
     spec = os.environ.get(HOOK_ENV, "")
     name, _, action = spec.partition(":")
@@ -215,7 +217,7 @@ class Transaction:
         self._staged: list[tuple[Path, Path]] = []  # (temporary, final)
 
     def __enter__(self) -> Transaction:
-        write_hook("write")
+        run_hook("transaction")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -256,7 +258,7 @@ class Transaction:
 
     def commit(self) -> None:
         """Rename every staged file into place, in staging order (both or neither)."""
-        write_hook("staged")
+        run_hook("staged")
         backups: dict[Path, Path] = {}
         done: list[Path] = []
         with deferred_signals():
@@ -267,7 +269,7 @@ class Transaction:
                         backups[final] = backup
                 for i, (tmp, final) in enumerate(self._staged):
                     if i == 1:
-                        write_hook("between-renames")
+                        run_hook("between-renames")
                     os.replace(tmp, final)
                     done.append(final)
             except BaseException:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import onnx
 from torch import nn
 
+from deploy.atomic import run_hook
 from deploy.checkpoint import LoadedModel
 from deploy.errors import BadInputError
 from deploy.limits import check_input_elements, check_seed
@@ -106,6 +107,7 @@ class StepLog:
     def step(self, name: str) -> Iterator[None]:
         if self._on_start:
             self._on_start(name)
+        run_hook(name)
         start = time.perf_counter()
         yield
         self.seconds[name] = time.perf_counter() - start
