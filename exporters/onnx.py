@@ -39,10 +39,11 @@ from exporters.interface import Axes, check_output_names, name_dynamic_dims, out
 from validators.runtimes import OrtRuntime
 
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
-#: the opsets each exporter writes as asked (checked on the written graph): the dynamo
-#: exporter silently writes 18 below 16 and above its newest; TorchScript stops at 20 and
-#: fails on today's CNNs (BatchNorm, pooling) below 9
-OPSET_RANGE = {"dynamo": (16, 23), "torchscript": (9, 20)}
+#: the opsets each exporter writes as asked (also checked on the written graph): the dynamo
+#: exporter writes 18 instead when its version converter cannot go below 18 (a ResNet's
+#: Squeeze/Unsqueeze) and silently above its newest; TorchScript stops at 20 and fails on
+#: today's CNNs (BatchNorm, pooling) below 9
+OPSET_RANGE = {"dynamo": (18, 23), "torchscript": (9, 20)}
 #: Protobuf cannot serialize a message of 2 GiB or more; above this, weights go to ``<name>.data``.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
