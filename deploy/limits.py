@@ -17,6 +17,8 @@ MAX_INPUT_ELEMENTS = 1 << 28
 MAX_SIDE = 4096
 #: the largest seed numpy and torch both take
 MAX_SEED = 2**32 - 1
+#: the most seeded parity inputs per batch size
+MAX_SAMPLES = 1024
 
 
 def check_finite(name: str, value: float | None, *, positive: bool = False) -> None:
@@ -35,6 +37,12 @@ def check_seed(seed: int) -> None:
     """A seed numpy and torch both accept: 0 <= seed < 2**32."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise BadInputError(f"`seed` must be an integer in [0, {MAX_SEED}], got {seed!r}")
+
+
+def check_samples(samples: int) -> None:
+    """1 <= ``samples`` <= ``MAX_SAMPLES``."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise BadInputError(f"`samples` must be an integer in [1, {MAX_SAMPLES}], got {samples!r}")
 
 
 def check_input_size(name: str, sides: Sequence[int]) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from deploy.atomic import run_hook
 from deploy.checkpoint import LoadedModel
 from deploy.errors import BadInputError
-from deploy.limits import check_input_elements, check_seed
+from deploy.limits import check_input_elements, check_samples, check_seed
 from deploy.metrics import Tolerance
 from deploy.pathguard import guard_paths
 from deploy.report import RunReport
@@ -141,6 +141,9 @@ class ExportOutcome:
 
 
 def default_output(checkpoint: Path) -> Path:
+    """``model.pt`` -> ``model.onnx``."""
+    if not checkpoint.name or checkpoint.name in (".", ".."):
+        raise BadInputError(f"{checkpoint} names no checkpoint file: point to a model.pt, or give the `output` path")
     return checkpoint.with_suffix(".onnx")
 
 
@@ -156,9 +159,9 @@ def _output_paths(opts: ExportOptions) -> tuple[Path, Path]:
     if opts.output is None and checkpoint is None:
         raise BadInputError("give the `output` path of the ONNX file to write")
     output = Path(opts.output) if opts.output else default_output(Path(str(checkpoint)))
-    report_path = Path(opts.report) if opts.report else report_path_for(output)
-    if output.suffix != ".onnx":
+    if output.suffix != ".onnx" or output.name == ".onnx":
         raise BadInputError(f"output {output} must end in .onnx")
+    report_path = Path(opts.report) if opts.report else report_path_for(output)
     engine = Path(opts.engine) if opts.engine is not None else None
     guard_paths(
         inputs={"the input checkpoint": checkpoint},
@@ -218,8 +221,7 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
     """The whole `deploy export`: every gate passes, then MODEL.onnx and its report appear together."""
     log = log or StepLog()
     output, report_path = _output_paths(opts)
-    if opts.samples < 1:
-        raise BadInputError(f"`samples` must be >= 1, got {opts.samples}")
+    check_samples(opts.samples)
     check_seed(opts.seed)
     check_opset(opts.exporter, opts.opset)
     tol = tolerance_from(opts.atol, opts.rtol)

@@ -9,7 +9,7 @@ import onnx
 
 from deploy.atomic import sha256_file, write_json_atomic
 from deploy.errors import BadInputError
-from deploy.limits import check_seed
+from deploy.limits import check_input_elements, check_samples, check_seed
 from deploy.pathguard import guard_paths
 from deploy.report import RunReport
 from deploy.steps import (
@@ -47,6 +47,7 @@ def run_validate(
     checked at a second size too."""
     guard_paths(inputs={"the input checkpoint": checkpoint, "the ONNX model": onnx_path}, outputs={"`report`": report})
     check_seed(seed)
+    check_samples(samples)
     tol = tolerance_from(atol, rtol)
     loaded, shape = load_step(Path(checkpoint), arch=arch, conv=conv, conv_kwargs=dict(conv_kwargs or {}),
                               trust_pickle=trust_pickle, input_size=input_size, input_shape=input_shape,
@@ -54,11 +55,13 @@ def run_validate(
     ort = OrtRuntime(onnx_path, name="onnxruntime-cpu")
     dims = ort.session.get_inputs()[0].shape
     _check_onnx_shape(onnx_path, dims, shape)
+    batches = parity_batches(dims[0] if isinstance(dims[0], int) else None)
+    check_input_elements((max(batches), *shape))
     dynamic_hw = len(dims) == 4 and not isinstance(dims[2], int) and not isinstance(dims[3], int)
     folded, fold_report = fold_step(loaded, shape, seed)
     proto = onnx.load(str(onnx_path))
     parity, runs = parity_step(loaded, folded, ort, proto, shape,
-                               parity_batches(dims[0] if isinstance(dims[0], int) else None), samples, seed, tol,
+                               batches, samples, seed, tol,
                                fold_report, extra_sizes=[second_size(shape)] if dynamic_hw else [])
     runs.pop("folded")
     result = RunReport("convdeploy validate", {"path": str(checkpoint), **loaded.describe()}, parity, seed,
