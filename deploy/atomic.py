@@ -296,6 +296,12 @@ def _hard_link_aside(final: Path) -> Path | None:
     return backup
 
 
+def write_through(path: Path, data: bytes | memoryview, final: str | os.PathLike[str]) -> None:
+    """Write ``data`` to the temporary ``path`` of ``final``; a full disk, a file-size limit or a
+    read-only mount is exit 2, naming ``final``."""
+    _translate_os_error(final, lambda: path.write_bytes(data))
+
+
 def _translate_os_error(path: str | os.PathLike[str], write: Any) -> None:
     """Run ``write``; a full disk, a file-size limit or a read-only mount is bad input (exit 2)."""
     try:

@@ -15,6 +15,7 @@ archives are refused with what to do instead (``deploy.formats``). An in-memory 
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import warnings
 import zipfile
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deploy.atomic import atomic_path, sha256_file
+from deploy.atomic import atomic_path, sha256_file, write_through
 from deploy.errors import BadInputError
 from deploy.formats import (
     archive_kind,
@@ -84,7 +85,9 @@ def save_checkpoint(model: ZooNet, path: str | Path, meta: dict[str, Any] | None
         "meta": dict(meta or {}),
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)  # serialised in memory: a full disk is then an OSError of our own write
+        write_through(tmp, buffer.getbuffer(), path)
     return Path(path)
 
 

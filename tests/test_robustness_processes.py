@@ -166,3 +166,18 @@ def test_bench_json_onto_a_full_disk_exits_2(tmp_path, folded_export, deploy_cli
     assert run.exit_code == 2, run.stderr
     assert run.one_error_line().startswith(f"error: cannot write {out}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_zoo_create_and_profile_onto_a_full_disk_exit_2(tmp_path, folded_export, deploy_cli):
+    exp = folded_export("resnet20", "plain", 32)
+    model = tmp_path / "m.onnx"
+    shutil.copy(exp.onnx_path, model)
+    with file_size_limit(4096):
+        create = deploy_cli("zoo", "create", "resnet20", "--input-size", "16", "-o", tmp_path / "z.pt")
+    assert create.exit_code == 2, create.stderr
+    assert create.one_error_line().startswith(f"error: cannot write {tmp_path / 'z.pt'} (File too large)")
+    with file_size_limit(4096):  # ONNX Runtime's own trace file is cut short
+        profile = deploy_cli("bench", model, "--profile", "--iters", "5", "--json", tmp_path / "p.json")
+    assert profile.exit_code == 2, profile.stderr
+    assert "could not be written whole" in profile.one_error_line()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

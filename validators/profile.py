@@ -64,6 +64,15 @@ class OnnxProfile:
                 "by_op": rows(self.by_op), "by_node": rows(self.by_node), "versions": dict(self.versions)}
 
 
+def _read_trace(path: Path) -> Any:
+    """ONNX Runtime's trace file; one it could not write whole (a full disk) is exit 2."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"ONNX Runtime's profile {path} could not be written whole ({exc}): "
+                            "free some space in the temporary directory") from exc
+
+
 def _session(model: str | os.PathLike[str] | onnx.ModelProto, threads: int | None, prefix: str,
              spin: bool) -> ort.InferenceSession:
     opts = quiet_session_options()
@@ -119,7 +128,7 @@ def profile_models(models: Sequence[str | os.PathLike[str] | onnx.ModelProto], x
             order = range(len(sessions)) if i % 2 == 0 else reversed(range(len(sessions)))
             for k in order:
                 sessions[k].run(None, feeds[k])
-        traces = [json.loads(Path(s.end_profiling()).read_text()) for s in sessions]
+        traces = [_read_trace(Path(s.end_profiling())) for s in sessions]
     return [_summary(m, x, threads, runs, events) for m, events in zip(models, traces)]
 
 
