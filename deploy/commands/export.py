@@ -145,7 +145,8 @@ def export(
     rewrite_diff: bool = typer.Option(True, "--rewrite-diff/--no-rewrite-diff", help="When a layer was rewritten, "
                                       "export the model once more without the rewrites to report what they changed "
                                       "(node counts; the export step runs twice)."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 18 dynamo, 17 torchscript)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset: dynamo 18..23 (default 18), torchscript "
+                                 "9..20 (default 17); others exit 2."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' (axis named 'batch') or a fixed batch size."),
     input_size: Optional[str] = _INPUT_SIZE,
     input_shape: Optional[str] = _INPUT_SHAPE,
