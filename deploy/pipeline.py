@@ -276,7 +276,13 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
         with log.step("tensorrt"):
             report.engine = build_checked_engine(proto, opts, input_shape, ort, output)
     with log.step("write"):
-        write_step(proto, output, report_path, report)
+        try:
+            write_step(proto, output, report_path, report)
+        except BaseException:  # no engine without the ONNX file and report it was checked against
+            if report.engine is not None and opts.engine is not None:
+                Path(opts.engine).unlink(missing_ok=True)
+                metadata_path(opts.engine).unlink(missing_ok=True)
+            raise
     return ExportOutcome(output, report_path, report, loaded, deploy_model)
 
 

@@ -161,8 +161,6 @@ def validate_build_options(onnx_path: str | Path, engine_path: str | Path, *, fp
         raise BadInputError(f"{src} does not exist: export it first with `deploy export MODEL.pt -o {src}`")
     if dst.suffix.lower() not in ENGINE_SUFFIXES:
         raise BadInputError(f"-o {dst}: an engine file must end in .plan (e.g. -o engine.plan)")
-    guard_paths(inputs={"the ONNX model": src},
-                outputs={"the engine": dst, "the engine metadata": metadata_path(dst), "`timing_cache`": timing_cache})
     if workspace_gib is not None and not 0 < workspace_gib <= MAX_WORKSPACE_GIB:
         raise BadInputError(f"`workspace` {workspace_gib} GiB is out of range: give a size in (0, {MAX_WORKSPACE_GIB:g}]")
     cache = Path(timing_cache) if timing_cache is not None else None
@@ -171,6 +169,8 @@ def validate_build_options(onnx_path: str | Path, engine_path: str | Path, *, fp
             raise BadInputError(f"`timing_cache` {cache} is a directory: give a file name")
         if not cache.parent.is_dir():
             raise BadInputError(f"`timing_cache` directory {cache.parent} does not exist: create it first")
+    guard_paths(inputs={"the ONNX model": src},
+                outputs={"the engine": dst, "the engine metadata": metadata_path(dst), "`timing_cache`": cache})
     if fp16 and tf32:
         raise BadInputError("`fp16` and `tf32` are exclusive: pick one precision")
     for label, v in (("`min_batch`", min_batch), ("`opt_batch`", opt_batch), ("`max_batch`", max_batch),
