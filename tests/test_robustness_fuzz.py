@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-FUZZ_EXAMPLES = 20
-SOAK_EXAMPLES = 300
+FUZZ_EXAMPLES = 30
+SOAK_EXAMPLES = 2000
 FAST = ["--exporter", "torchscript", "--no-simplify", "--samples", "1", "--no-rewrite-diff"]
 COMMON = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
