@@ -15,6 +15,7 @@ archives are refused with what to do instead (``deploy.formats``). An in-memory 
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import warnings
 import zipfile
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deploy.atomic import atomic_path, sha256_file
+from deploy.atomic import atomic_path, sha256_file, write_through
 from deploy.errors import BadInputError
 from deploy.formats import (
     archive_kind,
@@ -84,7 +85,9 @@ def save_checkpoint(model: ZooNet, path: str | Path, meta: dict[str, Any] | None
         "meta": dict(meta or {}),
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)  # serialised in memory: a full disk is then an OSError of our own write
+        write_through(tmp, buffer.getbuffer(), path)
     return Path(path)
 
 
@@ -100,7 +103,11 @@ def _check_readable(path: Path) -> None:
 def _check_archive(path: Path) -> str | None:
     """The kind of torch archive ``path`` is (``deploy.formats.archive_kind``); truncated and TorchScript refused."""
     with open(path, "rb") as fh:
-        is_zip_header = fh.read(4) == b"PK\x03\x04"
+        head = fh.read(4)
+    is_zip_header = head == b"PK\x03\x04"
+    if not is_zip_header and not head.startswith(b"\x80"):  # neither a zip archive nor a pickle (protocol >= 2)
+        raise BadInputError(f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle: it "
+                            f"starts with {head!r}); point to a model.pt written by torch.save or `deploy zoo create`")
     if is_zip_header and not zipfile.is_zipfile(path):
         raise BadInputError(
             f"{path} is truncated or corrupt (a torch.save zip archive without its central directory: the write was "
@@ -112,11 +119,18 @@ def _check_archive(path: Path) -> str | None:
     return kind
 
 
+def _blocked_global(exc: BaseException) -> bool:
+    """Whether torch's weights-only unpickler stopped at a global it does not allow (a class, a
+    function, a blocked module): the file holds pickled Python objects."""
+    text = str(exc).lower()
+    return "unsupported global" in text or ("global" in text and "is blocked" in text)
+
+
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):
+        if not _blocked_global(exc):
             raise BadInputError(
                 f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a readable pickle); "
                 "point to a model.pt written by torch.save or `deploy zoo create`"
@@ -332,10 +346,25 @@ def _load_state_dict(state: dict[str, torch.Tensor], path: Path, digest: str, ar
 def _field(obj: dict, name: str, kind: type | tuple[type, ...], path: Path) -> Any:
     if name not in obj:
         raise BadInputError(f"{path}: the convdeploy checkpoint has no {name!r} field: save it again")
-    if not isinstance(obj[name], kind):
-        raise BadInputError(f"{path}: the convdeploy checkpoint's {name!r} field holds a {type(obj[name]).__name__}, "
-                            "which is not what it should: save it again")
-    return obj[name]
+    value = obj[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+        expected = " or ".join(k.__name__ for k in _kinds(kind))
+        raise BadInputError(f"{path}: the convdeploy checkpoint's {name!r} field holds a {type(value).__name__} where "
+                            f"a {expected} belongs: the file is malformed; save it again")
+    return value
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _tensors(state: dict, path: Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` field: names to tensors, or a one-line refusal."""
+    bad = next((k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)), None)
+    if bad is not None:
+        raise BadInputError(f"{path}: the convdeploy checkpoint's 'state_dict' entry {bad!r} is not a named tensor: "
+                            "the file is malformed; save it again")
+    return state
 
 
 def _input_shape(value: Any, path: Path) -> tuple[int, int, int]:
@@ -351,11 +380,11 @@ def _load_convdeploy(obj: dict, path: Path, digest: str) -> LoadedModel:
     kwargs = dict(_field(obj, "conv_kwargs", dict, path)) if obj.get("conv_kwargs") is not None else {}
     num_classes = _field(obj, "num_classes", int, path)
     input_shape = _input_shape(_field(obj, "input_shape", (list, tuple), path), path)
-    state = _field(obj, "state_dict", dict, path)
+    state = _tensors(_field(obj, "state_dict", dict, path), path)
     model = _build(arch, conv, kwargs, num_classes)
     _strict_load(model, state, f"{arch} (conv={conv})")
     check_finite(model)
     model.input_shape = input_shape
     model.eval()
-    meta = dict(obj.get("meta") or {})
+    meta = dict(_field(obj, "meta", dict, path)) if obj.get("meta") is not None else {}
     return LoadedModel(model, "convdeploy", digest, arch, conv, kwargs, num_classes, input_shape, meta)

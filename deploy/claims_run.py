@@ -36,8 +36,10 @@ from deploy.claims_matrix import (
 )
 from deploy.environment import device_description, host_device, versions
 from deploy.errors import BackendUnavailableError, BadInputError, ParityError
+from deploy.limits import check_finite, check_input_size, check_seed
 from deploy.models.random_init import randomize_model
 from deploy.models.registry import build_model
+from deploy.pathguard import guard_paths
 from deploy.pipeline import ExportOptions, run_export
 from deploy.steps import probe_forward
 from deploy.torch_bench import TorchBenchOptions, open_torch_runtime
@@ -100,8 +102,10 @@ class ClaimsSettings:
         return small if batch == 1 else large
 
     def check(self) -> None:
-        if self.duration is not None and self.duration <= 0:
-            raise BadInputError(f"`duration` {self.duration} must be > 0 seconds")
+        check_finite("duration", self.duration, positive=True)
+        check_seed(self.seed)
+        if self.input_size is not None:
+            check_input_size("input_size", (self.input_size,))
         if self.iters is not None and self.iters < 3:
             raise BadInputError(f"`iters` {self.iters}: the harness needs at least 3 pairs")
         if self.input_size is not None and self.input_size < 16:
@@ -275,12 +279,18 @@ def _notes(settings: ClaimsSettings, backend: str, records: dict[str, ModelRecor
     return notes
 
 
+#: the files `deploy claims` writes into its output directory (besides checkpoints and exports)
+CLAIMS_FILES = ("claims.json", "claims.md", "claims.png")
+
+
 def _output_dir(settings: ClaimsSettings) -> Path:
     out = Path(settings.output_dir)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"output {out} is a file: give a directory for claims.json, claims.md and claims.png")
     if not out.parent.is_dir():
         raise BadInputError(f"the parent of the output directory {out} does not exist: create it first")
+    if out.is_dir():  # files already there (or links) must not be one another
+        guard_paths(inputs={}, outputs={f"`output_dir`/{name}": out / name for name in CLAIMS_FILES})
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from deploy.commands.common import configure_output, guarded
+from deploy.commands.common import configure_output, guarded, terminate_on_sigterm
 from deploy.version import __version__
 
 
@@ -143,6 +143,7 @@ def _root(
 
 def main() -> None:
     """Console-script entry point."""
+    terminate_on_sigterm()
     app()
 
 

@@ -19,10 +19,12 @@ from typing import Any, Callable, Iterator
 import onnx
 from torch import nn
 
-from deploy.atomic import check_output_path
+from deploy.atomic import run_hook
 from deploy.checkpoint import LoadedModel
 from deploy.errors import BadInputError
+from deploy.limits import check_input_elements, check_samples, check_seed
 from deploy.metrics import Tolerance
+from deploy.pathguard import guard_paths
 from deploy.report import RunReport
 from deploy.steps import (
     fold_step,
@@ -37,8 +39,9 @@ from deploy.steps import (
     second_size,
     tolerance_from,
     write_step,
+    written_opset,
 )
-from exporters.onnx import ExportResult, SimplifyResult, export_onnx_detailed, save_onnx, simplify_onnx
+from exporters.onnx import ExportResult, SimplifyResult, check_opset, export_onnx_detailed, save_onnx, simplify_onnx
 from exporters.tensorrt import build_engine, require_engine_builder, validate_build_options
 from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
 from validators.graph import GraphReport, check_graph
@@ -104,6 +107,7 @@ class StepLog:
     def step(self, name: str) -> Iterator[None]:
         if self._on_start:
             self._on_start(name)
+        run_hook(name)
         start = time.perf_counter()
         yield
         self.seconds[name] = time.perf_counter() - start
@@ -137,6 +141,9 @@ class ExportOutcome:
 
 
 def default_output(checkpoint: Path) -> Path:
+    """``model.pt`` -> ``model.onnx``."""
+    if not checkpoint.name or checkpoint.name in (".", ".."):
+        raise BadInputError(f"{checkpoint} names no checkpoint file: point to a model.pt, or give the `output` path")
     return checkpoint.with_suffix(".onnx")
 
 
@@ -147,20 +154,23 @@ def report_path_for(output: Path) -> Path:
 
 
 def _output_paths(opts: ExportOptions) -> tuple[Path, Path]:
-    """(ONNX, report) paths, checked before any work: writable, not the input checkpoint."""
+    """(ONNX, report) paths, checked before any work: writable, none of them an input or another output."""
     checkpoint = Path(opts.checkpoint) if opts.checkpoint is not None else None
     if opts.output is None and checkpoint is None:
         raise BadInputError("give the `output` path of the ONNX file to write")
     output = Path(opts.output) if opts.output else default_output(Path(str(checkpoint)))
-    report_path = Path(opts.report) if opts.report else report_path_for(output)
-    if output.suffix != ".onnx":
+    if output.suffix != ".onnx" or output.name == ".onnx":
         raise BadInputError(f"output {output} must end in .onnx")
-    for path in (output, report_path):
-        check_output_path(path)
-        if checkpoint is not None and path.resolve() == checkpoint.resolve():
-            raise BadInputError(f"output {path} would overwrite the input checkpoint: choose another output path")
+    report_path = Path(opts.report) if opts.report else report_path_for(output)
+    engine = Path(opts.engine) if opts.engine is not None else None
+    guard_paths(
+        inputs={"the input checkpoint": checkpoint},
+        outputs={"`output`": output, "the external data of `output`": output.with_name(output.name + ".data"),
+                 "`report`": report_path, "`engine`": engine,
+                 "the engine metadata of `engine`": metadata_path(engine) if engine is not None else None,
+                 "`timing_cache`": opts.timing_cache},
+    )
     if opts.engine is not None:
-        check_output_path(opts.engine)
         if parse_dynamic(opts.dynamic, opts.batch)[1]:
             raise BadInputError("a TensorRT engine is built with a profile over the batch axis only: "
                                 "export it with `dynamic` batch (fixed H/W)")
@@ -211,8 +221,9 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
     """The whole `deploy export`: every gate passes, then MODEL.onnx and its report appear together."""
     log = log or StepLog()
     output, report_path = _output_paths(opts)
-    if opts.samples < 1:
-        raise BadInputError(f"`samples` must be >= 1, got {opts.samples}")
+    check_samples(opts.samples)
+    check_seed(opts.seed)
+    check_opset(opts.exporter, opts.opset)
     tol = tolerance_from(opts.atol, opts.rtol)
     with log.step("load"):
         loaded, input_shape = load_step(opts.checkpoint, arch=opts.arch, conv=opts.conv, conv_kwargs=opts.conv_kwargs,
@@ -220,6 +231,9 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
                                         input_shape=opts.input_shape, model_class=opts.model_class,
                                         model_args=opts.model_args, module=opts.module)
         fixed_batch, dynamic_hw = program_axes(loaded, opts.batch, opts.dynamic)
+        check_input_elements((fixed_batch or max(parity_batches(None)), *input_shape))
+        if dynamic_hw:
+            check_input_elements((fixed_batch or 1, input_shape[0], *second_size(input_shape)), "input_size")
     with log.step("fold"):
         deploy_model, fold_report = (fold_step(loaded, input_shape, opts.seed, rewrite=opts.rewrite) if opts.fold
                                      else (loaded.model, None))
@@ -255,7 +269,7 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
                                    extra_sizes=[second_size(input_shape)] if dynamic_hw else [])
         accuracy = held_out_accuracy(loaded, runs)
     report = RunReport("convdeploy export", {"path": str(opts.checkpoint or "<in-memory module>"), **loaded.describe()},
-                       parity, opts.seed, options=_options_record(opts, exported.opset, input_shape, fixed_batch,
+                       parity, opts.seed, options=_options_record(opts, written_opset(proto), input_shape, fixed_batch,
                                                                   dynamic_hw),
                        fold=fold_report, export=exported, simplify=simplified, rewrites=rewrites, graph=graph,
                        fold_coverage=coverage, accuracy=accuracy, seconds=log.seconds)
@@ -264,7 +278,13 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
         with log.step("tensorrt"):
             report.engine = build_checked_engine(proto, opts, input_shape, ort, output)
     with log.step("write"):
-        write_step(proto, output, report_path, report)
+        try:
+            write_step(proto, output, report_path, report)
+        except BaseException:  # no engine without the ONNX file and report it was checked against
+            if report.engine is not None and opts.engine is not None:
+                Path(opts.engine).unlink(missing_ok=True)
+                metadata_path(opts.engine).unlink(missing_ok=True)
+            raise
     return ExportOutcome(output, report_path, report, loaded, deploy_model)
 
 

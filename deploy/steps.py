@@ -15,15 +15,16 @@ import onnx
 import torch
 from torch import nn
 
-from deploy.atomic import sha256_file, write_json_atomic
+from deploy.atomic import Transaction, json_bytes, output_lock
 from deploy.checkpoint import LoadedModel, load_checkpoint, loaded_from_module
 from deploy.digits import load_digits
 from deploy.errors import BadInputError
 from deploy.fold import FoldReport, fold_model
+from deploy.limits import check_finite, check_input_elements, check_input_size
 from deploy.metrics import Tolerance
 from deploy.train import accuracy
 from deploy.version import __version__
-from exporters.onnx import GraphDiff, graph_diff, save_onnx
+from exporters.onnx import GraphDiff, graph_diff, stage_onnx
 from validators.parity import ParityReport, check_parity, first_divergence, seeded_inputs
 from validators.runtimes import OrtRuntime
 from validators.torch_runtime import TorchRuntime
@@ -52,6 +53,7 @@ def parse_input_size(value: str | int | Sequence[int] | None) -> tuple[int, int]
         values = _positive_ints(value, (1, 2), "input_size", "H or HxW")
     else:
         values = _positive_ints("x".join(str(v) for v in value), (1, 2), "input_size", "H or HxW")
+    check_input_size("input_size", values)
     return (values[0], values[-1])
 
 
@@ -61,6 +63,8 @@ def parse_input_shape(value: str | Sequence[int] | None) -> tuple[int, int, int]
         return None
     text = value if isinstance(value, str) else "x".join(str(v) for v in value)
     c, h, w = _positive_ints(text, (3,), "input_shape", "CxHxW")
+    check_input_size("input_shape", (h, w))
+    check_input_elements((c, h, w), "input_shape")
     return (c, h, w)
 
 
@@ -138,6 +142,10 @@ def probe_forward(model: nn.Module, input_shape: Sequence[int], batch: int = 1) 
     try:
         with torch.no_grad():
             model(torch.zeros((batch, *input_shape)))
+    except MemoryError as exc:
+        size = "x".join(str(s) for s in input_shape[1:])
+        raise BadInputError(f"not enough memory to run the model on a {size} input: choose a smaller `input_size`"
+                            ) from exc
     except (RuntimeError, ValueError, AssertionError) as exc:
         size = "x".join(str(s) for s in input_shape[1:])
         reason = str(exc).strip().splitlines()[0][:300]
@@ -154,13 +162,14 @@ def parse_batch(batch: str) -> int | None:
         raise BadInputError(f"`batch` must be 'dynamic' or a positive integer, got {batch!r}") from None
     if value < 1:
         raise BadInputError(f"`batch` must be 'dynamic' or a positive integer, got {batch!r}")
+    check_input_elements((value,))
     return value
 
 
 def tolerance_from(atol: float | None, rtol: float | None) -> Tolerance:
     """``atol``/``rtol`` -> Tolerance: pass when max abs error <= atol + rtol * max|ref|."""
-    if (atol is not None and atol < 0) or (rtol is not None and rtol < 0):
-        raise BadInputError("`atol` and `rtol` must be >= 0")
+    check_finite("atol", atol)
+    check_finite("rtol", rtol)
     default = Tolerance()
     return Tolerance(rtol=default.rtol if rtol is None else rtol, atol=default.atol if atol is None else atol)
 
@@ -274,16 +283,21 @@ def held_out_accuracy(loaded: LoadedModel, runs: dict[str, Callable[[np.ndarray]
     return result
 
 
+def written_opset(proto: onnx.ModelProto) -> int:
+    """The default-domain opset the file declares (what a report records, read back from the graph)."""
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def write_step(proto: onnx.ModelProto, output: Path, report_path: Path, report: Any) -> None:
-    """Write the ONNX file, then its report (which records the file's sha256); both or neither."""
-    try:
-        save_onnx(proto, output)
-        try:
-            report.outputs = {"onnx": {"path": str(output), "sha256": sha256_file(output)}}
-            write_json_atomic(report_path, report.to_dict())
-        except BaseException:
-            output.unlink(missing_ok=True)
-            raise
-    except OSError as exc:  # disk full, a directory that became read-only mid-run, ...
-        raise BadInputError(f"cannot write {output} or {report_path} ({exc.strerror or exc}): "
-                            "free some space or choose another output path") from exc
+    """Write the ONNX file and its report, both or neither (docs/architecture.md "Writes").
+
+    Under the output's lock (a second writer of the same output waits), both go to
+    temporary files first; the report records the sha256 of the ONNX bytes written; then
+    the ONNX file and the report are renamed into place with SIGINT/SIGTERM held. An
+    existing pair stays whole until the new pair is on disk.
+    """
+    with output_lock(output), Transaction() as txn:
+        onnx_sha = stage_onnx(txn, proto, output)
+        report.outputs = {"onnx": {"path": str(output), "sha256": onnx_sha}}
+        txn.stage_bytes(report_path, json_bytes(report.to_dict()))
+        txn.commit()

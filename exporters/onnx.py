@@ -32,13 +32,18 @@ import onnx
 import torch
 from torch import nn
 
-from deploy.atomic import check_output_path, write_bytes_atomic
+from deploy.atomic import Transaction, check_output_path
 from deploy.errors import BadInputError, GraphCheckError
 from deploy.metrics import Tolerance, compare, looks_like_class_scores
 from exporters.interface import Axes, check_output_names, name_dynamic_dims, output_names
 from validators.runtimes import OrtRuntime
 
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
+#: the opsets each exporter writes as asked (also checked on the written graph): the dynamo
+#: exporter writes 18 instead when its version converter cannot go below 18 (a ResNet's
+#: Squeeze/Unsqueeze) and silently above its newest; TorchScript stops at 20 and fails on
+#: today's CNNs (BatchNorm, pooling) below 9
+OPSET_RANGE = {"dynamo": (18, 23), "torchscript": (9, 20)}
 #: Protobuf cannot serialize a message of 2 GiB or more; above this, weights go to ``<name>.data``.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
@@ -135,7 +140,7 @@ def export_onnx_detailed(
     shape = _check_model_ready(model, input_shape)
     if not dynamic_batch and batch_size < 1:
         raise BadInputError(f"batch size must be >= 1, got {batch_size}")
-    opset = opset or DEFAULT_OPSET[exporter]
+    opset = check_opset(exporter, opset)
     n = 2 if dynamic_batch else batch_size
     x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
     names = output_names(model, x[:1] if dynamic_batch else x, shape)
@@ -152,6 +157,10 @@ def export_onnx_detailed(
             hint += " or fixed sizes (`batch` N, `dynamic` batch)"
         raise BadInputError(f"{exporter} export failed ({_first_line(exc)}): {hint}") from exc
     seconds = time.perf_counter() - start
+    written = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if written != opset:
+        raise BadInputError(f"the {exporter} exporter wrote opset {written} where `opset` {opset} was asked: "
+                            f"choose an opset in {OPSET_RANGE[exporter][0]}..{OPSET_RANGE[exporter][1]}")
     check_output_names(proto, names)
     name_dynamic_dims(proto, dynamic_hw)
     axes = ",".join(a for a, on in (("batch", dynamic_batch), ("height,width", dynamic_hw)) if on) or "none"
@@ -161,6 +170,19 @@ def export_onnx_detailed(
     return ExportResult(proto, exporter, opset, dynamic_batch, None if dynamic_batch else n, seconds,
                         weight_bytes(proto), captured.get("stdout", ""), captured.get("warnings", []),
                         dynamic_hw=dynamic_hw, output_names=names)
+
+
+def check_opset(exporter: str, opset: int | None) -> int:
+    """The opset to export with: the exporter's default, or ``opset`` when the exporter writes it."""
+    if exporter not in DEFAULT_OPSET:
+        raise BadInputError(f"unknown exporter {exporter!r}: choose dynamo or torchscript")
+    if opset is None:
+        return DEFAULT_OPSET[exporter]
+    low, high = OPSET_RANGE[exporter]
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise BadInputError(f"`opset` {opset!r} is not one the {exporter} exporter writes: choose {low}..{high}"
+                            f" (or the `exporter` {'torchscript' if exporter == 'dynamo' else 'dynamo'})")
+    return opset
 
 
 def export_onnx(
@@ -237,22 +259,31 @@ def _save_external(proto: onnx.ModelProto, path: Path) -> None:
                     location=f"{path.name}.data", size_threshold=1024)
 
 
-def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str], *,
-              external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
-    """Write ``proto`` atomically. Below ``external_data_threshold`` bytes of weights: one
-    self-contained file. Above: weights in ``<name>.data`` beside it, renamed into place
-    before the .onnx so that a half-finished write never leaves a loadable model."""
+def stage_onnx(txn: Transaction, proto: onnx.ModelProto, path: str | os.PathLike[str], *,
+               external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> str:
+    """Stage ``proto`` for ``path`` in ``txn``; returns the sha256 of the .onnx bytes written.
+    Below ``external_data_threshold`` bytes of weights: one self-contained file. Above:
+    weights in ``<name>.data`` beside it, staged (and so renamed) before the .onnx, so that
+    a half-finished write never leaves a loadable model."""
     out = check_output_path(path)
     if weight_bytes(proto) < external_data_threshold:
-        return write_bytes_atomic(out, proto.SerializeToString())
+        return txn.stage_bytes(out, proto.SerializeToString())
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _save_external(proto, tmpdir / out.name)
-        os.replace(tmpdir / f"{out.name}.data", out.parent / f"{out.name}.data")
-        os.replace(tmpdir / out.name, out)
+        txn.adopt(tmpdir / f"{out.name}.data", out.parent / f"{out.name}.data")
+        return txn.adopt(tmpdir / out.name, out)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    return out
+
+
+def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str], *,
+              external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
+    """Write ``proto`` atomically (``stage_onnx`` and commit)."""
+    with Transaction() as txn:
+        stage_onnx(txn, proto, path, external_data_threshold=external_data_threshold)
+        txn.commit()
+    return Path(path)
 
 
 def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:

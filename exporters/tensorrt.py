@@ -31,8 +31,9 @@ from typing import Any, Iterator, Sequence
 
 import onnx
 
-from deploy.atomic import check_output_path, sha256_file, write_bytes_atomic, write_json_atomic
+from deploy.atomic import Transaction, json_bytes, output_lock, sha256_file
 from deploy.errors import BackendUnavailableError, BadInputError
+from deploy.pathguard import guard_paths
 from exporters.fp16_onnx import fp32_ops, write_fp16_onnx
 from exporters.timing_cache import TimingCachePlan, plan_timing_cache, refused_note, save_timing_cache
 from validators.onnx_file import OnnxInput, onnx_input
@@ -134,7 +135,6 @@ def validate_build_options(onnx_path: str | Path, engine_path: str | Path, *, fp
         raise BadInputError(f"{src} does not exist: export it first with `deploy export MODEL.pt -o {src}`")
     if dst.suffix.lower() not in ENGINE_SUFFIXES:
         raise BadInputError(f"-o {dst}: an engine file must end in .plan (e.g. -o engine.plan)")
-    check_output_path(dst)
     if workspace_gib is not None and not 0 < workspace_gib <= MAX_WORKSPACE_GIB:
         raise BadInputError(f"`workspace` {workspace_gib} GiB is out of range: give a size in (0, {MAX_WORKSPACE_GIB:g}]")
     cache = Path(timing_cache) if timing_cache is not None else None
@@ -143,6 +143,8 @@ def validate_build_options(onnx_path: str | Path, engine_path: str | Path, *, fp
             raise BadInputError(f"`timing_cache` {cache} is a directory: give a file name")
         if not cache.parent.is_dir():
             raise BadInputError(f"`timing_cache` directory {cache.parent} does not exist: create it first")
+    guard_paths(inputs={"the ONNX model": src},
+                outputs={"the engine": dst, "the engine metadata": metadata_path(dst), "`timing_cache`": cache})
     if fp16 and tf32:
         raise BadInputError("`fp16` and `tf32` are exclusive: pick one precision")
     for label, v in (("`min_batch`", min_batch), ("`opt_batch`", opt_batch), ("`max_batch`", max_batch),
@@ -347,8 +349,10 @@ def build_engine(opts: BuildOptions) -> dict[str, Any]:
     facts.notes += [refused_note(opts.timing_cache)] if refused else []
     if opts.timing_cache is not None and timing is not None:
         save_timing_cache(opts.timing_cache, timing, env)
-    write_bytes_atomic(opts.engine_path, engine)
-    meta = engine_metadata(opts, profile, env, sha256_file(opts.onnx_path), sha256_file(opts.engine_path),
-                           onnx_outputs(opts.onnx_path), build_s, facts)
-    write_json_atomic(metadata_path(opts.engine_path), meta)
+    with output_lock(opts.engine_path), Transaction() as txn:  # the engine and its JSON: both or neither
+        engine_sha = txn.stage_bytes(opts.engine_path, engine)
+        meta = engine_metadata(opts, profile, env, sha256_file(opts.onnx_path), engine_sha,
+                               onnx_outputs(opts.onnx_path), build_s, facts)
+        txn.stage_bytes(metadata_path(opts.engine_path), json_bytes(meta))
+        txn.commit()
     return meta

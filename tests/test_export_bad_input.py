@@ -125,7 +125,7 @@ CASES: dict[str, Case] = {
     "output-not-onnx": Case(lambda d, z: (_zoo_copy(d, z), ["-o", d.parent / "out" / "m.txt"]), 2,
                             ("must end in .onnx",), output=None),
     "report-over-the-input": Case(lambda d, z: (_zoo_copy(d, z), ["--report", d / "model.pt"]), 2,
-                                  ("would overwrite the input checkpoint", "choose another")),
+                                  ("is the input checkpoint", "would destroy the input", "choose another")),
     "bad-batch": Case(lambda d, z: (_zoo_copy(d, z), ["--batch", "0"]), 2, ("--batch must be", "positive integer")),
     "bad-exporter": Case(lambda d, z: (_zoo_copy(d, z), ["--exporter", "tflite"]), 2, ("--exporter must be",)),
     # a real parity failure: the fold's float32 rounding is above a zero tolerance (exit 3)

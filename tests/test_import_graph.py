@@ -29,8 +29,8 @@ PACKAGES = ("deploy", "exporters", "validators")
 
 #: lowest first; a module may import from its own layer or any layer below it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundations", ("deploy.version", "deploy.errors", "deploy.atomic", "deploy.environment", "deploy.metrics",
-                     "deploy.outputs")),
+    ("foundations", ("deploy.version", "deploy.errors", "deploy.atomic", "deploy.pathguard", "deploy.limits",
+                     "deploy.environment", "deploy.metrics", "deploy.outputs")),
     ("layers", ("deploy.layers", "deploy.layers.*")),
     ("models", ("deploy.models", "deploy.models.*", "deploy.digits", "deploy.train")),
     ("fold / checkpoint", ("deploy.probe", "deploy.rewrite", "deploy.fold", "deploy.reparam", "deploy.checkpoint",

@@ -24,6 +24,7 @@ import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from deploy.errors import BadInputError
+from deploy.limits import check_finite
 
 COV_WARN = 0.05
 MIN_TIMED_RUNS = 3
@@ -80,6 +81,8 @@ class Warmup:
                     out = cls(runs=int(text), seconds=None)
             except ValueError:
                 raise BadInputError(f"`warmup` {value!r}: give a run count (10) or seconds (2s)") from None
+        if out.seconds is not None and not math.isfinite(out.seconds):
+            raise BadInputError(f"`warmup` {value!r} is not a finite time: give a run count (10) or seconds (2s)")
         if (out.runs is not None and out.runs < 0) or (out.seconds is not None and out.seconds < 0):
             raise BadInputError(f"`warmup` {value!r} is negative: use 0 or more")
         return out
@@ -183,8 +186,7 @@ class _Budget:
     def __init__(self, iters: int | None, duration: float | None, started_ns: int):
         if iters is not None and iters < 1:
             raise BadInputError(f"`iters` {iters} must be >= 1")
-        if duration is not None and duration <= 0:
-            raise BadInputError(f"`duration` {duration} must be > 0 seconds")
+        check_finite("duration", duration, positive=True)
         if iters is None and duration is None:
             iters, duration = AUTO_ITERS, AUTO_DURATION_S
         self.iters, self.duration, self.started_ns = iters, duration, started_ns

@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from deploy.errors import BadInputError
-from validators.runtimes import as_float32_nchw
+from validators.runtimes import as_float32_nchw, quiet_session_options
 
 _KERNEL = "_kernel_time"
 
@@ -64,10 +64,18 @@ class OnnxProfile:
                 "by_op": rows(self.by_op), "by_node": rows(self.by_node), "versions": dict(self.versions)}
 
 
+def _read_trace(path: Path) -> Any:
+    """ONNX Runtime's trace file; one it could not write whole (a full disk) is exit 2."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"ONNX Runtime's profile {path} could not be written whole ({exc}): "
+                            "free some space in the temporary directory") from exc
+
+
 def _session(model: str | os.PathLike[str] | onnx.ModelProto, threads: int | None, prefix: str,
              spin: bool) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts = quiet_session_options()
     opts.enable_profiling = True
     opts.profile_file_prefix = prefix
     if not spin:  # two sessions taking turns: idle pool threads must sleep (validators.runtimes)
@@ -120,7 +128,7 @@ def profile_models(models: Sequence[str | os.PathLike[str] | onnx.ModelProto], x
             order = range(len(sessions)) if i % 2 == 0 else reversed(range(len(sessions)))
             for k in order:
                 sessions[k].run(None, feeds[k])
-        traces = [json.loads(Path(s.end_profiling()).read_text()) for s in sessions]
+        traces = [_read_trace(Path(s.end_profiling())) for s in sessions]
     return [_summary(m, x, threads, runs, events) for m, events in zip(models, traces)]
 
 

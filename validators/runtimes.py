@@ -35,6 +35,20 @@ def as_float32_nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+#: ONNX Runtime's own log severity: 4 is FATAL only. Its ERROR lines (coloured, on stderr) would
+#: otherwise print beside the one-line error the exception becomes
+ORT_LOG_SEVERITY = 4
+
+
+def quiet_session_options() -> ort.SessionOptions:
+    """Session options whose logging stays silent (the process-wide default logger too: it
+    speaks while a session is created, before the session's own level applies)."""
+    ort.set_default_logger_severity(ORT_LOG_SEVERITY)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = ORT_LOG_SEVERITY
+    return opts
+
+
 class OrtRuntime:
     """An ONNX model in an ONNX Runtime ``InferenceSession``.
 
@@ -64,8 +78,7 @@ class OrtRuntime:
                 f"{ort.__version__} build (has: {', '.join(available)}): install the matching onnxruntime "
                 "package or use the `provider` cpu"
             )
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts = quiet_session_options()
         if not spin:  # idle pool threads sleep instead of spinning: needed when two sessions take turns
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.spin = spin
@@ -137,8 +150,7 @@ def all_node_outputs(onnx_model: onnx.ModelProto, x: np.ndarray, skip_constants:
             if name and name not in present:
                 probe.graph.output.append(onnx.ValueInfoProto(name=name))
                 present.add(name)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts = quiet_session_options()
     sess = ort.InferenceSession(probe.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     values = sess.run(names, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})

@@ -22,9 +22,11 @@ from rich.table import Table
 
 from deploy.atomic import sha256_file
 from deploy.commands.bench_profile import profile_command
-from deploy.commands.common import JSON, MachineOutput, console, machine_output, warn
+from deploy.commands.common import JSON, MachineOutput, console, finite, machine_output, warn
 from deploy.environment import host_device, versions
-from deploy.errors import BadInputError
+from deploy.errors import BadInputError, ConvDeployError
+from deploy.limits import check_input_elements, check_input_size, check_seed
+from deploy.pathguard import guard_paths
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, interleaved
 from validators.onnx_file import onnx_input
 from validators.runtimes import ORT_PROVIDERS, OrtRuntime
@@ -93,7 +95,9 @@ def onnx_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tuple
             dims[axis] = input_size
     if dims[2] is None or dims[3] is None:
         raise BadInputError(f"{path} has dynamic height/width: give --input-size")
-    return tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    shape = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    check_input_elements(shape)
+    return shape
 
 
 def engine_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tuple[int, ...]:
@@ -103,6 +107,7 @@ def engine_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tup
     if meta is None:
         return ()  # unknown until the engine is loaded
     shape = (batch, *meta["profile"]["opt"][1:])
+    check_input_elements(shape)
     if input_size is not None:
         shape = (batch, shape[1], input_size, input_size)
         if not BatchProfile.from_dict(meta["profile"]).admits(shape):
@@ -206,7 +211,8 @@ def bench(
                                       "H/W, or a model.pt at another size than its checkpoint's."),
     warmup: str = typer.Option("10", "--warmup", help="Warm-up: a run count (10) or seconds (2s)."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed runs (default: up to 100 or 30 s)."),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Time budget in seconds, warm-up included."),
+    duration: Optional[float] = typer.Option(None, "--duration", callback=finite,
+                                  help="Time budget in seconds, warm-up included."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads of ONNX Runtime, or of PyTorch "
                                    "(process-wide) for a model.pt."),
     provider: Optional[str] = typer.Option(None, "--provider", help="cpu | cuda | tensorrt (ONNX Runtime)."),
@@ -240,7 +246,11 @@ def bench(
     warm = Warmup.parse(warmup)
     if provider is not None and provider not in ORT_PROVIDERS:
         raise BadInputError(f"--provider {provider}: choose cpu, cuda or tensorrt")
+    check_seed(seed)
+    if input_size is not None:
+        check_input_size("input_size", (input_size,))
     paths = [artifact] + ([vs] if vs is not None else [])
+    guard_paths(inputs={"the benchmarked artifact": artifact, "the --vs artifact": vs}, outputs={"`json_file`": json_file})
     kinds = [artifact_kind(artifact, backend)] + [artifact_kind(p) for p in paths[1:]]
     if profile:
         _profile(paths, kinds, batch, input_size, threads, provider, iters, warm, seed, top, as_json, json_file)
@@ -327,10 +337,25 @@ def _open_all(paths: list[Path], kinds: list[str], batch: int, input_size: Optio
             warn(w)
     shapes = [s or (batch, *(rt.profile.opt[1:] if k == "engine" else rt.sample_shape))
               for s, rt, k in zip(shapes, runtimes, kinds)]
+    for shape, rt, path in zip(shapes, runtimes, paths):
+        check_input_elements(shape)
+        _probe_run(rt, shape, path)
     if len(shapes) == 2 and shapes[0] != shapes[1]:
         raise BadInputError(f"{paths[0].name} takes {shapes[0]} and {paths[1].name} takes {shapes[1]}: "
                             "--vs compares on the same input; export both at the same input size")
     return runtimes, shapes
+
+
+def _probe_run(rt: Any, shape: tuple[int, ...], path: Path) -> None:
+    """One untimed run: a model that cannot run on its own input shape is bad input (exit 2), not a crash."""
+    try:
+        rt.run(np.zeros(shape, dtype=np.float32))
+    except ConvDeployError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a runtime refuses a broken graph with its own exception types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise BadInputError(f"{path} fails to run on a {'x'.join(map(str, shape))} input ({reason}): "
+                            "re-export it or check the file") from exc
 
 
 def _print_bench(batch: int, names: list[str], stats: list[LatencyStats], facts: list[dict[str, Any]],

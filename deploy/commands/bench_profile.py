@@ -16,6 +16,7 @@ from rich.table import Table
 from deploy.commands.common import MachineOutput, console, machine_output
 from deploy.environment import host_device
 from deploy.errors import BadInputError
+from deploy.pathguard import guard_paths
 from validators.profile import OnnxProfile, profile_models
 
 PROFILE_FORMAT = "convdeploy-profile/1"
@@ -76,6 +77,8 @@ def profile_command(paths: list[Path], shapes: list[tuple[int, ...]], *, threads
     if top < 1:
         raise BadInputError(f"--top {top} must be >= 1")
     target = json_file if json_file is not None or as_json else default_profile_path(paths[0])
+    guard_paths(inputs={"the profiled model": paths[0], "the second model": paths[1] if len(paths) > 1 else None},
+                outputs={"`json_file`": target})
     with machine_output(as_json, target) as out:
         _profile(paths, shapes, out, threads=threads, iters=iters, warmup_runs=warmup_runs, seed=seed, top=top)
 

@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from deploy.commands.common import JSON, JSON_FILE, console, machine_output, warn
+from deploy.commands.common import JSON, JSON_FILE, console, finite, machine_output, warn
 from exporters.tensorrt import build_engine, compute_profile, onnx_input, require_engine_builder, validate_build_options
+from validators.trt_env import metadata_path
 
 
 def build(
@@ -20,7 +21,8 @@ def build(
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Smallest batch (default 1)."),
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Batch TensorRT tunes for (default: max)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch (default: opt, or 1)."),
-    workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GiB."),
+    workspace: Optional[float] = typer.Option(None, "--workspace", callback=finite,
+                                              help="Builder workspace limit in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Load/save tactic timings here (one "
                                                 "from another GPU or TensorRT is reported and replaced)."),
     min_size: Optional[int] = typer.Option(None, "--min-size", help="ONNX with dynamic H/W: smallest input size "
@@ -35,8 +37,11 @@ def build(
                                   max_batch=max_batch, workspace_gib=workspace, timing_cache=timing_cache,
                                   min_size=min_size, opt_size=opt_size, max_size=max_size)
     profile = compute_profile(onnx_input(opts.onnx_path), min_batch, opt_batch, max_batch, min_size, opt_size, max_size)
-    require_engine_builder(fp16)
-    with machine_output(as_json, json_file) as out:
+    # the JSON record must not land on the model, the engine (or its metadata) or the timing cache
+    others = {"the ONNX model": model, "the engine": output, "the engine metadata": metadata_path(output),
+              "the timing cache": timing_cache}
+    with machine_output(as_json, json_file, reads=others) as out:
+        require_engine_builder(fp16)
         meta = build_engine(opts)
         out.emit(meta)  # the engine.plan.json record
         _print_build(output, meta, profile.to_dict())

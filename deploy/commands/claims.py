@@ -19,7 +19,7 @@ from rich.table import Table
 
 from deploy.claims_matrix import model_choices, select_entries
 from deploy.claims_run import ClaimsSettings, Ui, run_claims
-from deploy.commands.common import JSON, console, machine_output
+from deploy.commands.common import JSON, console, finite, machine_output
 from deploy.errors import BadInputError, ClaimRefutedError
 
 _STYLE = {"confirmed": "green", "refuted": "bold red", "inconclusive": "yellow", "reported": "cyan"}
@@ -130,7 +130,8 @@ def claims(
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height = width (default 224; --quick 64)."),
     warmup: Optional[str] = typer.Option(None, "--warmup", help="Warm-up per comparison: runs (10) or seconds (2s)."),
     iters: Optional[int] = typer.Option(None, "--iters", help="At most this many A/B pairs per comparison."),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Seconds per A/B comparison (default 15 at "
+    duration: Optional[float] = typer.Option(None, "--duration", callback=finite,
+                                  help="Seconds per A/B comparison (default 15 at "
                                              "batch 1 and 60 above; --quick 2 and 3)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: runtime's)."),
     exporter: Optional[str] = typer.Option(None, "--exporter", help="dynamo (default) or torchscript "

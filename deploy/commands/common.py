@@ -18,18 +18,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import re
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 import rich
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from deploy.atomic import check_output_path, write_json_atomic
+from deploy.atomic import Terminated, write_json_atomic
 from deploy.errors import ConvDeployError
+from deploy.pathguard import guard_paths
 
 console = Console()
 err_console = Console(stderr=True)
@@ -46,7 +49,8 @@ FLAGS = {
     "model_args": "--model-args", "model_class": "--model-class", "models": "--models", "opt_batch": "--opt-batch",
     "opt_size": "--opt-size", "output": "--output", "provider": "--provider", "rtol": "--rtol", "samples": "--samples",
     "strict_fold": "--strict-fold", "tf32": "--tf32", "threads": "--threads", "timing_cache": "--timing-cache",
-    "trust_pickle": "--trust-pickle", "warmup": "--warmup", "workspace": "--workspace",
+    "trust_pickle": "--trust-pickle", "warmup": "--warmup", "workspace": "--workspace", "report": "--report",
+    "engine": "--engine", "json_file": "--json-file", "seed": "--seed", "opset": "--opset", "output_dir": "--output",
 }
 _PARAM = re.compile(r"`([a-z_0-9]+)`")
 
@@ -74,7 +78,15 @@ def guarded(fn: F) -> F:
                 err_console.print_exception()
             err_console.print(f"[bold red]error:[/] {escape(cli_message(str(exc)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/] (SIGINT): every output is either complete or untouched",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except Terminated:
+            err_console.print("[bold red]terminated[/] (SIGTERM): every output is either complete or untouched",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(143) from None
+        except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if state["debug"]:
@@ -88,6 +100,22 @@ def guarded(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def finite(value: Optional[float]) -> Optional[float]:
+    """A typer callback for float options: NaN and infinity are refused while parsing (exit 2)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def terminate_on_sigterm() -> None:
+    """SIGTERM (timeout, docker stop, CI cancellation) raises ``Terminated`` in the main thread, so
+    temporary files are removed as on SIGINT; the guard exits 143."""
+    def handler(_signum: int, _frame: Any) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 # ---------------------------------------------------------------- root options and the output rule
@@ -134,16 +162,17 @@ class MachineOutput:
 
 
 @contextlib.contextmanager
-def machine_output(as_json: bool, json_file: Optional[Path]) -> Iterator[MachineOutput]:
+def machine_output(as_json: bool, json_file: Optional[Path],
+                   reads: Optional[Mapping[str, Optional[Path]]] = None) -> Iterator[MachineOutput]:
     """The ``--json`` / ``--json-file`` rule around a command's body.
 
     With ``as_json`` everything the body prints to stdout (our tables, progress, any library's
     print) goes to stderr instead, so stdout holds exactly one JSON document: the emitted record,
     written when the body ends, also when it then fails (validate's parity report before exit 3).
-    ``json_file`` is checked before any work and written atomically.
+    ``json_file`` is checked before any work against the files the command ``reads`` (label ->
+    path, as for ``guard_paths``) and written atomically.
     """
-    if json_file is not None:
-        check_output_path(json_file)
+    guard_paths(inputs=reads or {}, outputs={"`json_file`": json_file})
     out = MachineOutput(as_json, json_file)
     stdout = sys.stdout
     try:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from deploy.commands.common import JSON, console, detail, machine_output, warn
+from deploy.commands.common import JSON, console, detail, finite, machine_output, warn
 from deploy.commands.conv_options import conv_help, conv_opt_help, conv_options, ratio_help
 from deploy.commands.inspect import print_fold_coverage, print_graph
 from deploy.errors import BadInputError
@@ -39,7 +39,7 @@ _INPUT_SHAPE = typer.Option(None, "--input-shape", metavar="CxHxW",
                             help="The whole input shape, e.g. 3x64x48 (for models that do not record it).")
 _CONV = typer.Option(None, "--conv", help=conv_help("Conv kind of a bare state_dict"))
 _CONV_OPT = typer.Option(None, "--conv-opt", help=conv_opt_help())
-_RATIO = typer.Option(None, "--ratio", help=ratio_help())
+_RATIO = typer.Option(None, "--ratio", callback=finite, help=ratio_help())
 
 
 def _step_log() -> tuple[StepLog, Any]:
@@ -108,7 +108,8 @@ def export(
     rewrite_diff: bool = typer.Option(True, "--rewrite-diff/--no-rewrite-diff", help="When a layer was rewritten, "
                                       "export the model once more without the rewrites to report what they changed "
                                       "(node counts; the export step runs twice)."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 18 dynamo, 17 torchscript)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset: dynamo 18..23 (default 18), torchscript "
+                                 "9..20 (default 17); others exit 2."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' (axis named 'batch') or a fixed batch size."),
     input_size: Optional[str] = _INPUT_SIZE,
     input_shape: Optional[str] = _INPUT_SHAPE,
@@ -116,8 +117,10 @@ def export(
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18) or torchscript (opset 17)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim (kept only if outputs still "
                                   "match; skipped with --no-fold, which keeps the graph as exported)."),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute part of the parity bound (default 0)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
+    atol: Optional[float] = typer.Option(None, "--atol", callback=finite,
+                                  help="Absolute part of the parity bound (default 0)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", callback=finite,
+                                  help="Bound relative to max|ref| (default 1e-4)."),
     samples: int = typer.Option(8, "--samples", help="Seeded random inputs per batch size for parity."),
     seed: int = typer.Option(0, "--seed", help="Seed of the parity inputs and the fold probe."),
     report: Optional[Path] = typer.Option(None, "--json-file", "--report", metavar="PATH", help="The report JSON, "
@@ -141,7 +144,8 @@ def export(
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Engine profile: smallest batch (default 1)."),
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Engine profile: batch TensorRT tunes for."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Engine profile: largest batch."),
-    workspace: Optional[float] = typer.Option(None, "--workspace", help="Engine: builder workspace limit in GiB."),
+    workspace: Optional[float] = typer.Option(None, "--workspace", callback=finite,
+                                  help="Engine: builder workspace limit in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Engine: load/save tactic timings here."),
 ) -> None:
     """Fold MODEL.pt, export ONNX, simplify, check the graph, prove parity; write OUT.onnx + report.
@@ -210,8 +214,10 @@ def validate(
     onnx_file: Path = typer.Argument(..., metavar="MODEL.onnx", help="The exported ONNX model to check."),
     samples: int = typer.Option(8, "--samples", help="Seeded random inputs per batch size."),
     seed: int = typer.Option(0, "--seed", help="Seed of the inputs."),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute part of the bound (default 0)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help="Bound relative to max|ref| (default 1e-4)."),
+    atol: Optional[float] = typer.Option(None, "--atol", callback=finite,
+                                  help="Absolute part of the bound (default 0)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", callback=finite,
+                                  help="Bound relative to max|ref| (default 1e-4)."),
     input_size: Optional[str] = _INPUT_SIZE,
     input_shape: Optional[str] = _INPUT_SHAPE,
     report: Optional[Path] = typer.Option(None, "--json-file", "--report", metavar="PATH",
@@ -234,14 +240,16 @@ def validate(
         raise BadInputError(f"{onnx_file}: no such ONNX file; export one with `deploy export`")
     kwargs = conv_options(conv, conv_opt, ratio)
     _warn_pickle(trust_pickle)
-    with machine_output(as_json, report) as out:
+    with machine_output(as_json, None) as out:
         with console.status("checking parity …"):
             rep: RunReport = run_validate(
                 model, onnx_file, samples=samples, seed=seed, atol=atol, rtol=rtol, input_size=input_size,
                 input_shape=input_shape, arch=arch, conv=conv, conv_kwargs=kwargs, trust_pickle=trust_pickle,
-                model_class=model_class, model_args=model_args,
+                model_class=model_class, model_args=model_args, report=report,
             )
         console.print(_parity_table(rep.parity))
         _print_accuracy(rep.accuracy)
+        if report is not None:
+            console.print(f"wrote {report}", highlight=False, soft_wrap=True, markup=False)
         out.emit(rep.to_dict())
     rep.parity.raise_if_failed()

@@ -139,7 +139,7 @@ def inspect(
     inference; a FIFO or device, a negative dimension or weights declared without their data
     exit 2.
     """
-    with machine_output(as_json, json_file) as out:
+    with machine_output(as_json, json_file, reads={"the inspected file": file}) as out:
         if file.suffix.lower() == ".onnx":
             model = load_onnx(file)
             check_declarations(model, file)

@@ -10,15 +10,16 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from deploy.atomic import check_output_path
 from deploy.checkpoint import save_checkpoint
-from deploy.commands.common import JSON_FILE, console, guarded, machine_output
+from deploy.commands.common import JSON_FILE, console, finite, guarded, machine_output
 from deploy.commands.conv_options import conv_help, conv_opt_help, conv_options, ratio_help
 from deploy.digits import load_digits
 from deploy.errors import BadInputError
+from deploy.limits import check_input_size, check_seed
 from deploy.models.complexity import count_params
 from deploy.models.random_init import randomize_model
 from deploy.models.registry import archs, build_model, zoo_entries
+from deploy.pathguard import guard_paths
 from deploy.train import train_classifier
 from deploy.version import __version__
 from deploy.zoo_counts import CONVENTIONS, zoo_row
@@ -30,7 +31,7 @@ app = typer.Typer(
 )
 
 _CONV_OPT = typer.Option(None, "--conv-opt", help=conv_opt_help())
-_RATIO = typer.Option(None, "--ratio", help=ratio_help())
+_RATIO = typer.Option(None, "--ratio", callback=finite, help=ratio_help())
 
 
 def _progress() -> Progress:
@@ -130,13 +131,15 @@ def create(
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write (model.pt)."),
 ) -> None:
     """Write a checkpoint with seeded random weights and non-trivial BatchNorm statistics."""
-    check_output_path(output)
+    guard_paths(inputs={}, outputs={"`output`": output})
+    check_seed(seed)
     kwargs = conv_options(conv, conv_opt, ratio)
     torch.manual_seed(seed)
     model = build_model(arch, conv, num_classes, **kwargs)
     if input_size is not None:
         if input_size < 8:
             raise BadInputError(f"--input-size {input_size} is too small: use at least 8")
+        check_input_size("input_size", (input_size,))
         model.input_shape = (model.input_shape[0], input_size, input_size)
     try:
         randomize_model(model, tuple(model.input_shape), seed=seed)
@@ -167,7 +170,8 @@ def train(
     """Train a zoo model on a bundled data set and save it as a convdeploy checkpoint."""
     if data != "digits":
         raise BadInputError(f"unknown --data {data!r}: the bundled data set is 'digits'")
-    check_output_path(output)
+    guard_paths(inputs={}, outputs={"`output`": output})
+    check_seed(seed)
     kwargs = conv_options(conv, conv_opt, ratio)
     torch.manual_seed(seed)
     model = build_model(arch, conv, 10, **kwargs)
