@@ -13,6 +13,7 @@ is shown with ``deploy --debug …``.
 from __future__ import annotations
 
 import importlib
+import inspect
 import warnings
 from typing import Any, NamedTuple, Optional
 
@@ -50,15 +51,26 @@ COMMANDS: dict[str, CommandEntry] = {
 }
 
 
+def unwrap_help(command: Any) -> Any:
+    """Join the docstring's wrapped lines into paragraphs (typer's rich help keeps every line
+    break of the paragraphs after the first), for ``command`` and its subcommands."""
+    if command.help:
+        paragraphs = inspect.cleandoc(command.help).split("\n\n")
+        command.help = "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+    for sub in getattr(command, "commands", {}).values():
+        unwrap_help(sub)
+    return command
+
+
 def load_command(name: str) -> Any:
     """Import the module of command ``name`` and build its click command (guarded)."""
     entry = COMMANDS[name]
     target = getattr(importlib.import_module(entry.module), entry.attribute)
     if isinstance(target, typer.Typer):
-        return typer.main.get_command(target)
+        return unwrap_help(typer.main.get_command(target))
     single = typer.Typer(add_completion=False)
     single.command(name)(guarded(target))
-    return typer.main.get_command(single)
+    return unwrap_help(typer.main.get_command(single))
 
 
 class LazyGroup(TyperGroup):

@@ -76,6 +76,17 @@ def test_table_summaries_are_the_commands_docstrings() -> None:
         assert cli.COMMANDS[name].summary == first, name
 
 
+def test_command_help_paragraphs_are_unwrapped() -> None:
+    """typer's rich help keeps the docstring's line breaks after the first paragraph; ours are joined."""
+    for name in cli.COMMANDS:
+        command = cli.load_command(name)
+        for cmd in [command, *getattr(command, "commands", {}).values()]:
+            paragraphs = (cmd.help or "").split("\n\n")
+            assert all("\n" not in p for p in paragraphs), (name, cmd.name)
+    multi = cli.load_command("inspect").help.split("\n\n")
+    assert len(multi) >= 2 and "MACs from ONNX shape inference" in multi[1]
+
+
 def test_help_lists_every_command_and_unknown_commands_fail() -> None:
     from typer.testing import CliRunner
 
