@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from deploy.commands.common import configure_output, guarded, terminate_on_sigterm
+from deploy.commands.common import configure_output, guarded, one_line_usage_errors, terminate_on_sigterm
 from deploy.version import __version__
 
 
@@ -96,6 +96,14 @@ class LazyGroup(TyperGroup):
         if cmd_name not in self.loaded:
             self.loaded[cmd_name] = load_command(cmd_name)
         return self.loaded[cmd_name]
+
+    def make_context(self, info_name: Optional[str], args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with one_line_usage_errors():
+            return super().invoke(ctx)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         self.listing = True

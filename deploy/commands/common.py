@@ -30,6 +30,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import UsageError  # type: ignore[no-redef]
+
 from deploy.atomic import Terminated, write_json_atomic
 from deploy.errors import ConvDeployError
 from deploy.pathguard import guard_paths
@@ -100,6 +105,21 @@ def guarded(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    """Usage errors (an unknown option, a bad value, a missing argument) as one ``error:`` line
+    naming the command's ``--help``, exit 2, instead of typer's usage box."""
+    try:
+        yield
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `deploy` alone: the help was the answer
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}{hint}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 def finite(value: Optional[float]) -> Optional[float]:
