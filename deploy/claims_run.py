@@ -261,7 +261,8 @@ def _notes(settings: ClaimsSettings, backend: str, records: dict[str, ModelRecor
         "Conv/Linear MACs at batch 1, `deploy zoo list`); twin comparisons and MAC-ratio floors come from the "
         f"exported graphs at {shape[1]}x{shape[2]}.",
         f"A latency interval inside its band passes; wholly outside fails; across an edge it fails when the "
-        f"coefficient of variation is <= {100 * settings.cov_limit:.0f} % and is inconclusive above.",
+        f"coefficient of variation is <= {100 * settings.cov_limit:.0f} % and the ratio itself is outside the band, "
+        "and is inconclusive otherwise (too noisy, or too few runs to tell).",
     ]
     if backend == "torch":
         notes.append("PyTorch runs each checkpoint as the entry says: folded models in their deploy form, unfolded "

@@ -53,15 +53,17 @@ def measure(ci: tuple[float, float], cov: float, ratio: float | None = None) -> 
 
 # ---------------------------------------------------------------- verdict rules
 
-@pytest.mark.parametrize("ci, cov, status", [
-    ((0.98, 1.02), 0.30, PASS),  # inside the band: noise already in the interval
-    ((1.05, 1.10), 0.01, FAIL),  # wholly outside
-    ((1.05, 1.10), 0.30, FAIL),  # wholly outside, even when noisy
-    ((1.01, 1.05), 0.02, FAIL),  # across the edge, quiet machine: a real difference
-    ((1.01, 1.05), 0.08, INCONCLUSIVE),  # across the edge, noisy machine
+@pytest.mark.parametrize("ci, cov, status, ratio", [
+    ((0.98, 1.02), 0.30, PASS, 1.0),  # inside the band: noise already in the interval
+    ((1.05, 1.10), 0.01, FAIL, 1.07),  # wholly outside
+    ((1.05, 1.10), 0.30, FAIL, 1.07),  # wholly outside, even when noisy
+    ((1.01, 1.05), 0.02, FAIL, 1.04),  # across the edge, quiet machine, ratio outside: a real difference
+    ((1.01, 1.05), 0.08, INCONCLUSIVE, 1.04),  # across the edge, noisy machine
+    ((1.000, 1.040), 0.018, INCONCLUSIVE, 1.009),  # across the edge, quiet, ratio inside: too few runs to refute
+    ((0.95, 0.99), 0.02, FAIL, 0.96),  # the lower edge alike
 ])
-def test_interval_status(ci, cov, status):
-    got, why = interval_status(measure(ci, cov), (0.97, 1.03), cov_limit=0.05)
+def test_interval_status(ci, cov, status, ratio):
+    got, why = interval_status(measure(ci, cov, ratio), (0.97, 1.03), cov_limit=0.05)
     assert got == status
     if status == INCONCLUSIVE:
         assert f"CoV {100 * cov:.1f} %" in why

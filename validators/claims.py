@@ -9,14 +9,17 @@ parts into a verdict:
 * ``refuted``      a decisive part failed (the reason names it: twin structure, parity,
                    graph check, a latency interval, a count outside its range);
 * ``inconclusive`` nothing failed but a latency interval straddles its band's edge while
-                   the timing noise (coefficient of variation) is above the limit, or a
-                   decisive measurement could not be taken (the reason says which);
+                   the timing noise (coefficient of variation) is above the limit or the
+                   ratio itself is inside the band, or a decisive measurement could not be
+                   taken (the reason says which);
 * ``reported``     a claim with no verdict (numbers shown for contrast only).
 
 Latency verdicts stand on interleaved A/B runs (validators/latency.py): the 95 % bootstrap
 interval of the ratio of medians either lies inside the band (pass), lies wholly outside
-it (fail), or overlaps an edge (fail when CoV <= limit: the effect is measured and too
-large or too small; inconclusive when CoV > limit: the machine was too noisy to tell).
+it (fail), or overlaps an edge: fail when CoV <= limit and the ratio of medians itself lies
+outside the band (the effect is measured and too large or too small); inconclusive when
+CoV > limit (the machine was too noisy to tell) or when the ratio lies inside the band (too
+few runs to tell: a wide interval around an agreeing ratio refutes nothing).
 """
 
 from __future__ import annotations
@@ -131,7 +134,10 @@ def interval_status(m: RatioMeasure, band: tuple[float, float], cov_limit: float
         return FAIL, f"wholly outside {b} ({cov})"
     if m.cov > cov_limit:
         return INCONCLUSIVE, f"crosses an edge of {b} at {cov} > {100 * cov_limit:.0f} %: too noisy to tell"
-    return FAIL, f"not inside {b} at {cov} <= {100 * cov_limit:.0f} %: the difference is real"
+    if lo <= m.ratio <= hi:
+        return INCONCLUSIVE, (f"crosses an edge of {b} with the ratio itself inside it ({cov}, {m.pairs} pairs): "
+                              "too few runs to tell; give it more time")
+    return FAIL, f"not inside {b}, the ratio itself outside it, at {cov} <= {100 * cov_limit:.0f} %: the difference is real"
 
 
 def latency_part(m: Optional[RatioMeasure], band: Optional[tuple[float, float]], cov_limit: float = COV_LIMIT, *,
