@@ -4,8 +4,11 @@ marked `tensorrt` only where TensorRT 10 or 11 imports as well."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
+
+from deploy.commands.common import terminate_on_sigterm
 
 
 def _cuda_ready() -> tuple[bool, str]:
@@ -148,3 +151,12 @@ def folded_export(zoo_checkpoint, deploy_cli, tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture()
+def sigterm_raises():
+    """SIGTERM raises Terminated in this process, as in the `deploy` entry point (the default would end pytest)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    terminate_on_sigterm()
+    yield
+    signal.signal(signal.SIGTERM, previous)

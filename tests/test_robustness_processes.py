@@ -20,7 +20,6 @@ import onnx
 import pytest
 
 from deploy.atomic import HOOK_ENV
-from deploy.commands.common import terminate_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the cheapest full export: TorchScript, no onnxsim, one parity input per batch
@@ -62,15 +61,6 @@ def two_checkpoints(tmp_path, zoo_checkpoint):
     shutil.copy(zoo_checkpoint("resnet20", "plain", 16, seed=0), a)
     shutil.copy(zoo_checkpoint("resnet20", "plain", 16, seed=1), b)
     return a, b
-
-
-@pytest.fixture()
-def sigterm_raises():
-    """SIGTERM raises Terminated in this process, as in the `deploy` entry point."""
-    previous = signal.getsignal(signal.SIGTERM)
-    terminate_on_sigterm()
-    yield
-    signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import threading
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import onnx
 import pytest
 
 from deploy.atomic import HOOK_ENV, Terminated, Transaction, lock_path, output_lock
-from deploy.commands.common import terminate_on_sigterm
 from deploy.errors import BadInputError
 from deploy.steps import write_step
 
@@ -64,15 +62,6 @@ def base_proto(folded_export) -> onnx.ModelProto:
     exp = folded_export("resnet20", "plain", 32)
     assert exp.run.exit_code == 0, exp.run.stderr
     return onnx.load(str(exp.onnx_path))
-
-
-@pytest.fixture()
-def sigterm_raises():
-    """SIGTERM raises Terminated here, as in the `deploy` entry point (the default would end pytest)."""
-    previous = signal.getsignal(signal.SIGTERM)
-    terminate_on_sigterm()
-    yield
-    signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture()

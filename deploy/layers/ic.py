@@ -76,10 +76,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from deploy.layers.conv_bn import bn_scale_shift
 from deploy.layers.paper import ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import ConvKind, ConvSpec, options_from_signature, register_conv_kind
-from deploy.layers.rewrite import ChannelScale, DeployRewrite, RewriteRefusedError
+from deploy.layers.rewrite import ChannelScale, DeployRewrite, absorbed_scale_shift
 
 _IntOr2 = int | tuple[int, int]
 
@@ -191,12 +190,7 @@ class ICConv2d(nn.Module):
     @torch.no_grad()
     def absorb_batchnorm(self, bn: _BatchNorm) -> nn.Module:
         """The deploy rewrite equal to ``bn(self(x))`` (eval mode): the BN inside both convolutions."""
-        if bn.num_features != self.out_channels:
-            raise RewriteRefusedError(f"{bn} does not match the IC layer's {self.out_channels} output channels")
-        try:
-            scale, shift = bn_scale_shift(bn)
-        except ValueError as exc:
-            raise RewriteRefusedError(str(exc)) from exc
+        scale, shift = absorbed_scale_shift(bn, self.out_channels, "the IC layer")
         return _rewrite(self._deploy_form(), scale, shift)
 
     @torch.no_grad()

@@ -26,10 +26,24 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from deploy.layers.conv_bn import bn_scale_shift
 
 
 class RewriteRefusedError(ValueError):
     """A layer cannot be rewritten exactly here; the message says why (it goes into the fold report)."""
+
+
+def absorbed_scale_shift(bn: _BatchNorm, channels: int, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel affine map ``s·y + t`` of an eval-mode BN that follows ``layer``'s
+    ``channels`` outputs; RewriteRefusedError when it does not match or cannot be folded."""
+    if bn.num_features != channels:
+        raise RewriteRefusedError(f"{bn} does not match {layer}'s {channels} output channels")
+    try:
+        return bn_scale_shift(bn)
+    except ValueError as exc:
+        raise RewriteRefusedError(str(exc)) from exc
 
 
 class DeployRewrite(nn.Module):

@@ -67,7 +67,7 @@ from deploy.errors import BadInputError
 from deploy.layers.conv_bn import bn_scale_shift, fuse_conv_bn
 from deploy.layers.paper import THOP_NOTE, ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import ConvKind, ConvSpec, ZooVariant, options_from_signature, register_conv_kind
-from deploy.layers.rewrite import ChannelScale, DeployRewrite, RewriteRefusedError, broadcast_to_map, global_mean
+from deploy.layers.rewrite import ChannelScale, DeployRewrite, absorbed_scale_shift, broadcast_to_map, global_mean
 
 
 def _eager(x: torch.Tensor) -> bool:
@@ -168,12 +168,7 @@ class SPConv3x3(nn.Module):
     @torch.no_grad()
     def absorb_batchnorm(self, bn: _BatchNorm) -> SPConvBN:
         """The deploy rewrite equal to ``bn(self(x))`` (eval mode): the BN inside both branches."""
-        if bn.num_features != self.outplanes:
-            raise RewriteRefusedError(f"{bn} does not match SPConv's {self.outplanes} output channels")
-        try:
-            scale, shift = bn_scale_shift(bn)
-        except ValueError as exc:
-            raise RewriteRefusedError(str(exc)) from exc
+        scale, shift = absorbed_scale_shift(bn, self.outplanes, "SPConv")
         return SPConvBN(self._deploy_form(), scale, shift)
 
     @torch.no_grad()
