@@ -226,14 +226,7 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
     check_opset(opts.exporter, opts.opset)
     tol = tolerance_from(opts.atol, opts.rtol)
     with log.step("load"):
-        loaded, input_shape = load_step(opts.checkpoint, arch=opts.arch, conv=opts.conv, conv_kwargs=opts.conv_kwargs,
-                                        trust_pickle=opts.trust_pickle, input_size=opts.input_size,
-                                        input_shape=opts.input_shape, model_class=opts.model_class,
-                                        model_args=opts.model_args, module=opts.module)
-        fixed_batch, dynamic_hw = program_axes(loaded, opts.batch, opts.dynamic)
-        check_input_elements((fixed_batch or max(parity_batches(None)), *input_shape))
-        if dynamic_hw:
-            check_input_elements((fixed_batch or 1, input_shape[0], *second_size(input_shape)), "input_size")
+        loaded, input_shape, fixed_batch, dynamic_hw = _load(opts)
     with log.step("fold"):
         deploy_model, fold_report = (fold_step(loaded, input_shape, opts.seed, rewrite=opts.rewrite) if opts.fold
                                      else (loaded.model, None))
@@ -278,14 +271,33 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
         with log.step("tensorrt"):
             report.engine = build_checked_engine(proto, opts, input_shape, ort, output)
     with log.step("write"):
-        try:
-            write_step(proto, output, report_path, report)
-        except BaseException:  # no engine without the ONNX file and report it was checked against
-            if report.engine is not None and opts.engine is not None:
-                Path(opts.engine).unlink(missing_ok=True)
-                metadata_path(opts.engine).unlink(missing_ok=True)
-            raise
+        _write(proto, output, report_path, report, opts)
     return ExportOutcome(output, report_path, report, loaded, deploy_model)
+
+
+def _load(opts: ExportOptions) -> tuple[LoadedModel, tuple[int, ...], int | None, bool]:
+    """The model, its input shape (C, H, W), the fixed batch (None: dynamic) and whether H/W are
+    dynamic; the largest input parity will feed is checked against the element bound first."""
+    loaded, input_shape = load_step(opts.checkpoint, arch=opts.arch, conv=opts.conv, conv_kwargs=opts.conv_kwargs,
+                                    trust_pickle=opts.trust_pickle, input_size=opts.input_size,
+                                    input_shape=opts.input_shape, model_class=opts.model_class,
+                                    model_args=opts.model_args, module=opts.module)
+    fixed_batch, dynamic_hw = program_axes(loaded, opts.batch, opts.dynamic)
+    check_input_elements((fixed_batch or max(parity_batches(None)), *input_shape))
+    if dynamic_hw:
+        check_input_elements((fixed_batch or 1, input_shape[0], *second_size(input_shape)), "input_size")
+    return loaded, input_shape, fixed_batch, dynamic_hw
+
+
+def _write(proto: onnx.ModelProto, output: Path, report_path: Path, report: RunReport, opts: ExportOptions) -> None:
+    """Write the ONNX file and its report together; an engine built for them goes if that fails."""
+    try:
+        write_step(proto, output, report_path, report)
+    except BaseException:  # no engine without the ONNX file and report it was checked against
+        if report.engine is not None and opts.engine is not None:
+            Path(opts.engine).unlink(missing_ok=True)
+            metadata_path(opts.engine).unlink(missing_ok=True)
+        raise
 
 
 def _gate(report: RunReport, opts: ExportOptions) -> None:
