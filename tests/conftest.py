@@ -4,7 +4,9 @@ marked `tensorrt` only where TensorRT 10 or 11 imports as well."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -151,6 +153,17 @@ def folded_export(zoo_checkpoint, deploy_cli, tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture()
+def model_files(tmp_path, folded_export) -> Path:
+    """A fresh folder holding m.pt (ResNet-20 plain at 32x32) and its dynamic-batch export m.onnx:
+    copies, so a test may point outputs at them or corrupt them."""
+    exp = folded_export("resnet20", "plain", 32)
+    assert exp.run.exit_code == 0, exp.run.stderr
+    shutil.copy(exp.checkpoint, tmp_path / "m.pt")
+    shutil.copy(exp.onnx_path, tmp_path / "m.onnx")
+    return tmp_path
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ import collections
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 import onnx
@@ -25,13 +24,9 @@ FAST = ["--exporter", "torchscript", "--no-simplify", "--samples", "1", "--no-re
 
 
 @pytest.fixture()
-def files(tmp_path, folded_export):
-    """m.pt (resnet20 at 32x32) and its dynamic-batch m.onnx, copied into this test's folder."""
-    exp = folded_export("resnet20", "plain", 32)
-    assert exp.run.exit_code == 0, exp.run.stderr
-    shutil.copy(exp.checkpoint, tmp_path / "m.pt")
-    shutil.copy(exp.onnx_path, tmp_path / "m.onnx")
-    return tmp_path
+def files(model_files):
+    """m.pt and m.onnx (see ``model_files``)."""
+    return model_files
 
 
 MISTAKES = {

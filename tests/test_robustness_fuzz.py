@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -81,12 +80,9 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture()
-def workdir(tmp_path, folded_export, monkeypatch):
-    """m.pt (resnet20 at 32x32) and its m.onnx in the current directory."""
-    exp = folded_export("resnet20", "plain", 32)
-    assert exp.run.exit_code == 0, exp.run.stderr
-    shutil.copy(exp.checkpoint, tmp_path / "m.pt")
-    shutil.copy(exp.onnx_path, tmp_path / "m.onnx")
+def workdir(model_files, monkeypatch):
+    """``model_files`` and a text file, in the current directory."""
+    tmp_path = model_files
     (tmp_path / "m.txt").write_text("not a model\n")
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -80,12 +80,9 @@ def test_python_api_callers_get_the_guard_too(tmp_path, zoo_checkpoint):
 
 
 @pytest.fixture()
-def workdir(tmp_path, folded_export):
-    """A folder with copies of a checkpoint and its ONNX export (the tests point outputs at them)."""
-    exp = folded_export("resnet20", "plain", 32)
-    assert exp.run.exit_code == 0, exp.run.stderr
-    shutil.copy(exp.checkpoint, tmp_path / "m.pt")
-    shutil.copy(exp.onnx_path, tmp_path / "m.onnx")
+def workdir(model_files):
+    """``model_files`` plus links to them (the tests point outputs at them)."""
+    tmp_path = model_files
     (tmp_path / "ckpt-link.json").symlink_to(tmp_path / "m.pt")
     (tmp_path / "onnx-link.json").symlink_to(tmp_path / "m.onnx")
     os.link(tmp_path / "m.onnx", tmp_path / "hard.json")
