@@ -1,7 +1,8 @@
 """Bounds on the numbers a user gives, checked before any work (exit 2, one line).
 
-The CLI checks the same bounds while it parses options (a shared typer callback); the
-library checks them again for Python callers. Documented in the README ("Exit codes").
+The CLI refuses NaN and infinity already while it parses options (its ``finite`` callback);
+everything else is checked here, for the CLI and Python callers alike. Documented in the
+README ("Exit codes").
 """
 
 from __future__ import annotations
