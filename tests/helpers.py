@@ -58,3 +58,8 @@ def gated_cnn(seed: int = 0) -> nn.Module:
             return self.head(w[..., :1, None] * y + w[..., 1:, None] * x)
 
     return Gated().eval()
+
+
+#: the ONNX IR version of hand-built test graphs: onnx 1.23 writes IR 14 by default, which
+#: onnxruntime < 1.32 refuses, and the package supports onnxruntime >= 1.20 (IR <= 10)
+PORTABLE_IR = 10

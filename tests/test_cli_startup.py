@@ -20,6 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from deploy import cli
+from tests.helpers import PORTABLE_IR
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ("import atexit, json, sys\n"
@@ -45,7 +46,7 @@ def small_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g", [x], [y],
                               initializer=[w])
     path = tmp_path_factory.mktemp("startup") / "small.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=PORTABLE_IR), str(path))
     return path
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from deploy.errors import GraphCheckError
 from deploy.layers.conv_bn import fuse_conv_bn
 from exporters.onnx import export_onnx, simplify_onnx
+from tests.helpers import PORTABLE_IR
 from validators.graph import check_graph, compare_reports, count_macs
 from validators.trt_ops import load_tensorrt_ops
 
@@ -137,7 +138,8 @@ def _model(nodes: list, inits: list = (), domains: tuple = ()) -> onnx.ModelProt
     x = oh.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
     y = oh.make_tensor_value_info("output", onnx.TensorProto.FLOAT, None)
     opsets = [oh.make_opsetid("", 18)] + [oh.make_opsetid(d, 1) for d in domains]
-    return oh.make_model(oh.make_graph(nodes, "g", [x], [y], initializer=list(inits)), opset_imports=opsets)
+    return oh.make_model(oh.make_graph(nodes, "g", [x], [y], initializer=list(inits)),
+                         opset_imports=opsets, ir_version=PORTABLE_IR)
 
 
 def test_custom_domains_and_trt_unsupported_ops_are_named() -> None:
@@ -210,7 +212,7 @@ def _runtime_shaped_conv() -> onnx.ModelProto:
     inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
     graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                           [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
-    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)], ir_version=PORTABLE_IR)
 
 
 def test_shape_fallback_runs_only_within_its_budget() -> None:

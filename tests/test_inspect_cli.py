@@ -19,6 +19,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.helpers import PORTABLE_IR
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,7 +34,7 @@ def _conv_model(input_dims: list[int | str], weight: onnx.TensorProto, name: str
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     node = helper.make_node("Conv", ["x", weight.name], ["y"], name="conv", pads=[1, 1, 1, 1])
     graph = helper.make_graph([node], name, [x], [y], initializer=[weight])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=PORTABLE_IR)
 
 
 def _giant_input_model(path: Path) -> Path:
@@ -50,7 +52,7 @@ def _giant_input_model(path: Path) -> Path:
         prev = f"m{i}"
     y = helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)
     graph = helper.make_graph(nodes, "giant", [x], [y], initializer=inits)
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=PORTABLE_IR), path)
 
 
 def _run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,7 @@ from torch import nn
 from deploy.errors import BadInputError
 from deploy.metrics import Tolerance
 from exporters.onnx import export_onnx, export_onnx_detailed, op_histogram, save_onnx, simplify_onnx
+from tests.helpers import PORTABLE_IR
 from validators.runtimes import OrtRuntime
 
 SHAPE = (3, 32, 32)
@@ -170,7 +171,7 @@ def test_simplify_failure_keeps_original() -> None:
     nodes = [oh.make_node("Relu", ["input"], ["r"], name="relu0"),
              oh.make_node("Frobnicate", ["r"], ["output"], name="mystery", domain="my.custom")]
     proto = oh.make_model(oh.make_graph(nodes, "g", [x], [y]),
-                          opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("my.custom", 1)])
+                          opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("my.custom", 1)], ir_version=PORTABLE_IR)
     kept, res = simplify_onnx(proto, (3, 4, 4))
     assert kept is proto and not res.applied and res.reason
     assert res.nodes_before == res.nodes_after == 2

@@ -13,6 +13,7 @@ import onnx
 import onnx.helper as oh
 import pytest
 
+from tests.helpers import PORTABLE_IR
 from validators.profile import profile_models, profile_onnx
 
 
@@ -27,7 +28,7 @@ def _tiny(path, channels: int = 16) -> onnx.ModelProto:
              oh.make_node("Conv", ["c", "w2"], ["output"], name="conv_b")]
     vi = lambda n: oh.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["batch", channels, 12, 12])  # noqa: E731
     model = oh.make_model(oh.make_graph(nodes, "tiny", [vi("input")], [vi("output")], inits),
-                          opset_imports=[oh.make_opsetid("", 18)])
+                          opset_imports=[oh.make_opsetid("", 18)], ir_version=PORTABLE_IR)
     onnx.save(model, str(path))
     return model
 

@@ -22,6 +22,7 @@ from deploy.models.random_init import randomize_model
 from deploy.models.registry import build_model
 from deploy.pipeline import ExportOptions, run_export
 from exporters.onnx import export_onnx_detailed, op_histogram
+from tests.helpers import PORTABLE_IR
 
 _UNARY = ("Relu", "Identity", "Sigmoid", "Clip", "LeakyRelu")
 
@@ -67,7 +68,8 @@ def test_the_slice_check_sees_a_splittable_producer():
              oh.make_node("Slice", ["r", "s", "e", "ax"], ["y"], name="cut"),
              oh.make_node("Slice", ["x", "s", "e", "ax"], ["z"], name="cut_input")]
     vi = lambda n, c: oh.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, c, 4, 4])  # noqa: E731
-    model = oh.make_model(oh.make_graph(nodes, "g", [vi("x", 3)], [vi("y", 4), vi("z", 3)], [w, *ints.values()]))
+    model = oh.make_model(oh.make_graph(nodes, "g", [vi("x", 3)], [vi("y", 4), vi("z", 3)], [w, *ints.values()]),
+                          ir_version=PORTABLE_IR)
     assert splittable_slices(model) == ["cut"]
 
 
