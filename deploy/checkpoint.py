@@ -294,7 +294,7 @@ def load_checkpoint(
     if model_class is not None and (arch is not None or conv is not None):
         raise BadInputError("give `model_class` (your own class) or `arch`/`conv` (a zoo model), not both")
     if _check_archive(path) == "pt2":
-        module, dims = load_exported_program(path)
+        module, dims = load_exported_program(path, trust_pickle)
         loaded = _loaded_module(module, "exported-program", digest, str(path))
         loaded.program_dims = dims
         spatial = [d for d in (dims or ())[1:] if d is not None]

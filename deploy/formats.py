@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from deploy.errors import BadInputError
+from deploy.pt2_audit import pt2_hazards
 
 
 def archive_kind(path: Path) -> str | None:
@@ -69,8 +70,20 @@ def _training_ops(program: Any) -> list[str]:
     return sorted(set(found))
 
 
-def load_exported_program(path: Path) -> tuple[nn.Module, tuple[int | None, ...] | None]:
-    """The module of a ``.pt2`` ExportedProgram and its input dims (None where a dim is symbolic)."""
+def load_exported_program(path: Path, trust_pickle: bool = False) -> tuple[nn.Module, tuple[int | None, ...] | None]:
+    """The module of a ``.pt2`` ExportedProgram and its input dims (None where a dim is symbolic).
+
+    Unless ``trust_pickle``, the archive is audited first (``deploy.pt2_audit``): anything in it
+    that torch would run while loading (pickles, compiled code, code in shape expressions or
+    guards, non-operator calls) is refused, exit 2, before torch reads it.
+    """
+    if not trust_pickle:
+        hazards = pt2_hazards(path)
+        if hazards:
+            more = f" (+{len(hazards) - 2} more)" if len(hazards) > 2 else ""
+            raise BadInputError(f"{path} is a torch.export archive that would run code from the file while it loads: "
+                                f"{'; '.join(hazards[:2])}{more}; allow it with `trust_pickle` only if you trust its "
+                                "source, or export the model again with torch.export.save")
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - a damaged archive makes the deserializer raise anything

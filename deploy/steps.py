@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 import torch
+import torch.fx
 from torch import nn
 
 from deploy.atomic import Transaction, json_bytes, output_lock
@@ -80,14 +81,33 @@ def resolve_input_shape(loaded: LoadedModel, input_size: str | int | Sequence[in
     size = parse_input_size(input_size)
     shape = loaded.input_shape
     if shape is None:
-        first_conv = next((m for m in loaded.model.modules() if isinstance(m, nn.Conv2d)), None)
-        if first_conv is None or size is None:
-            raise BadInputError("the model does not record its input shape: give `input_shape` (CxHxW) "
-                                "or `input_size` (H or HxW)")
-        return (first_conv.in_channels, *size)
+        channels = input_channels(loaded)
+        if channels is None:
+            raise BadInputError("the model does not record its input shape and its input channels cannot be told "
+                                "from it: give `input_shape` (CxHxW)")
+        if size is None:
+            raise BadInputError(f"the model does not record its input size: give `input_size` (H or HxW; it takes "
+                                f"{channels} channels) or `input_shape` (CxHxW)")
+        return (channels, *size)
     if size is not None:
         return (int(shape[0]), *size)
     return (int(shape[0]), int(shape[1]), int(shape[2]))
+
+
+def input_channels(loaded: LoadedModel) -> int | None:
+    """The channels the model's input has: an ExportedProgram's static dim, else the first ``nn.Conv2d``
+    the forward pass calls (torch.fx), else the first one registered; None when there is none."""
+    dims = loaded.program_dims
+    if dims is not None and len(dims) == 4 and dims[1] is not None:
+        return int(dims[1])
+    convs = {name: m for name, m in loaded.model.named_modules() if isinstance(m, nn.Conv2d)}
+    try:
+        graph = torch.fx.symbolic_trace(loaded.model).graph
+        called = [str(n.target) for n in graph.nodes if n.op == "call_module" and str(n.target) in convs]
+    except Exception:  # noqa: BLE001 - fx raises many types on untraceable code; registration order is the fallback
+        called = []
+    first = convs[called[0]] if called else next(iter(convs.values()), None)
+    return int(first.in_channels) if first is not None else None
 
 
 def parse_dynamic(dynamic: str | None, batch: str) -> tuple[int | None, bool]:

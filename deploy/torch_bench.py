@@ -15,7 +15,7 @@ from pathlib import Path
 from deploy.steps import fold_step, load_step
 from validators.torch_runtime import TorchBenchRuntime, check_torch_options, require_cuda
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pt2")
 
 
 @dataclass(frozen=True)

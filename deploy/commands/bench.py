@@ -47,7 +47,7 @@ BENCH_FORMAT = "convdeploy-bench/1"
 BACKENDS = {"ort": "onnx", "trt": "engine", "torch": "torch"}
 KIND_FILES = {"onnx": "model.onnx", "engine": "engine.plan", "torch": "model.pt"}
 #: files the PyTorch backend times (deploy.torch_bench.CHECKPOINT_SUFFIXES; kept here so bench imports no torch)
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pt2")
 
 
 # ---------------------------------------------------------------- plain helpers
