@@ -63,3 +63,19 @@ def gated_cnn(seed: int = 0) -> nn.Module:
 #: the ONNX IR version of hand-built test graphs: onnx 1.23 writes IR 14 by default, which
 #: onnxruntime < 1.32 refuses, and the package supports onnxruntime >= 1.20 (IR <= 10)
 PORTABLE_IR = 10
+
+
+class MaskedLogits(nn.Module):
+    """Logits of a small CNN with one class masked to -inf (a common trick for excluded classes):
+    parity must compare the finite logits and demand the -inf where the reference has it."""
+
+    def __init__(self, classes: int = 5, masked: int = 2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, classes)
+        mask = torch.zeros(classes, dtype=torch.bool)
+        mask[masked] = True
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x)).masked_fill(self.mask, -float("inf"))

@@ -47,6 +47,7 @@ class OutputParity:
     top1_rows: int = 0  # rows counted: reference margin above the error bound
     top1_excluded: int = 0  # near-ties: reference margin within the error bound
     bound: float = 0.0  # the largest allowed max abs error over the inputs
+    nonfinite_mismatch: int = 0  # NaN/inf values where the reference has another value, over the inputs
     passed: bool = True
     reasons: list[str] = field(default_factory=list)
 
@@ -172,15 +173,16 @@ class _Tally:
         o.max_rel_err = max(o.max_rel_err, m["max_rel_err"])
         o.min_cosine = min(o.min_cosine, m["min_cosine"])
         o.bound = max(o.bound, self.tol.bound(m["max_ref"]))
+        o.nonfinite_mismatch += int(m["nonfinite_mismatch"])
         if o.class_scores:
             agreeing, counted = decisive_top1(ref, out, self.tol.bound(m["max_ref"]))
             self.agree[name] += agreeing
             o.top1_rows += counted
             o.top1_excluded += int(m["rows"]) - counted
         bad = self.tol.violations(m, check_top1=False)
-        if bad and not any(r.startswith("max abs") for r in o.reasons):
+        if bad and o.passed:  # the first input it fails on says why
             o.passed = False
-            o.reasons.append(bad[0] + f" at {_at(x) if self.shape_note else f'batch {x.shape[0]}'}")
+            o.reasons.append("; ".join(bad) + f" at {_at(x) if self.shape_note else f'batch {x.shape[0]}'}")
             self.fail((f"output '{name}': " if multi else "") + o.reasons[-1])
 
     def finish(self) -> CandidateParity:
