@@ -37,6 +37,7 @@ from deploy.formats import (
     refuse_torchscript,
 )
 from deploy.layers.registry import ConvKind, conv_kinds
+from deploy.limits import check_input_elements, check_input_size
 from deploy.models.registry import arch_from_keys, build_model, named_models_of
 from deploy.models.resnet import ZooNet
 
@@ -240,9 +241,10 @@ def check_finite(model: nn.Module) -> None:
         )
 
 
-def _build(arch: str, conv: str, conv_kwargs: dict[str, Any], num_classes: int | None) -> ZooNet:
+def _build(arch: str, conv: str, conv_kwargs: dict[str, Any], num_classes: int | None,
+           input_shape: tuple[int, int, int] | None = None) -> ZooNet:
     try:
-        return build_model(arch, conv, num_classes=num_classes, **conv_kwargs)
+        return build_model(arch, conv, num_classes=num_classes, input_shape=input_shape, **conv_kwargs)
     except (ValueError, TypeError, KeyError) as exc:
         raise BadInputError(f"cannot build {arch} with conv={conv}: {exc}") from exc
 
@@ -372,6 +374,8 @@ def _input_shape(value: Any, path: Path) -> tuple[int, int, int]:
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
         raise BadInputError(f"{path}: the checkpoint's input_shape {value!r} is not (C, H, W) with positive sizes: "
                             "save it again")
+    check_input_size("input_shape", value[1:])
+    check_input_elements(value, "input_shape")
     return (value[0], value[1], value[2])
 
 
@@ -381,10 +385,9 @@ def _load_convdeploy(obj: dict, path: Path, digest: str) -> LoadedModel:
     num_classes = _field(obj, "num_classes", int, path)
     input_shape = _input_shape(_field(obj, "input_shape", (list, tuple), path), path)
     state = _tensors(_field(obj, "state_dict", dict, path), path)
-    model = _build(arch, conv, kwargs, num_classes)
+    model = _build(arch, conv, kwargs, num_classes, input_shape)
     _strict_load(model, state, f"{arch} (conv={conv})")
     check_finite(model)
-    model.input_shape = input_shape
     model.eval()
     meta = dict(_field(obj, "meta", dict, path)) if obj.get("meta") is not None else {}
     return LoadedModel(model, "convdeploy", digest, arch, conv, kwargs, num_classes, input_shape, meta)

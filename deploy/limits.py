@@ -20,6 +20,11 @@ MAX_SIDE = 4096
 MAX_SEED = 2**32 - 1
 #: the most seeded parity inputs per batch size
 MAX_SAMPLES = 1024
+#: the most weight elements (parameters and buffers) of a model convdeploy builds: 4 GiB of float32,
+#: folded on a float64 copy beside it
+MAX_MODEL_ELEMENTS = 1 << 30
+#: the largest intermediate tensor of a model convdeploy builds, at batch 1
+MAX_ACTIVATION_ELEMENTS = 1 << 28
 
 
 def check_finite(name: str, value: float | None, *, positive: bool = False) -> None:
@@ -61,3 +66,15 @@ def check_input_elements(shape: Sequence[int], name: str = "batch") -> None:
         text = "x".join(str(int(s)) for s in shape)
         raise BadInputError(f"an input of {text} ({elements:,} elements) is larger than the {MAX_INPUT_ELEMENTS:,} "
                             f"elements convdeploy feeds: choose a smaller `{name}`")
+
+
+def check_model_size(what: str, weight_elements: int, largest_activation: int | None) -> None:
+    """A model to be built within ``MAX_MODEL_ELEMENTS`` weights and ``MAX_ACTIVATION_ELEMENTS`` per
+    intermediate tensor (None: not known before it runs)."""
+    if weight_elements > MAX_MODEL_ELEMENTS:
+        raise BadInputError(f"{what} would hold {weight_elements:,} weight elements, more than the "
+                            f"{MAX_MODEL_ELEMENTS:,} convdeploy builds: choose smaller options")
+    if largest_activation is not None and largest_activation > MAX_ACTIVATION_ELEMENTS:
+        raise BadInputError(f"{what} would compute a tensor of {largest_activation:,} elements at batch 1, more "
+                            f"than the {MAX_ACTIVATION_ELEMENTS:,} convdeploy runs: choose smaller options or a "
+                            "smaller `input_size`")

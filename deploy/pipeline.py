@@ -27,6 +27,7 @@ from deploy.metrics import Tolerance
 from deploy.pathguard import guard_paths
 from deploy.report import RunReport
 from deploy.steps import (
+    check_second_size,
     fold_step,
     held_out_accuracy,
     load_step,
@@ -285,7 +286,7 @@ def _load(opts: ExportOptions) -> tuple[LoadedModel, tuple[int, ...], int | None
     fixed_batch, dynamic_hw = program_axes(loaded, opts.batch, opts.dynamic)
     check_input_elements((fixed_batch or max(parity_batches(None)), *input_shape))
     if dynamic_hw:
-        check_input_elements((fixed_batch or 1, input_shape[0], *second_size(input_shape)), "input_size")
+        check_second_size(input_shape, fixed_batch or 1)
     return loaded, input_shape, fixed_batch, dynamic_hw
 
 

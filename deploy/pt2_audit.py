@@ -23,12 +23,15 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
 import sympy
 import torch
 import torch.utils._sympy.functions as torch_sympy
+
+from deploy.errors import BadInputError
 
 #: archive entries (below the archive's one root folder) that hold no code
 _PLAIN_ENTRIES = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
@@ -196,13 +199,18 @@ def _json(archive: zipfile.ZipFile, name: str) -> dict[str, Any] | None:
 
 
 def pt2_hazards(path: Path) -> list[str]:
-    """What in the ``.pt2`` archive at ``path`` would run code while torch loads it (empty: nothing)."""
-    with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if not n.endswith("/")]
-        roots = {n.split("/", 1)[0] for n in names}
-        if len(roots) != 1 or any("/" not in n for n in names):
-            return ["entries outside the archive's one root folder (an older or hand-made archive)"]
-        found: list[str] = []
-        for name in names:
-            found += _entry_hazards(archive, name, name.split("/", 1)[1])
+    """What in the ``.pt2`` archive at ``path`` would run code while torch loads it (empty: nothing);
+    BadInputError (exit 2) when the archive itself cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+            roots = {n.split("/", 1)[0] for n in names}
+            if len(roots) != 1 or any("/" not in n for n in names):
+                return ["entries outside the archive's one root folder (an older or hand-made archive)"]
+            found: list[str] = []
+            for name in names:
+                found += _entry_hazards(archive, name, name.split("/", 1)[1])
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+        raise BadInputError(f"{path} is a truncated or corrupt torch.export archive ({exc}): save it again with "
+                            "torch.export.save") from exc
     return found

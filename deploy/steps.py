@@ -21,7 +21,7 @@ from deploy.checkpoint import LoadedModel, load_checkpoint, loaded_from_module
 from deploy.digits import load_digits
 from deploy.errors import BadInputError
 from deploy.fold import FoldReport, fold_model
-from deploy.limits import check_finite, check_input_elements, check_input_size
+from deploy.limits import MAX_INPUT_ELEMENTS, MAX_SIDE, check_finite, check_input_elements, check_input_size
 from deploy.metrics import Tolerance
 from deploy.train import accuracy
 from deploy.version import __version__
@@ -154,6 +154,15 @@ def second_size(input_shape: Sequence[int]) -> tuple[int, int]:
     """The other spatial size parity checks a graph with dynamic H/W at: twice H and W, which
     keeps every divisibility a network needs (strides, pooling windows)."""
     return (2 * int(input_shape[1]), 2 * int(input_shape[2]))
+
+
+def check_second_size(input_shape: Sequence[int], batch: int = 1) -> None:
+    """Parity of a graph with dynamic H/W also runs at ``second_size``: it must fit the limits too."""
+    h, w = second_size(input_shape)
+    if max(h, w) > MAX_SIDE or batch * int(input_shape[0]) * h * w > MAX_INPUT_ELEMENTS:
+        raise BadInputError(f"with dynamic H/W, parity also runs at twice the input size ({h}x{w}), above what "
+                            f"convdeploy runs ({MAX_SIDE} pixels a side, {MAX_INPUT_ELEMENTS:,} elements): choose a "
+                            "smaller `input_size` or drop hw from `dynamic`")
 
 
 def probe_forward(model: nn.Module, input_shape: Sequence[int], batch: int = 1) -> None:

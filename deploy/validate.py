@@ -13,6 +13,7 @@ from deploy.limits import check_input_elements, check_samples, check_seed
 from deploy.pathguard import guard_paths
 from deploy.report import RunReport
 from deploy.steps import (
+    check_second_size,
     fold_step,
     held_out_accuracy,
     load_step,
@@ -58,6 +59,8 @@ def run_validate(
     batches = parity_batches(dims[0] if isinstance(dims[0], int) else None)
     check_input_elements((max(batches), *shape))
     dynamic_hw = len(dims) == 4 and not isinstance(dims[2], int) and not isinstance(dims[3], int)
+    if dynamic_hw:
+        check_second_size(shape)
     folded, fold_report = fold_step(loaded, shape, seed)
     proto = onnx.load(str(onnx_path))
     parity, runs = parity_step(loaded, folded, ort, proto, shape,

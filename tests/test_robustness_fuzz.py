@@ -81,9 +81,16 @@ def _tree(root: Path) -> dict[str, str]:
 
 @pytest.fixture()
 def workdir(model_files, monkeypatch):
-    """``model_files`` and a text file, in the current directory."""
+    """``model_files``, a text file and a small torch.export archive m.pt2, in the current directory."""
+    import torch
+    from torch import nn
+
     tmp_path = model_files
     (tmp_path / "m.txt").write_text("not a model\n")
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    small(torch.randn(1, 3, 8, 8))
+    torch.export.save(torch.export.export(small.eval(), (torch.randn(1, 3, 8, 8),)), tmp_path / "m.pt2")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -169,7 +176,7 @@ def corrupted(draw, data: bytes, other: bytes) -> bytes:
 
 def _fuzz_file(deploy_cli, root: Path, data, name: str, commands: list[list[str]], allowed: set[int]) -> None:
     source = (root / name).read_bytes()
-    other = (root / ("m.onnx" if name == "m.pt" else "m.pt")).read_bytes()
+    other = (root / ("m.onnx" if name.startswith("m.pt") else "m.pt")).read_bytes()
     suffix = Path(name).suffix
     bad = root / f"bad{suffix}"
     bad.write_bytes(data.draw(corrupted(source, other)))
@@ -192,6 +199,45 @@ def test_corrupted_onnx_files_are_refused_or_checked(workdir, deploy_cli, data):
     _fuzz_file(deploy_cli, workdir, data, "m.onnx", [["validate", "m.pt", "bad.onnx", "--samples", "1"],
                                                      ["bench", "bad.onnx", "--iters", "2", "--warmup", "0"]],
                {0, 2, 3, 4})
+
+
+@settings(COMMON, max_examples=FUZZ_EXAMPLES)
+@given(data=st.data())
+def test_corrupted_pt2_archives_are_refused_or_checked(workdir, deploy_cli, data):
+    _fuzz_file(deploy_cli, workdir, data, "m.pt2", [["inspect", "bad.pt2"],
+                                                    ["export", "bad.pt2", "-o", "o.onnx", *FAST]], {0, 2})
+
+
+#: values a conv option could be given: in range, at the edges, far out, not finite, not numbers
+_OPTION_VALUES = st.one_of(st.integers(-10**9, 10**9).map(str), st.floats(allow_nan=True).map(repr),
+                           st.sampled_from(["1e308", "-1e308", "nan", "inf", "0", "1", "2", "true", "none", "x", ""]))
+
+
+@settings(COMMON, max_examples=FUZZ_EXAMPLES)
+@given(data=st.data())
+def test_conv_option_values_are_bounded(workdir, deploy_cli, data):
+    """Whatever value a conv option gets, `zoo create` writes a finite checkpoint or exits 2 with one line,
+    before any large allocation (no OOM kill)."""
+    from deploy.layers.registry import conv_kinds
+
+    kind = data.draw(st.sampled_from([k for k in conv_kinds() if k.options and "resnet20" not in k.zoo_names]))
+    if "block3x3" not in kind.roles:
+        return  # the SC kind replaces bottlenecks: no ResNet-20 to build
+    option = data.draw(st.sampled_from(kind.options))
+    args = ["zoo", "create", "resnet20", "--conv", kind.name, "--conv-opt", f"{option.name}={data.draw(_OPTION_VALUES)}",
+            "-o", "sub/z.pt"]
+    (workdir / "sub").mkdir(exist_ok=True)
+    run = deploy_cli(*args)
+    assert run.exit_code in (0, 2) and "Traceback" not in run.stdout + run.stderr, (args, run.stderr)
+    written = workdir / "sub" / "z.pt"
+    if run.exit_code == 0:
+        from deploy.checkpoint import load_checkpoint
+
+        load_checkpoint(written)  # refuses NaN/inf weights (exit 2) and options outside their bounds
+        written.unlink()
+    else:
+        run.one_error_line()
+        assert not written.exists()
 
 
 @pytest.mark.slow

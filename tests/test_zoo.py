@@ -249,7 +249,7 @@ def test_kwargs_are_passed_and_recorded():
         (("resnet18",), {"alpha": 1.0}, "it takes no options"),
         (("resnet20", "sp"), {"ratio": "half"}, "is not a number"),
         (("resnet20", "ic"), {"learn_alpha": 1}, "is not true or false"),
-        (("resnet20", "sp"), {"ratio": 0.0}, "cannot build resnet20"),
+        (("resnet20", "sp"), {"ratio": 0.0}, "option ratio=0.0 is outside"),
         (("resnet20",), {"num_classes": 0}, "num_classes"),
     ],
 )

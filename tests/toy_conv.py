@@ -56,6 +56,7 @@ def _build(role: str, spec: ConvSpec, options: Mapping[str, Any]) -> ToyConv2d:
 
 TOY = ConvKind(
     name="toy", title="Toy", module=ToyConv2d, build=_build, roles=frozenset({"block3x3"}),
-    options=options_from_signature(ToyConv2d, ("gain", "learn_gain"), help={"gain": "initial kernel scale"}),
+    options=options_from_signature(ToyConv2d, ("gain", "learn_gain"), help={"gain": "initial kernel scale"},
+                                   bounds={"gain": (-1000.0, 1000.0)}),
     variants=(ZooVariant(), ZooVariant((("gain", 2.0),), "gain=2", "g2")),
 )

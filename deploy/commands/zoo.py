@@ -18,7 +18,7 @@ from deploy.errors import BadInputError
 from deploy.limits import check_input_size, check_seed
 from deploy.models.complexity import count_params
 from deploy.models.random_init import randomize_model
-from deploy.models.registry import archs, build_model, zoo_entries
+from deploy.models.registry import archs, build_model, default_input_shape, zoo_entries
 from deploy.pathguard import guard_paths
 from deploy.train import train_classifier
 from deploy.version import __version__
@@ -135,12 +135,13 @@ def create(
     check_seed(seed)
     kwargs = conv_options(conv, conv_opt, ratio)
     torch.manual_seed(seed)
-    model = build_model(arch, conv, num_classes, **kwargs)
+    shape = None
     if input_size is not None:
         if input_size < 8:
             raise BadInputError(f"--input-size {input_size} is too small: use at least 8")
         check_input_size("input_size", (input_size,))
-        model.input_shape = (model.input_shape[0], input_size, input_size)
+        shape = (default_input_shape(arch)[0], input_size, input_size)
+    model = build_model(arch, conv, num_classes, input_shape=shape, **kwargs)
     try:
         randomize_model(model, tuple(model.input_shape), seed=seed)
     except (RuntimeError, ValueError) as exc:

@@ -303,7 +303,7 @@ register_conv_kind(ConvKind(
         "stnd": "weight-standardised super kernel",
         "ln_super": "LayerNorm after each super layer",
         "ln_kernel": "LayerNorm on each final kernel",
-    }),
+    }, bounds={"sa": (1, 8), "skp": (0, 8), "sl": (1, 8)}),
     folded_twin="CoC Sec. 4.2",
     claim=ClaimFacts(ClaimCheck.ZERO_OVERHEAD, subject="CoC-ResNet50",
                      source='CoC Sec. 4.2 ("definitely no extra cost")'),

@@ -211,7 +211,8 @@ register_conv_kind(ConvKind(
     name="doconv", title="DO-Conv", module=DOConv2d, build=_build,
     # Sec. 4: every conv layer is over-parameterized (a 1x1 simply has no D).
     roles=frozenset(CONV_ROLES),
-    options=options_from_signature(DOConv2d, ("D_mul",), help={"D_mul": "depth multiplier, >= M*N (default M*N)"}),
+    options=options_from_signature(DOConv2d, ("D_mul",), help={"D_mul": "depth multiplier, >= M*N (default M*N)"},
+                                   bounds={"D_mul": (1, 4096)}),
     recognise=_recognise, reference="doconv",
     folded_twin="DO-Conv Sec. 3",
     claim=ClaimFacts(ClaimCheck.ZERO_OVERHEAD, subject="DO-Conv-ResNet50",

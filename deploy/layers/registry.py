@@ -64,6 +64,8 @@ class ConvOption:
     optional: bool = False  # None is a value
     choices: tuple[Any, ...] = ()
     recorded: bool = False  # changes the architecture: the default is recorded in a checkpoint too
+    low: float | None = None  # numbers: the smallest value allowed (inclusive)
+    high: float | None = None  # numbers: the largest value allowed (inclusive)
 
     def parse(self, text: str) -> Any:
         """The typed value of ``text`` (a command-line ``KEY=VALUE``), checked."""
@@ -100,7 +102,14 @@ class ConvOption:
             raise BadInputError(f"option {self.name}={value!r} must be a finite number")
         if self.choices and value not in self.choices:
             raise BadInputError(f"option {self.name}={value!r} is not one of {', '.join(map(repr, self.choices))}")
+        outside = (self.low is not None and value < self.low) or (self.high is not None and value > self.high)
+        if self.type in (int, float) and outside:
+            raise BadInputError(f"option {self.name}={value!r} is outside {self.range_text()}")
         return value
+
+    def range_text(self) -> str:
+        """``[1, 8]``: the values a numeric option takes."""
+        return f"[{self.low:g}, {self.high:g}]"
 
     def _kind_text(self) -> str:
         names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -112,6 +121,8 @@ class ConvOption:
     def describe(self) -> str:
         """``ratio: float = 0.5 (split ratio alpha)`` for help texts."""
         kind = "|".join(map(str, self.choices)) if self.choices else self.type.__name__
+        if self.type in (int, float):
+            kind += f" in {self.range_text()}"
         return f"{self.name}: {kind}{' | none' if self.optional else ''} = {self.default!r}" + (
             f" ({self.help})" if self.help else "")
 
@@ -211,10 +222,15 @@ _KINDS: dict[str, ConvKind] = {}
 
 
 def register_conv_kind(kind: ConvKind) -> ConvKind:
-    """Add ``kind`` (its targets tagged with its name); re-registering a name replaces it."""
+    """Add ``kind`` (its targets tagged with its name); re-registering a name replaces it. Every
+    numeric option must declare its bounds."""
     bad = sorted(set(kind.roles) - set(ROLES))
     if bad:
         raise ValueError(f"conv kind {kind.name!r}: unknown roles {bad}; roles are {ROLES}")
+    unbounded = [o.name for o in kind.options if o.type in (int, float) and (o.low is None or o.high is None)]
+    if unbounded:
+        raise ValueError(f"conv kind {kind.name!r}: numeric options {unbounded} need bounds (low, high): a value "
+                         "without them can ask for any amount of memory")
     kind = replace(kind, targets=tuple(replace(t, conv=kind.name) for t in kind.targets))
     _KINDS[kind.name] = kind
     return kind
@@ -259,16 +275,18 @@ def _option_type(hint: Any) -> tuple[type, bool]:
 
 
 def options_from_signature(fn: Callable[..., Any], names: Sequence[str], help: Mapping[str, str] | None = None,
-                           choices: Mapping[str, Sequence[Any]] | None = None,
-                           recorded: Sequence[str] = ()) -> tuple[ConvOption, ...]:
+                           choices: Mapping[str, Sequence[Any]] | None = None, recorded: Sequence[str] = (),
+                           bounds: Mapping[str, tuple[float, float]] | None = None) -> tuple[ConvOption, ...]:
     """``ConvOption``s for the parameters ``names`` of ``fn`` (a layer's constructor): type and
-    default from its signature and annotations, help and choices from the mappings given."""
+    default from its signature and annotations; help, choices and (low, high) bounds of the numeric
+    ones from the mappings given."""
     target_fn = fn.__init__ if inspect.isclass(fn) else fn
     hints = typing.get_type_hints(target_fn)
     params = inspect.signature(target_fn).parameters
     out = []
     for name in names:
         kind, optional = _option_type(hints[name])
+        low, high = (bounds or {}).get(name, (None, None))
         out.append(ConvOption(name, kind, params[name].default, (help or {}).get(name, ""), optional,
-                              tuple((choices or {}).get(name, ())), name in recorded))
+                              tuple((choices or {}).get(name, ())), name in recorded, low, high))
     return tuple(out)

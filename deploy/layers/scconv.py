@@ -323,7 +323,7 @@ register_conv_kind(ConvKind(
         "interpolation": "Up() of Eq. 3: nearest (reference code) or bilinear (paper text)",
         "pooling_r": "down-sampling rate r of the calibration branch (default 4)",
         "avd": "stride by a 3x3 average pooling after the branches (the reference's v1d models)",
-    }, choices={"interpolation": _INTERPOLATIONS}),
+    }, choices={"interpolation": _INTERPOLATIONS}, bounds={"pooling_r": (1, 64)}),
     recognise=_recognise, reference="scnet",
     zoo_names={"resnet50": "scnet50", "resnet101": "scnet101"},
     # the reference's SCNet-v1d (its scnet50_v1d / scnet101_v1d): ResNet-D's deep stem and

@@ -273,7 +273,7 @@ register_conv_kind(ConvKind(
     # every 3x3 "except the initial one".
     roles=frozenset({"block3x3"}),
     options=options_from_signature(SPConv3x3, ("ratio",), help={"ratio": "split ratio alpha (Sec. 3.2)"},
-                                   recorded=("ratio",)),
+                                   recorded=("ratio",), bounds={"ratio": (1 / 512, 1.0)}),
     variants=tuple(ZooVariant((("ratio", r),), f"α=1/{int(1 / r)}", f"1/{int(1 / r)}") for r in (0.5, 0.25, 0.125)),
     recognise=_recognise, reference="spconv",
     targets=(

@@ -43,6 +43,37 @@ def count_params(model: nn.Module) -> int:
     return total
 
 
+def weight_elements(model: nn.Module) -> int:
+    """Elements of every parameter and buffer (each shared tensor once): what the model holds."""
+    seen: dict[int, int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        seen[id(t)] = t.numel()
+    return sum(seen.values())
+
+
+def largest_activation(model: nn.Module, input_shape: Sequence[int]) -> int | None:
+    """Elements of the largest tensor any module outputs in one batch-1 forward pass of a model on
+    the ``meta`` device (no arithmetic, no memory); None when the model cannot run there."""
+    largest = 0
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        nonlocal largest
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                largest = max(largest, t.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty((1, *[int(s) for s in input_shape]), device="meta"))
+    except (RuntimeError, NotImplementedError, ValueError, TypeError):
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return largest
+
+
 def _example(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3 or min(shape) <= 0:

@@ -14,9 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
+
 from deploy.errors import BadInputError
 from deploy.layers.paper import PaperTarget
 from deploy.layers.registry import ConvKind, ZooModel, baseline_kind, conv_kind, conv_kinds
+from deploy.limits import check_model_size
+from deploy.models.complexity import largest_activation, weight_elements
 from deploy.models.resnet import CifarResNet, ConvFactory, ZooNet, imagenet_resnet
 
 IMAGENET_SHAPE = (3, 224, 224)
@@ -107,13 +111,16 @@ def default_input_shape(arch: str) -> tuple[int, int, int]:
     return resolve_arch(arch, None)[0].input_shape
 
 
-def build_model(arch: str, conv: str | None = None, num_classes: int | None = None, **conv_kwargs: Any) -> ZooNet:
+def build_model(arch: str, conv: str | None = None, num_classes: int | None = None,
+                input_shape: tuple[int, int, int] | None = None, **conv_kwargs: Any) -> ZooNet:
     """Build ``arch`` with the convolutions of kind ``conv`` where that kind puts them.
 
     ``conv`` defaults to the baseline kind (``plain``), or to the kind a named model
     belongs to (``scnet50``). ``num_classes`` defaults to 1000 (ImageNet archs) or 10
-    (resnet20). Unknown archs, convs or options raise ``BadInputError``; so do options the
-    layer rejects.
+    (resnet20); ``input_shape`` to the arch's. Unknown archs, convs or options raise
+    ``BadInputError``; so do options the layer rejects, and a model whose weights or
+    activations at ``input_shape`` would exceed the limits (``deploy.limits.check_model_size``),
+    found on the ``meta`` device before any memory is taken.
     """
     base, kind, name = resolve_arch(arch, conv)
     classes = base.num_classes if num_classes is None else int(num_classes)
@@ -122,15 +129,26 @@ def build_model(arch: str, conv: str | None = None, num_classes: int | None = No
     named = _named_models()
     record = named[name][0] if name in named else ZooModel(name, base.name)
     factory = ConvFactory(kind.name, **{**dict(record.options), **conv_kwargs})
-    try:
-        model = base.build(classes, factory, **dict(record.arch_options))
-    except (ValueError, TypeError, ZeroDivisionError) as exc:
-        raise BadInputError(f"cannot build {name} with conv={kind.name} {factory.conv_kwargs}: {exc}") from exc
+    shape = input_shape or base.input_shape
+
+    def build() -> ZooNet:
+        try:
+            return base.build(classes, factory, **dict(record.arch_options))
+        except (ValueError, TypeError, ZeroDivisionError) as exc:
+            raise BadInputError(f"cannot build {name} with conv={kind.name} {factory.conv_kwargs}: {exc}") from exc
+
+    if torch.get_default_device().type != "meta":
+        with torch.device("meta"):
+            sized = build()
+        options = "".join(f" {k}={v}" for k, v in factory.conv_kwargs.items())
+        what = f"{name} with conv={kind.name}{options}"
+        check_model_size(what, weight_elements(sized), largest_activation(sized, shape))
+    model = build()
     model.arch = name
     model.conv = kind.name
     model.conv_kwargs = dict(factory.conv_kwargs)
     model.num_classes = classes
-    model.input_shape = base.input_shape
+    model.input_shape = shape
     return model
 
 
