@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -31,6 +32,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise BadInputError(f"output path {out} is a directory: give a file name, e.g. {out / 'model.onnx'}")
+    _refuse_special(out)
     if parent.exists() and not parent.is_dir():
         raise BadInputError(f"output directory {parent} is a file, not a directory: choose another -o path")
     if not parent.is_dir():
@@ -41,6 +43,21 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise BadInputError(f"output directory {parent} is not writable ({exc.strerror or exc}): choose another -o path") from exc
     return out
+
+
+def _refuse_special(out: Path) -> None:
+    """An existing output must be a regular file: the rename into place would replace a device, a FIFO,
+    a socket or a symlink (and what it points to would never see the bytes), so they are refused."""
+    try:
+        mode = os.lstat(out).st_mode
+    except OSError:
+        return  # a new name
+    if stat.S_ISLNK(mode):
+        raise BadInputError(f"output path {out} is a symbolic link: writing replaces the link itself, not what it "
+                            "points to; give the real path")
+    if not stat.S_ISREG(mode):
+        raise BadInputError(f"output path {out} is not a regular file (a device, FIFO or socket): writing would "
+                            "replace it; give the path of a regular file")
 
 
 def _umask() -> int:

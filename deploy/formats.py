@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -119,6 +120,21 @@ def cwd_importable() -> Iterator[None]:
             sys.path.remove(cwd)
 
 
+def model_class_file(spec: str | None) -> Path | None:
+    """The source file of the module ``package.module:Class`` names (an input of the run, which no output
+    may overwrite); None when it cannot be found (importing it then says why)."""
+    module_name = (spec or "").partition(":")[0]
+    if not module_name:
+        return None
+    try:
+        with cwd_importable():
+            found = importlib.util.find_spec(module_name)
+    except (Exception, SystemExit):  # noqa: BLE001 - finding a submodule imports its package: user code
+        return None
+    origin = found.origin if found is not None else None
+    return Path(origin) if origin and origin not in ("built-in", "frozen") else None
+
+
 def import_model_class(spec: str) -> type[nn.Module]:
     """``package.module:Class`` -> the class (an ``nn.Module`` subclass), or a BadInputError saying what to fix."""
     module_name, sep, class_name = spec.partition(":")
@@ -130,6 +146,12 @@ def import_model_class(spec: str) -> type[nn.Module]:
     except ImportError as exc:
         raise BadInputError(f"`model_class` {spec}: cannot import {module_name} ({_first_line(exc)}); "
                             f"{_path_hint(module_name)}") from exc
+    except SystemExit as exc:
+        raise BadInputError(f"`model_class` {spec}: importing {module_name} called sys.exit({exc.code!r}); a module "
+                            "that defines a model must not exit when imported") from exc
+    except Exception as exc:  # noqa: BLE001 - the user's module may raise anything while it is imported
+        raise BadInputError(f"`model_class` {spec}: importing {module_name} failed ({type(exc).__name__}: "
+                            f"{_first_line(exc)}); fix the module") from exc
     found: Any = module
     for part in class_name.split("."):
         found = getattr(found, part, None)

@@ -22,6 +22,7 @@ from torch import nn
 from deploy.atomic import run_hook
 from deploy.checkpoint import LoadedModel
 from deploy.errors import BadInputError
+from deploy.formats import model_class_file
 from deploy.limits import check_input_elements, check_samples, check_seed
 from deploy.metrics import Tolerance
 from deploy.pathguard import guard_paths
@@ -165,7 +166,7 @@ def _output_paths(opts: ExportOptions) -> tuple[Path, Path]:
     report_path = Path(opts.report) if opts.report else report_path_for(output)
     engine = Path(opts.engine) if opts.engine is not None else None
     guard_paths(
-        inputs={"the input checkpoint": checkpoint},
+        inputs={"the input checkpoint": checkpoint, "the `model_class` module": model_class_file(opts.model_class)},
         outputs={"`output`": output, "the external data of `output`": output.with_name(output.name + ".data"),
                  "`report`": report_path, "`engine`": engine,
                  "the engine metadata of `engine`": metadata_path(engine) if engine is not None else None,

@@ -9,6 +9,7 @@ import onnx
 
 from deploy.atomic import sha256_file, write_json_atomic
 from deploy.errors import BadInputError
+from deploy.formats import model_class_file
 from deploy.limits import check_input_elements, check_samples, check_seed
 from deploy.pathguard import guard_paths
 from deploy.report import RunReport
@@ -46,7 +47,8 @@ def run_validate(
     """Training form vs folded vs ONNX Runtime on ``onnx_path``, every output by name; the report
     says whether parity holds (written to ``report`` when given). A graph with symbolic H/W is
     checked at a second size too."""
-    guard_paths(inputs={"the input checkpoint": checkpoint, "the ONNX model": onnx_path}, outputs={"`report`": report})
+    guard_paths(inputs={"the input checkpoint": checkpoint, "the ONNX model": onnx_path,
+                        "the `model_class` module": model_class_file(model_class)}, outputs={"`report`": report})
     check_seed(seed)
     check_samples(samples)
     tol = tolerance_from(atol, rtol)
