@@ -241,6 +241,16 @@ def check_finite(model: nn.Module) -> None:
         )
 
 
+def check_eval_mode(model: nn.Module, what: str) -> None:
+    """BadInputError unless ``model`` and every submodule are in eval mode (BatchNorm and dropout in
+    training mode make no fold exact and no two runs equal)."""
+    training = [name or "(root)" for name, m in model.named_modules() if m.training]
+    if training:
+        shown = ", ".join(training[:3]) + (f" (+{len(training) - 3} more)" if len(training) > 3 else "")
+        raise BadInputError(f"{what} has modules in training mode ({shown}): call model.eval() first (BatchNorm and "
+                            "dropout behave differently in training mode, and no fold is exact)")
+
+
 def _build(arch: str, conv: str, conv_kwargs: dict[str, Any], num_classes: int | None,
            input_shape: tuple[int, int, int] | None = None) -> ZooNet:
     try:
@@ -265,9 +275,7 @@ def module_sha256(model: nn.Module) -> str:
 
 
 def _loaded_module(model: nn.Module, source: str, digest: str, what: str) -> LoadedModel:
-    if model.training:
-        raise BadInputError(f"{what} is a module in training mode: call model.eval() first "
-                            "(BatchNorm and dropout behave differently in training mode)")
+    check_eval_mode(model, what)
     check_finite(model)
     return LoadedModel(model, source, digest, input_shape=getattr(model, "input_shape", None))
 

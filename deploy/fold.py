@@ -24,15 +24,17 @@ measured on a float64 probe input and the float32 kernels are rounded only once.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.fx
 from torch import nn
 
-from deploy.errors import BadInputError
+from deploy.checkpoint import check_eval_mode
 from deploy.layers.conv_bn import fuse_conv_bn
-from deploy.probe import capture_inputs, replacement_error
+from deploy.outputs import flatten_outputs
+from deploy.probe import capture_inputs, output_error, replacement_error
 from deploy.reparam import apply_convention, convention_of, post_norm, same_module
 from deploy.rewrite import RewriteRow, absorb_batchnorms, rewrite_layers
 
@@ -58,6 +60,9 @@ class FoldReport:
     rows: list[FoldRow] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     probe_shape: tuple[int, ...] | None = None
+    #: (max abs, max rel) error of the whole deploy form against the model on the float64 probe: what the
+    #: deployed model computes, which each row's layer-local measure alone cannot show (tied weights)
+    end_to_end: tuple[float, float] | None = None
 
     @property
     def worst_rel_error(self) -> float:
@@ -73,6 +78,7 @@ class FoldReport:
             "worst_rel_error": self.worst_rel_error,
             "rows": [asdict(r) for r in self.rows],
             "kept": list(self.kept),
+            "end_to_end": list(self.end_to_end) if self.end_to_end else None,
         }
 
 
@@ -82,7 +88,10 @@ def _is_paper_layer(module: nn.Module) -> bool:
 
 class _PaperLayerTracer(torch.fx.Tracer):
     """Trace through containers and blocks, stopping at layers that fold themselves and at
-    BatchNorms (a subclass is one call, whatever its forward does inside)."""
+    BatchNorms (a subclass is one call, whatever its forward does inside). Buffers read outside
+    their module become ``get_attr`` nodes (not constants), so such reads can be found."""
+
+    proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return _is_paper_layer(m) or isinstance(m, nn.BatchNorm2d) or super().is_leaf_module(m, qualname)
@@ -120,18 +129,37 @@ def _walk_conventions(parent: nn.Module, prefix: str, inputs: dict[str, torch.Te
         _walk_conventions(child, name, inputs, report)
 
 
-def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> list[tuple[str, str]]:
-    """(conv name, bn name) pairs where the BN is the conv output's only consumer."""
+def _shared_tensors(model: nn.Module) -> set[str]:
+    """Qualified names of parameters and buffers that one tensor holds under several names (tied weights)."""
+    names: dict[int, list[str]] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        names.setdefault(id(t), []).append(name)
+    return {n for group in names.values() if len(group) > 1 for n in group}
+
+
+def _outside_users(conv_name: str, bn_name: str, read: set[str], shared: set[str]) -> list[str]:
+    """The conv's and the BN's tensors that something besides the pair reads (a fold would change them)."""
+    prefixes = (f"{conv_name}.", f"{bn_name}.")
+    return sorted(t for t in read | shared if t.startswith(prefixes))
+
+
+def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> tuple[list[tuple[str, str]], set[str]]:
+    """(conv name, bn name) pairs where the BN is the conv output's only consumer and no other code
+    reads the conv's weights or the BN's parameters and statistics (a ``get_attr`` in the traced
+    graph, or the same tensor registered under another name). Also the BNs kept for that reason."""
     try:
         graph = _PaperLayerTracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - fx raises many types on untraceable code
         report.kept.append(f"Conv+BN search fell back to nn.Sequential order: torch.fx could not trace the model ({exc})")
-        return _sequential_pairs(model)
+        shared_seq = _shared_tensors(model)
+        return [p for p in _sequential_pairs(model) if not _outside_users(*p, set(), shared_seq)], set()
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
-    pairs = []
+    read = {str(n.target) for n in graph.nodes if n.op == "get_attr"}
+    shared = _shared_tensors(model)
+    pairs, tied = [], set()
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(model.get_submodule(str(node.target)), nn.BatchNorm2d):
             continue
@@ -141,9 +169,16 @@ def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> list[tuple[str, str]
         conv_name, bn_name = str(src.target), str(node.target)
         if not isinstance(model.get_submodule(conv_name), nn.Conv2d):
             continue
-        if len(src.users) == 1 and calls[conv_name] == 1 and calls[bn_name] == 1:
-            pairs.append((conv_name, bn_name))
-    return pairs
+        if len(src.users) != 1 or calls[conv_name] != 1 or calls[bn_name] != 1:
+            continue
+        users = _outside_users(conv_name, bn_name, read, shared)
+        if users:
+            report.kept.append(f"{conv_name}+{bn_name}: Conv+BN kept, not fused: {', '.join(users)} "
+                               "also used elsewhere in the model, which the fused weights would change")
+            tied.add(bn_name)
+            continue
+        pairs.append((conv_name, bn_name))
+    return pairs, tied
 
 
 def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -160,9 +195,9 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def _fuse_conv_bn_pairs(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
-    pairs = _conv_bn_pairs(model, report)
+    pairs, refused = _conv_bn_pairs(model, report)
     inputs = capture_inputs(model, {c for c, _ in pairs}, probe)
-    fused_bns, refused = set(), set()
+    fused_bns: set[str] = set()
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # what _conv_bn_pairs found
@@ -189,6 +224,21 @@ def _add_rewrites(report: FoldReport, found: tuple[list[RewriteRow], list[str]])
     rows, kept = found
     report.rows.extend(FoldRow(r.name, "rewrite", r.max_abs_error, r.max_rel_error, r.detail) for r in rows)
     report.kept.extend(kept)
+
+
+@torch.no_grad()
+def _probe_outputs(model: nn.Module, probe: torch.Tensor | None) -> list[torch.Tensor] | None:
+    """Every tensor the model returns on the probe (tuples, lists and dicts flattened)."""
+    if probe is None:
+        return None
+    return [t for _, t in flatten_outputs(model(probe), lambda v: isinstance(v, torch.Tensor))]
+
+
+def _outputs_error(before: list[torch.Tensor], after: list[torch.Tensor] | None) -> tuple[float, float]:
+    if after is None or len(after) != len(before) or any(a.shape != b.shape for a, b in zip(after, before)):
+        return math.inf, math.inf
+    errors = [output_error(b, a) for b, a in zip(before, after)]
+    return max(e[0] for e in errors), max(e[1] for e in errors)
 
 
 def _probe_input(model: nn.Module, probe_shape: tuple[int, ...] | None, seed: int) -> torch.Tensor | None:
@@ -218,11 +268,7 @@ def fold_model(
     ``probe_shape`` (C, H, W) defaults to ``model.input_shape``; without either, or with
     ``measure=False`` (counting params on a meta-device model, say), errors are NaN.
     """
-    if model.training:
-        raise BadInputError(
-            "the model is in training mode: call model.eval() before folding "
-            "(BatchNorm would otherwise use batch statistics, and no fold is exact)"
-        )
+    check_eval_mode(model, "the model")
     target = model if inplace else copy.deepcopy(model)
     param = next(target.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
@@ -231,6 +277,7 @@ def fold_model(
     probe = _probe_input(target, probe_shape, seed) if measure else None
     probe = probe.to(device) if probe is not None else None
     report = FoldReport(probe_shape=tuple(probe.shape[1:]) if probe is not None else None)
+    before = _probe_outputs(target, probe)
     _fold_paper_convs(target, probe, report)
     if fuse_bn:
         _apply_conventions(target, probe, report)
@@ -239,6 +286,8 @@ def fold_model(
         _fuse_conv_bn_pairs(target, probe, report)
         if rewrite:
             _add_rewrites(report, rewrite_layers(target, probe))
+    if before is not None and report.rows:
+        report.end_to_end = _outputs_error(before, _probe_outputs(target, probe))
     target.to(dtype)
     target.eval()
     return target, report

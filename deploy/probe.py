@@ -57,9 +57,14 @@ def capture_inputs(model: nn.Module, names: set[str], probe: torch.Tensor | None
 
 
 def output_error(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
-    """(max abs error, max abs error / max|ref|)."""
-    abs_err = float((ref - out).abs().max())
-    scale = float(ref.abs().max())
+    """(max abs error, max abs error / max|ref|) over the finite values; inf when a NaN or inf of one
+    is not the same value in the other (``deploy.metrics`` rules)."""
+    both = torch.isfinite(ref) & torch.isfinite(out)
+    same = (torch.isnan(ref) & torch.isnan(out)) | (torch.isinf(ref) & (ref == out))
+    if bool((~both & ~same).any()):
+        return math.inf, math.inf
+    abs_err = float((ref - out)[both].abs().max()) if bool(both.any()) else 0.0
+    scale = float(ref[torch.isfinite(ref)].abs().max()) if bool(torch.isfinite(ref).any()) else 0.0
     return abs_err, abs_err / scale if scale > 0 else abs_err
 
 

@@ -290,6 +290,10 @@ def _first_divergence(parity: ParityReport, loaded: LoadedModel, folded: nn.Modu
     folded_failed = folded is not None and not parity.candidates[0].passed
     if folded_failed and fold_report is not None and fold_report.rows:
         worst = max(fold_report.rows, key=lambda r: r.max_rel_error)
+        whole = fold_report.end_to_end
+        if whole is not None and not whole[1] <= max(10 * worst.max_rel_error, 1e-9):
+            return (f"the folded model as a whole (float64 rel error {whole[1]:.3g}, while each fold is exact on its "
+                    f"own input, worst {worst.max_rel_error:.3g}: the model reads folded weights elsewhere)")
         return f"{worst.name} ({worst.kind}, fold rel error {worst.max_rel_error:.3g})"
     model = folded if folded is not None else loaded.model
     for shape in [tuple(input_shape)] + [(input_shape[0], h, w) for h, w in extra_sizes]:

@@ -7,7 +7,8 @@ and reports, with node names and the torch modules they came from:
   nothing else: conv and BN fold into one conv (``deploy.layers.conv_bn``);
 * ``dynamic_conv_weight`` — a Conv whose weight or bias is computed at run time (an
   unfolded CoC / DO-Conv kernel composition);
-* ``parallel_convs`` — convolutions reading the same tensor whose outputs are summed,
+* ``parallel_convs`` — convolutions reading the same tensor whose outputs are summed (by
+  Adds, or by ``torch.stack(...).sum(0)``: a ReduceSum over a Concat of Unsqueezes),
   possibly with that tensor itself or a BatchNormalization of it (RepVGG / MobileOne /
   ACNet branches): kernels of the same stride, groups and dilation, centred alike, add up
   into one conv, and an identity branch is a conv with an identity kernel.
@@ -219,6 +220,31 @@ def _summands(add: onnx.NodeProto, g: _Graph, absorbed: set[str]) -> list[str]:
     return out
 
 
+def _axes(node: onnx.NodeProto, g: _Graph) -> list[int] | None:
+    """The ``axes`` of an Unsqueeze or ReduceSum: its second input (opset 13+) or its attribute."""
+    if len(node.input) > 1 and node.input[1]:
+        tensor = g.consts.get(g.source(node.input[1]))
+        return [int(v) for v in onnx.numpy_helper.to_array(tensor).ravel()] if tensor is not None else None
+    return list(_attr(node, "axes", [])) or None
+
+
+def _stacked_terms(node: onnx.NodeProto, g: _Graph) -> list[str] | None:
+    """The tensors ``torch.stack([...]).sum(a)`` adds: ReduceSum(keepdims=0) over axis a of a Concat along a
+    of tensors each Unsqueezed at a; None for any other ReduceSum."""
+    axes = _axes(node, g)
+    concat = g.made_by(node.input[0])
+    if (_attr(node, "keepdims", 1) != 0 or axes is None or len(axes) != 1 or concat is None
+            or concat.op_type != "Concat" or _attr(concat, "axis", None) != axes[0]):
+        return None
+    terms = []
+    for t in concat.input:
+        unsqueeze = g.made_by(t)
+        if unsqueeze is None or unsqueeze.op_type != "Unsqueeze" or _axes(unsqueeze, g) != axes:
+            return None
+        terms.append(unsqueeze.input[0])
+    return terms
+
+
 def _branch(tensor: str, g: _Graph) -> tuple[str, onnx.NodeProto | None, list[onnx.NodeProto]]:
     """(the tensor the branch reads, its Conv or None for an identity branch, the branch's nodes)."""
     node = g.made_by(tensor)
@@ -253,11 +279,14 @@ def _parallel_convs(g: _Graph) -> tuple[list[FoldFinding], set[str]]:
     findings: list[FoldFinding] = []
     absorbed: set[str] = set()
     used: set[str] = set()
-    for add in reversed([n for n in g.nodes if n.op_type == "Add"]):
+    for add in reversed([n for n in g.nodes if n.op_type in ("Add", "ReduceSum")]):
         if add.name in absorbed:
             continue
+        terms = _summands(add, g, absorbed) if add.op_type == "Add" else _stacked_terms(add, g)
+        if terms is None:
+            continue
         by_source: dict[str, list[tuple[onnx.NodeProto | None, list[onnx.NodeProto]]]] = defaultdict(list)
-        for t in _summands(add, g, absorbed):
+        for t in terms:
             source, conv, nodes = _branch(t, g)
             by_source[source].append((conv, nodes))
         for source, branches in by_source.items():
