@@ -15,6 +15,7 @@ An in-memory module is used as it is: never copied except for folding, never mod
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from deploy.errors import BadInputError
 from deploy.fold import FoldReport, fold_model
 from deploy.models.registry import build_model
 from deploy.pipeline import ExportOptions, StepLog, run_export
@@ -97,10 +99,10 @@ def export(
         opts = ExportOptions(checkpoint=None if is_module else Path(model),  # type: ignore[arg-type]
                              module=model if is_module else None,  # type: ignore[arg-type]
                              output=Path(output) if output is not None else None,
-                             input_shape=input_shape if input_shape is None or isinstance(input_shape, str)
-                             else tuple(input_shape),
+                             input_shape=input_shape,
                              fold=fold, **options)
-    except TypeError as exc:
-        raise TypeError(f"export(): {exc} (see deploy.pipeline.ExportOptions for the options)") from None
+    except TypeError as exc:  # an option ExportOptions does not have
+        known = ", ".join(f.name for f in dataclasses.fields(ExportOptions) if f.name not in ("checkpoint", "module"))
+        raise BadInputError(f"export(): {exc}; the options are {known}") from None
     outcome = run_export(opts, StepLog(on_done=progress))
     return ExportResult(outcome.onnx_path, outcome.report_path, outcome.report, outcome.deploy_model)

@@ -34,14 +34,15 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         raise BadInputError(f"output path {out} is a directory: give a file name, e.g. {out / 'model.onnx'}")
     _refuse_special(out)
     if parent.exists() and not parent.is_dir():
-        raise BadInputError(f"output directory {parent} is a file, not a directory: choose another -o path")
+        raise BadInputError(f"output directory {parent} is a file, not a directory: choose another output path")
     if not parent.is_dir():
-        raise BadInputError(f"output directory {parent} does not exist: create it first or choose another -o path")
+        raise BadInputError(f"output directory {parent} does not exist: create it first or choose another output path")
     try:
         with tempfile.NamedTemporaryFile(prefix=f".{out.name}.", suffix=".probe", dir=parent):
             pass
     except OSError as exc:
-        raise BadInputError(f"output directory {parent} is not writable ({exc.strerror or exc}): choose another -o path") from exc
+        raise BadInputError(f"output directory {parent} is not writable ({exc.strerror or exc}): choose another "
+                            "output path") from exc
     return out
 
 

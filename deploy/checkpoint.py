@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from deploy.atomic import atomic_path, sha256_file, write_through
-from deploy.errors import BadInputError
+from deploy.errors import BadInputError, LoadOptionsNeededError
 from deploy.formats import (
     archive_kind,
     build_model_class,
@@ -36,7 +36,7 @@ from deploy.formats import (
     pickle_import_hint,
     refuse_torchscript,
 )
-from deploy.layers.registry import ConvKind, conv_kinds
+from deploy.layers.registry import ConvKind, conv_kind, conv_kinds
 from deploy.limits import check_input_elements, check_input_size
 from deploy.models.registry import arch_from_keys, build_model, named_models_of
 from deploy.models.resnet import ZooNet
@@ -137,7 +137,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
                 "point to a model.pt written by torch.save or `deploy zoo create`"
             ) from exc
         if not trust_pickle:
-            raise BadInputError(
+            raise LoadOptionsNeededError(
                 f"{path} holds pickled Python objects (a whole module?); unpickling runs code from the file: "
                 "allow it with `trust_pickle` only if you trust its source, or save model.state_dict() instead"
             ) from exc
@@ -274,9 +274,29 @@ def module_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _loaded_module(model: nn.Module, source: str, digest: str, what: str) -> LoadedModel:
+def check_module(model: nn.Module, what: str) -> None:
+    """What a module must be before convdeploy folds and exports it: in eval mode, holding real float32
+    weights, with BatchNorms that use running statistics, all finite (BadInputError naming the fix)."""
     check_eval_mode(model, what)
+    params = list(model.named_parameters())
+    if any(p.is_meta for _, p in params):
+        raise BadInputError(f"{what} holds weights on the meta device (shapes without values): load real weights "
+                            "first (e.g. load_state_dict(..., assign=True))")
+    other = sorted({str(p.dtype) for _, p in params if p.is_floating_point() and p.dtype != torch.float32})
+    if other:
+        raise BadInputError(f"{what} holds {', '.join(other)} weights: convdeploy folds and exports float32 models "
+                            "(and builds fp16 engines from them); call model.float() first")
+    batch_stats = [name for name, m in model.named_modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats]
+    if batch_stats:
+        raise BadInputError(f"{what} has BatchNorm layers without running statistics ({', '.join(batch_stats[:3])}: "
+                            "track_running_stats=False): they normalise each batch by its own statistics even in eval "
+                            "mode, so an image's output depends on the others; give them running statistics first")
     check_finite(model)
+
+
+def _loaded_module(model: nn.Module, source: str, digest: str, what: str) -> LoadedModel:
+    check_module(model, what)
     return LoadedModel(model, source, digest, input_shape=getattr(model, "input_shape", None))
 
 
@@ -284,7 +304,8 @@ def loaded_from_module(model: nn.Module) -> LoadedModel:
     """An in-memory module (the Python API) as a ``LoadedModel``; it is not copied and never modified."""
     if not isinstance(model, nn.Module):
         raise BadInputError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-    return _loaded_module(model, "python", module_sha256(model), "`model`")
+    check_module(model, "`model`")
+    return LoadedModel(model, "python", module_sha256(model), input_shape=getattr(model, "input_shape", None))
 
 
 def load_checkpoint(
@@ -304,12 +325,7 @@ def load_checkpoint(
     if model_class is not None and (arch is not None or conv is not None):
         raise BadInputError("give `model_class` (your own class) or `arch`/`conv` (a zoo model), not both")
     if _check_archive(path) == "pt2":
-        module, dims = load_exported_program(path, trust_pickle)
-        loaded = _loaded_module(module, "exported-program", digest, str(path))
-        loaded.program_dims = dims
-        spatial = [d for d in (dims or ())[1:] if d is not None]
-        loaded.input_shape = tuple(spatial) if dims and len(spatial) == len(dims) - 1 else None
-        return loaded
+        return _load_exported_program(path, digest, arch, conv, model_class, trust_pickle)
     obj = _torch_load(path, trust_pickle)
     if isinstance(obj, nn.Module):
         return _loaded_module(obj, "pickle", digest, str(path))
@@ -327,6 +343,48 @@ def load_checkpoint(
     return _load_state_dict(_unwrap_state_dict(obj), path, digest, arch, conv, conv_kwargs, model_class, model_args)
 
 
+def _load_exported_program(path: Path, digest: str, arch: str | None, conv: str | None, model_class: str | None,
+                           trust_pickle: bool) -> LoadedModel:
+    """A ``.pt2`` ExportedProgram: it carries its own program, so the options that say what a state_dict is
+    do not apply; one 4-D (NCHW) input."""
+    given = [name for name, value in (("arch", arch), ("conv", conv), ("model_class", model_class)) if value]
+    if given:
+        raise BadInputError(f"{path} is a torch.export archive, which carries its own program: drop "
+                            f"{', '.join(f'`{g}`' for g in given)} (they describe bare state_dicts)")
+    module, dims = load_exported_program(path, trust_pickle)
+    if dims is not None and len(dims) != 4:
+        shown = "x".join("?" if d is None else str(d) for d in dims)
+        raise BadInputError(f"{path} takes a {len(dims)}-D input ({shown}): convdeploy exports image models of one "
+                            "NCHW (4-D) input")
+    loaded = _loaded_module(module, "exported-program", digest, str(path))
+    loaded.program_dims = dims
+    if dims is not None and None not in dims[1:]:
+        loaded.input_shape = tuple(int(d) for d in dims[1:] if d is not None)
+    return loaded
+
+
+def _options_held_by_weights(model: ZooNet, given: dict[str, Any]) -> None:
+    """Record the kind's options as the loaded weights hold them (IC's alpha is an initial value that
+    training changes): a given value the weights contradict is refused, a value that differs per layer is
+    not recorded."""
+    kind = conv_kind(model.conv)
+    options = dict(model.conv_kwargs)
+    for opt in kind.options:
+        values = {float(getattr(m, opt.weight)) for m in model.modules() if opt.weight and isinstance(m, kind.module)}
+        if not values:
+            continue
+        held = values.pop() if len(values) == 1 else None
+        if opt.name in given and given[opt.name] != held:
+            shown = f"{opt.name}={held:g}" if held is not None else f"a {opt.name} per layer"
+            raise BadInputError(f"`conv_kwargs` {opt.name}={given[opt.name]} was given, but the weights hold {shown}: "
+                                f"drop {opt.name} (it is the initial value training starts from)")
+        if held is None:
+            options.pop(opt.name, None)
+        else:
+            options[opt.name] = held
+    model.conv_kwargs = options
+
+
 def _load_state_dict(state: dict[str, torch.Tensor], path: Path, digest: str, arch: str | None, conv: str | None,
                      conv_kwargs: dict[str, Any] | None, model_class: str | None, model_args: Any) -> LoadedModel:
     """A bare state_dict into the user's ``model_class``, a recognised reference model, or ``arch``/``conv``."""
@@ -341,12 +399,13 @@ def _load_state_dict(state: dict[str, torch.Tensor], path: Path, digest: str, ar
     if ref is not None:
         source, arch, conv, kwargs = ref
     elif arch is None or conv is None:
-        raise BadInputError(f"{path} is a bare state_dict: give `arch` and `conv` (and the kind's `conv_kwargs`) "
+        raise LoadOptionsNeededError(f"{path} is a bare state_dict: give `arch` and `conv` (and the kind's `conv_kwargs`) "
                             "for a zoo model, or `model_class` for your own class, to say what it is")
     else:
         source, kwargs = "state_dict", dict(conv_kwargs or {})
     model = _build(arch, conv, kwargs, _num_classes(state))
     _strict_load(model, state, f"{arch} (conv={conv})")
+    _options_held_by_weights(model, kwargs if source == "state_dict" else {})
     check_finite(model)
     model.eval()
     return LoadedModel(model, source, digest, arch, conv, dict(model.conv_kwargs), model.num_classes,
@@ -395,7 +454,8 @@ def _load_convdeploy(obj: dict, path: Path, digest: str) -> LoadedModel:
     state = _tensors(_field(obj, "state_dict", dict, path), path)
     model = _build(arch, conv, kwargs, num_classes, input_shape)
     _strict_load(model, state, f"{arch} (conv={conv})")
+    _options_held_by_weights(model, {})
     check_finite(model)
     model.eval()
     meta = dict(_field(obj, "meta", dict, path)) if obj.get("meta") is not None else {}
-    return LoadedModel(model, "convdeploy", digest, arch, conv, kwargs, num_classes, input_shape, meta)
+    return LoadedModel(model, "convdeploy", digest, arch, conv, dict(model.conv_kwargs), num_classes, input_shape, meta)

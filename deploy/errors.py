@@ -17,6 +17,11 @@ class BadInputError(ConvDeployError):
     exit_code = 2
 
 
+class LoadOptionsNeededError(BadInputError):
+    """A model file that loads only with options saying what it is (``trust_pickle`` for a pickled
+    module, ``arch``/``conv`` or ``model_class`` for a bare state_dict)."""
+
+
 class ParityError(ConvDeployError):
     """Numerical parity between two runtimes failed."""
 

@@ -32,6 +32,7 @@ import torch.fx
 from torch import nn
 
 from deploy.checkpoint import check_eval_mode
+from deploy.errors import BadInputError
 from deploy.layers.conv_bn import fuse_conv_bn
 from deploy.outputs import flatten_outputs
 from deploy.probe import capture_inputs, output_error, replacement_error
@@ -226,6 +227,16 @@ def _add_rewrites(report: FoldReport, found: tuple[list[RewriteRow], list[str]])
     report.kept.extend(kept)
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy to fold (the user's module is never changed), or a BadInputError naming what cannot be copied."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:  # noqa: BLE001 - deepcopy of arbitrary user attributes raises TypeError, RuntimeError …
+        raise BadInputError(f"the model cannot be copied ({type(exc).__name__}: {str(exc)[:200]}): convdeploy folds a "
+                            "copy and never changes your module; drop the attribute that cannot be copied (a lock, a "
+                            "file handle, a generator) or fold in place with `inplace`") from exc
+
+
 @torch.no_grad()
 def _probe_outputs(model: nn.Module, probe: torch.Tensor | None) -> list[torch.Tensor] | None:
     """Every tensor the model returns on the probe (tuples, lists and dicts flattened)."""
@@ -241,12 +252,13 @@ def _outputs_error(before: list[torch.Tensor], after: list[torch.Tensor] | None)
     return max(e[0] for e in errors), max(e[1] for e in errors)
 
 
-def _probe_input(model: nn.Module, probe_shape: tuple[int, ...] | None, seed: int) -> torch.Tensor | None:
+def _probe_input(model: nn.Module, probe_shape: tuple[int, ...] | None, seed: int,
+                 batch: int) -> torch.Tensor | None:
     shape = probe_shape or getattr(model, "input_shape", None)
     if shape is None:
         return None
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn((2, *shape), generator=gen, dtype=torch.float64)
+    return torch.randn((batch, *shape), generator=gen, dtype=torch.float64)
 
 
 def fold_model(
@@ -258,6 +270,7 @@ def fold_model(
     probe_shape: tuple[int, ...] | None = None,
     seed: int = 0,
     measure: bool = True,
+    probe_batch: int = 2,
 ) -> tuple[nn.Module, FoldReport]:
     """Return the deploy form of ``model`` and a report with one row per folded layer.
 
@@ -266,15 +279,16 @@ def fold_model(
     ``fuse_bn``) adds the exact deploy rewrites of ``deploy.rewrite`` (rows of kind
     ``rewrite``); ``rewrite=False`` gives the folded graph without them, to compare.
     ``probe_shape`` (C, H, W) defaults to ``model.input_shape``; without either, or with
-    ``measure=False`` (counting params on a meta-device model, say), errors are NaN.
+    ``measure=False`` (counting params on a meta-device model, say), errors are NaN. The probe
+    holds ``probe_batch`` samples (a program exported with a static batch takes only that one).
     """
     check_eval_mode(model, "the model")
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else _copy(model)
     param = next(target.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     device = param.device if param is not None else torch.device("cpu")
     target.to(torch.float64)
-    probe = _probe_input(target, probe_shape, seed) if measure else None
+    probe = _probe_input(target, probe_shape, seed, probe_batch) if measure else None
     probe = probe.to(device) if probe is not None else None
     report = FoldReport(probe_shape=tuple(probe.shape[1:]) if probe is not None else None)
     before = _probe_outputs(target, probe)

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from deploy.errors import BadInputError
+from deploy.errors import BadInputError, LoadOptionsNeededError
 from deploy.pt2_audit import pt2_hazards
 
 
@@ -82,7 +82,7 @@ def load_exported_program(path: Path, trust_pickle: bool = False) -> tuple[nn.Mo
         hazards = pt2_hazards(path)
         if hazards:
             more = f" (+{len(hazards) - 2} more)" if len(hazards) > 2 else ""
-            raise BadInputError(f"{path} is a torch.export archive that would run code from the file while it loads: "
+            raise LoadOptionsNeededError(f"{path} is a torch.export archive that would run code from the file while it loads: "
                                 f"{'; '.join(hazards[:2])}{more}; allow it with `trust_pickle` only if you trust its "
                                 "source, or export the model again with torch.export.save")
     try:

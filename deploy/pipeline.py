@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import onnx
 from torch import nn
@@ -70,7 +70,7 @@ class ExportOptions:
     opset: int | None = None
     batch: str = "dynamic"  # "dynamic" or a fixed batch size as text
     input_size: str | int | tuple[int, ...] | None = None  # H or HxW
-    input_shape: str | tuple[int, ...] | None = None  # CxHxW
+    input_shape: str | Sequence[int] | None = None  # CxHxW
     dynamic: str | None = None  # batch (default), hw, batch,hw or none
     exporter: str = "dynamo"
     simplify: bool = True
@@ -95,6 +95,27 @@ class ExportOptions:
     max_batch: int | None = None
     workspace: float | None = None
     timing_cache: Path | None = None
+
+
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("atol", "rtol", "workspace"), (int, float)),
+    **dict.fromkeys(("samples", "seed", "opset", "min_batch", "opt_batch", "max_batch"), (int,)),
+    **dict.fromkeys(("dynamic", "exporter", "arch", "conv", "model_class"), (str,)),
+    **dict.fromkeys(("fold", "rewrite", "compare_rewrites", "simplify", "strict", "strict_fold", "trust_pickle",
+                     "fp16"), (bool,)),
+    "batch": (str, int), "conv_kwargs": (dict,),
+}
+
+
+def check_option_types(opts: ExportOptions) -> None:
+    """Each option of the Python API of the type it takes (None where it is optional): a BadInputError
+    naming the option, not a TypeError from deep inside a step."""
+    for name, kinds in _OPTION_TYPES.items():
+        value = getattr(opts, name)
+        bad_bool = isinstance(value, bool) and bool not in kinds
+        if value is not None and (bad_bool or not isinstance(value, kinds)):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise BadInputError(f"`{name}` must be a {expected}, got {type(value).__name__} {value!r}")
 
 
 class StepLog:
@@ -222,6 +243,7 @@ def _options_record(opts: ExportOptions, opset: int, input_shape: tuple[int, ...
 def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome:
     """The whole `deploy export`: every gate passes, then MODEL.onnx and its report appear together."""
     log = log or StepLog()
+    check_option_types(opts)
     output, report_path = _output_paths(opts)
     check_samples(opts.samples)
     check_seed(opts.seed)
@@ -287,7 +309,7 @@ def _load(opts: ExportOptions) -> tuple[LoadedModel, tuple[int, ...], int | None
     fixed_batch, dynamic_hw = program_axes(loaded, opts.batch, opts.dynamic)
     check_input_elements((fixed_batch or max(parity_batches(None)), *input_shape))
     if dynamic_hw:
-        check_second_size(input_shape, fixed_batch or 1)
+        check_second_size(loaded.model, input_shape, fixed_batch or 1)
     return loaded, input_shape, fixed_batch, dynamic_hw
 
 

@@ -7,6 +7,8 @@ them and ``deploy.validate.run_validate`` reuses load, fold and parity.
 
 from __future__ import annotations
 
+import inspect
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,6 +25,7 @@ from deploy.errors import BadInputError
 from deploy.fold import FoldReport, fold_model
 from deploy.limits import MAX_INPUT_ELEMENTS, MAX_SIDE, check_finite, check_input_elements, check_input_size
 from deploy.metrics import Tolerance
+from deploy.outputs import flatten_outputs
 from deploy.train import accuracy
 from deploy.version import __version__
 from exporters.onnx import GraphDiff, graph_diff, stage_onnx
@@ -62,6 +65,8 @@ def parse_input_shape(value: str | Sequence[int] | None) -> tuple[int, int, int]
     """``"3x64x48"`` / ``(3, 64, 48)`` -> (C, H, W)."""
     if value is None:
         return None
+    if not isinstance(value, (str, Sequence)) or isinstance(value, bytes):
+        raise BadInputError(f"`input_shape` must be CxHxW text or a (C, H, W) sequence, got {type(value).__name__}")
     text = value if isinstance(value, str) else "x".join(str(v) for v in value)
     c, h, w = _positive_ints(text, (3,), "input_shape", "CxHxW")
     check_input_size("input_shape", (h, w))
@@ -86,7 +91,7 @@ def resolve_input_shape(loaded: LoadedModel, input_size: str | int | Sequence[in
             raise BadInputError("the model does not record its input shape and its input channels cannot be told "
                                 "from it: give `input_shape` (CxHxW)")
         if size is None:
-            raise BadInputError(f"the model does not record its input size: give `input_size` (H or HxW; it takes "
+            raise BadInputError(f"the model does not record its input shape: give `input_size` (H or HxW; it takes "
                                 f"{channels} channels) or `input_shape` (CxHxW)")
         return (channels, *size)
     if size is not None:
@@ -156,29 +161,67 @@ def second_size(input_shape: Sequence[int]) -> tuple[int, int]:
     return (2 * int(input_shape[1]), 2 * int(input_shape[2]))
 
 
-def check_second_size(input_shape: Sequence[int], batch: int = 1) -> None:
-    """Parity of a graph with dynamic H/W also runs at ``second_size``: it must fit the limits too."""
+def check_second_size(model: nn.Module, input_shape: Sequence[int], batch: int = 1) -> None:
+    """Parity of a graph with dynamic H/W also runs at ``second_size``: it must fit the limits, and the
+    model must run there (a Flatten+Linear head fixes H and W)."""
     h, w = second_size(input_shape)
     if max(h, w) > MAX_SIDE or batch * int(input_shape[0]) * h * w > MAX_INPUT_ELEMENTS:
         raise BadInputError(f"with dynamic H/W, parity also runs at twice the input size ({h}x{w}), above what "
                             f"convdeploy runs ({MAX_SIDE} pixels a side, {MAX_INPUT_ELEMENTS:,} elements): choose a "
                             "smaller `input_size` or drop hw from `dynamic`")
+    try:
+        probe_forward(model, (int(input_shape[0]), h, w))
+    except BadInputError as exc:
+        cause = exc.__cause__ or exc
+        reason = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
+        raise BadInputError(f"with dynamic H/W, parity also runs at {h}x{w}, where the model fails ({reason}): its "
+                            "height and width are not dynamic (a Flatten+Linear head fixes them); drop hw from "
+                            "`dynamic`") from exc
 
 
-def probe_forward(model: nn.Module, input_shape: Sequence[int], batch: int = 1) -> None:
-    """Run one forward pass; a shape the model cannot take becomes a usable error (an
-    ExportedProgram's guards raise AssertionError)."""
+def _required_inputs(model: nn.Module) -> list[str]:
+    """The forward arguments without a default (an ExportedProgram's module takes ``*args``)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _probe_failure(what: str, input_shape: Sequence[int], exc: BaseException) -> str:
+    """Why a forward pass failed, in the words that lead to the fix: channels, dtype, or the size."""
+    reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    channels = re.search(r"to have (\d+) channels", reason)
+    if channels:
+        return (f"{what} takes {channels.group(1)} input channels, not {input_shape[0]} ({reason}): give `input_shape` "
+                f"with {channels.group(1)} channels")
+    if re.search(r"scalar type|dtype|Long|Half|BFloat16|Double", reason):
+        return (f"{what} does not run on a float32 image tensor ({reason}): convdeploy exports models of one float32 "
+                "NCHW input; convert the model with model.float() or wrap what it needs")
+    size = "x".join(str(s) for s in input_shape[1:])
+    return f"{what} cannot take a {size} input ({reason}); choose another `input_size`"
+
+
+def probe_forward(model: nn.Module, input_shape: Sequence[int], batch: int = 1, *, what: str = "the model") -> None:
+    """Run one forward pass on a float32 zero input; what the model cannot take becomes a usable error
+    (an ExportedProgram's guards raise AssertionError), and so does an output without elements."""
+    size = "x".join(str(s) for s in input_shape)
+    required = _required_inputs(model)
+    if len(required) > 1:
+        raise BadInputError(f"{what}'s forward takes {len(required)} inputs ({', '.join(required)}): convdeploy exports "
+                            "models of one image tensor; wrap the model in a module whose forward takes one")
     try:
         with torch.no_grad():
-            model(torch.zeros((batch, *input_shape)))
+            out = model(torch.zeros((batch, *input_shape)))
     except MemoryError as exc:
-        size = "x".join(str(s) for s in input_shape[1:])
-        raise BadInputError(f"not enough memory to run the model on a {size} input: choose a smaller `input_size`"
+        raise BadInputError(f"not enough memory to run {what} on a {size} input: choose a smaller `input_size`"
                             ) from exc
-    except (RuntimeError, ValueError, AssertionError) as exc:
-        size = "x".join(str(s) for s in input_shape[1:])
-        reason = str(exc).strip().splitlines()[0][:300]
-        raise BadInputError(f"the model cannot take a {size} input ({reason}); choose another `input_size`") from exc
+    except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as exc:
+        raise BadInputError(_probe_failure(what, input_shape, exc)) from exc
+    empty = [name for name, t in flatten_outputs(out, lambda v: isinstance(v, torch.Tensor)) if t.numel() == 0]
+    if empty:
+        raise BadInputError(f"{what}'s output {empty[0]!r} has no elements at a {size} input: choose a larger "
+                            "`input_size`")
 
 
 def parse_batch(batch: str) -> int | None:
@@ -226,7 +269,8 @@ def fold_step(loaded: LoadedModel, input_shape: tuple[int, ...], seed: int,
               rewrite: bool = True) -> tuple[nn.Module, FoldReport]:
     """The deploy form of the loaded model and the per-layer fold report (float64 probe);
     ``rewrite`` adds the exact deploy rewrites (``deploy.rewrite``)."""
-    return fold_model(loaded.model, probe_shape=input_shape, seed=seed, rewrite=rewrite)
+    static_batch = loaded.program_dims[0] if loaded.program_dims else None
+    return fold_model(loaded.model, probe_shape=input_shape, seed=seed, rewrite=rewrite, probe_batch=static_batch or 2)
 
 
 def rewrite_comparison(loaded: LoadedModel, input_shape: tuple[int, ...], rewritten: onnx.ModelProto,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.errors import BadInputError, LoadOptionsNeededError
 from deploy.steps import fold_step, load_step
 from validators.torch_runtime import TorchBenchRuntime, check_torch_options, require_cuda
 
@@ -48,8 +49,13 @@ def open_torch_runtime(checkpoint: Path, opts: TorchBenchOptions, input_size: in
     ``threads`` sets PyTorch's intra-op threads, for the whole process.
     """
     opts.check()
-    loaded, input_shape = load_step(Path(checkpoint), arch=None, conv=None, conv_kwargs={}, trust_pickle=False,
-                                    input_size=input_size)
+    try:
+        loaded, input_shape = load_step(Path(checkpoint), arch=None, conv=None, conv_kwargs={}, trust_pickle=False,
+                                        input_size=input_size)
+    except LoadOptionsNeededError as exc:
+        kind = str(exc).split(":")[0]
+        raise BadInputError(f"{kind}: it loads only with options that say what it is, which timing a checkpoint does "
+                            "not take; export it with `deploy export` (which does) and time the .onnx file") from exc
     model = fold_step(loaded, input_shape, opts.seed)[0] if opts.fold else loaded.model
     return TorchBenchRuntime(model.eval(), device=opts.device, dtype=opts.dtype, cuda_graph=opts.cuda_graph,
                              channels_last=opts.channels_last, threads=threads, sample_shape=input_shape,

@@ -62,7 +62,7 @@ def run_validate(
     check_input_elements((max(batches), *shape))
     dynamic_hw = len(dims) == 4 and not isinstance(dims[2], int) and not isinstance(dims[3], int)
     if dynamic_hw:
-        check_second_size(shape)
+        check_second_size(loaded.model, shape)
     folded, fold_report = fold_step(loaded, shape, seed)
     proto = onnx.load(str(onnx_path))
     parity, runs = parity_step(loaded, folded, ort, proto, shape,

@@ -121,7 +121,7 @@ CASES: dict[str, Case] = {
         ("no_such_dir does not exist", "create it first"), output=None),
     "output-under-a-file": Case(
         lambda d, z: (_zoo_copy(d, z), ["-o", d / "model.pt" / "m.onnx"]), 2,
-        ("is a file, not a directory", "choose another -o path"), output=None),
+        ("is a file, not a directory", "choose another output path"), output=None),
     "output-not-onnx": Case(lambda d, z: (_zoo_copy(d, z), ["-o", d.parent / "out" / "m.txt"]), 2,
                             ("must end in .onnx",), output=None),
     "report-over-the-input": Case(lambda d, z: (_zoo_copy(d, z), ["--report", d / "model.pt"]), 2,
@@ -198,7 +198,7 @@ def test_read_only_mount(zoo_checkpoint, deploy_cli) -> None:
     run = deploy_cli("export", ckpt, "-o", target / "convdeploy-test.onnx")
     assert run.exit_code == 2
     line = run.one_error_line()
-    assert f"output directory {target} is not writable" in line and "choose another -o path" in line
+    assert f"output directory {target} is not writable" in line and "choose another output path" in line
     assert not (target / "convdeploy-test.onnx").exists() and sha256_file(ckpt) == digest
 
 

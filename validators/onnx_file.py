@@ -130,8 +130,9 @@ def _held_elements(t: onnx.TensorProto, model_dir: Path | None) -> int | None:
                                 "folder: refused (external data must sit beside the model)")
         if not location.is_file():
             return 0
-        length = int(entries.get("length", "0") or 0) or max(location.stat().st_size - int(entries.get("offset", "0") or 0), 0)
-        return length // _element_size(t.data_type)
+        offset, length = _external_int(t, entries, "offset"), _external_int(t, entries, "length")
+        in_file = max(location.stat().st_size - offset, 0)  # what the file holds past the offset
+        return (min(length, in_file) if length else in_file) // _element_size(t.data_type)
     if t.raw_data:
         return len(t.raw_data) // _element_size(t.data_type)
     fields = (t.float_data, t.int32_data, t.string_data, t.int64_data, t.double_data, t.uint64_data)
@@ -139,6 +140,15 @@ def _held_elements(t: onnx.TensorProto, model_dir: Path | None) -> int | None:
     if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
         held //= 2
     return held
+
+
+def _external_int(t: onnx.TensorProto, entries: dict[str, str], key: str) -> int:
+    """An external-data ``offset`` or ``length`` (0 when absent); BadInputError when it is no count."""
+    text = entries.get(key, "") or "0"
+    if not text.isdigit():
+        raise BadInputError(f"initializer {t.name!r} declares an external-data {key} of {text!r}, not a byte count: "
+                            "the file is corrupt or hand-edited; re-export it")
+    return int(text)
 
 
 def count_text(n: int) -> str:
@@ -184,3 +194,38 @@ def check_declarations(model: onnx.ModelProto, path: str | os.PathLike[str]) -> 
         more = f" (+{len(empty) - 3} more)" if len(empty) > 3 else ""
         raise BadInputError(f"{path} declares weight tensor(s) without their data: {'; '.join(empty[:3])}{more}: "
                             "the file is truncated or not a usable model; re-export it")
+
+
+def structural_problems(model: onnx.ModelProto) -> list[str]:
+    """What makes ``model`` no well-formed graph by the ONNX spec's structural rules (the ONNX checker's,
+    without its stricter demands on optional fields): an IR version or default-domain opset this onnx
+    cannot read, a node reading a tensor not produced before it (a cycle, a node reading its own
+    output, nodes out of topological order), a name produced twice, an output nothing produces."""
+    problems = []
+    if model.ir_version > onnx.IR_VERSION:
+        problems.append(f"IR version {model.ir_version} is newer than this onnx reads ({onnx.IR_VERSION})")
+    newest = onnx.defs.onnx_opset_version()
+    problems += [f"opset {o.version} is newer than this onnx reads ({newest})" for o in model.opset_import
+                 if o.domain in ("", "ai.onnx") and o.version > newest]
+    graph = model.graph
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        label = node.name or node.op_type
+        missing = [t for t in node.input if t and t not in known]
+        if missing:
+            problems.append(f"node {label!r} reads {missing[0]!r} before anything produces it (a cycle, or nodes "
+                            "out of topological order)")
+        twice = [t for t in node.output if t and t in known]
+        if twice:
+            problems.append(f"{twice[0]!r} is produced twice (node {label!r})")
+        known.update(t for t in node.output if t)
+    problems += [f"graph output {o.name!r} is produced by nothing" for o in graph.output if o.name not in known]
+    return problems
+
+
+def check_structure(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """BadInputError (exit 2) naming the first of ``structural_problems``."""
+    problems = structural_problems(model)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BadInputError(f"{path} is not a well-formed ONNX graph: {problems[0]}{more}; re-export it")

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import re
 import signal
 import sys
@@ -39,8 +40,8 @@ from deploy.atomic import Terminated, write_json_atomic
 from deploy.errors import ConvDeployError
 from deploy.pathguard import guard_paths
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # a module called `a:smile:b` stays as it is
+err_console = Console(stderr=True, emoji=False)
 #: the root options of this invocation (`deploy --debug -v|-q COMMAND …`)
 state = {"debug": False, "verbose": False, "quiet": False}
 
@@ -182,6 +183,30 @@ class MachineOutput:
 
 
 @contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Everything printed to stdout goes to stderr while the block runs: ``sys.stdout``, and in a real
+    process file descriptor 1 itself (a model's module or a native library may write there directly)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd != 1:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def machine_output(as_json: bool, json_file: Optional[Path],
                    reads: Optional[Mapping[str, Optional[Path]]] = None) -> Iterator[MachineOutput]:
     """The ``--json`` / ``--json-file`` rule around a command's body.
@@ -196,7 +221,7 @@ def machine_output(as_json: bool, json_file: Optional[Path],
     out = MachineOutput(as_json, json_file)
     stdout = sys.stdout
     try:
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with stdout_to_stderr() if as_json else contextlib.nullcontext():
             yield out
     finally:
         if out.record is not None:

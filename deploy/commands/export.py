@@ -16,6 +16,7 @@ from deploy.errors import BadInputError
 from deploy.pipeline import ExportOptions, ExportOutcome, StepLog, run_export
 from deploy.report import RunReport
 from deploy.validate import run_validate
+from validators.onnx_file import require_regular_file
 from validators.parity import ParityReport
 
 _MODEL = typer.Argument(..., help="model.pt: a convdeploy checkpoint, a bare state_dict (with --arch/--conv, or "
@@ -236,8 +237,9 @@ def validate(
     Every output is compared by name, at twice H and W too when the graph's H/W are dynamic; exit 3 if
     any differs. The report (--json, --json-file) is written in either case.
     """
-    if not onnx_file.is_file():
+    if not onnx_file.exists():
         raise BadInputError(f"{onnx_file}: no such ONNX file; export one with `deploy export`")
+    require_regular_file(onnx_file)
     kwargs = conv_options(conv, conv_opt, ratio)
     _warn_pickle(trust_pickle)
     with machine_output(as_json, None) as out:

@@ -21,7 +21,7 @@ from deploy.commands.common import JSON, JSON_FILE, console, machine_output, war
 from deploy.errors import BadInputError
 from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
 from validators.graph import GraphReport, check_graph
-from validators.onnx_file import check_declarations, load_onnx, require_regular_file
+from validators.onnx_file import check_declarations, check_structure, load_onnx, require_regular_file
 from validators.onnx_summary import LayerRow, TensorInfo, interface, layer_rows, shape_text
 
 # ---------------------------------------------------------------- shared with `deploy export`
@@ -136,13 +136,15 @@ def inspect(
     """What a file holds: .onnx interface, dtypes, ops, params, MACs, verdict (--layers: every node); .pt arch, conv, params.
 
     An ONNX graph is never run: params come from its initializers and MACs from ONNX shape
-    inference; a FIFO or device, a negative dimension or weights declared without their data
-    exit 2.
+    inference; a FIFO or device, a negative dimension, weights declared without their data and a
+    graph the ONNX checker calls malformed (a cycle, a name produced twice, an IR version it cannot
+    read) exit 2.
     """
     with machine_output(as_json, json_file, reads={"the inspected file": file}) as out:
         if file.suffix.lower() == ".onnx":
             model = load_onnx(file)
             check_declarations(model, file)
+            check_structure(model, file)
             record, graph, coverage, rows = inspect_onnx(file, model, layers)
             out.emit(record)
             if not as_json:

@@ -274,7 +274,7 @@ register_conv_kind(ConvKind(
         "alpha": "scale of the ReLU branch (Eq. 7)",
         "learn_alpha": "train alpha with the other parameters",
         "bias": "the outer bias b2 of Eq. 3",
-    }, bounds={"alpha": (-1000.0, 1000.0)}),
+    }, bounds={"alpha": (-1000.0, 1000.0)}, weights={"alpha": "alpha"}),
     targets=(
         target("resnet18", "12.9 M", "2.01 G", "IC Table 1"),
         target("resnet34", "24.2 M", "4.07 G", "IC Table 1"),

@@ -66,6 +66,7 @@ class ConvOption:
     recorded: bool = False  # changes the architecture: the default is recorded in a checkpoint too
     low: float | None = None  # numbers: the smallest value allowed (inclusive)
     high: float | None = None  # numbers: the largest value allowed (inclusive)
+    weight: str = ""  # the layer attribute holding the option's value once trained (IC's alpha): loads record it
 
     def parse(self, text: str) -> Any:
         """The typed value of ``text`` (a command-line ``KEY=VALUE``), checked."""
@@ -276,10 +277,11 @@ def _option_type(hint: Any) -> tuple[type, bool]:
 
 def options_from_signature(fn: Callable[..., Any], names: Sequence[str], help: Mapping[str, str] | None = None,
                            choices: Mapping[str, Sequence[Any]] | None = None, recorded: Sequence[str] = (),
-                           bounds: Mapping[str, tuple[float, float]] | None = None) -> tuple[ConvOption, ...]:
+                           bounds: Mapping[str, tuple[float, float]] | None = None,
+                           weights: Mapping[str, str] | None = None) -> tuple[ConvOption, ...]:
     """``ConvOption``s for the parameters ``names`` of ``fn`` (a layer's constructor): type and
-    default from its signature and annotations; help, choices and (low, high) bounds of the numeric
-    ones from the mappings given."""
+    default from its signature and annotations; help, choices, (low, high) bounds of the numeric
+    ones and the layer attribute that holds an initial value once trained from the mappings given."""
     target_fn = fn.__init__ if inspect.isclass(fn) else fn
     hints = typing.get_type_hints(target_fn)
     params = inspect.signature(target_fn).parameters
@@ -288,5 +290,6 @@ def options_from_signature(fn: Callable[..., Any], names: Sequence[str], help: M
         kind, optional = _option_type(hints[name])
         low, high = (bounds or {}).get(name, (None, None))
         out.append(ConvOption(name, kind, params[name].default, (help or {}).get(name, ""), optional,
-                              tuple((choices or {}).get(name, ())), name in recorded, low, high))
+                              tuple((choices or {}).get(name, ())), name in recorded, low, high,
+                              (weights or {}).get(name, "")))
     return tuple(out)
