@@ -175,6 +175,6 @@ def test_json_stdout_holds_only_json_when_a_module_writes_to_fd_1(tmp_path) -> N
 
 
 def test_colon_words_in_names_are_not_emoji(model_files, deploy_cli) -> None:
-    run = deploy_cli("export", model_files / "m.pt", "--arch", "resnet20", "--model-class", "my_mod:smile:",
+    run = deploy_cli("export", model_files / "m.pt", "--model-class", "my_mod:smile:",
                      "-o", model_files / "x.onnx")
     assert run.exit_code == 2 and ":smile:" in run.one_error_line() and "😄" not in run.stderr
