@@ -138,7 +138,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             ) from exc
         if not trust_pickle:
             raise LoadOptionsNeededError(
-                f"{path} holds pickled Python objects (a whole module?); unpickling runs code from the file: "
+                f"{path} holds pickled Python objects (a whole module?); unpickling runs code from the file",
                 "allow it with `trust_pickle` only if you trust its source, or save model.state_dict() instead"
             ) from exc
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes the unpickler raise anything
@@ -399,8 +399,9 @@ def _load_state_dict(state: dict[str, torch.Tensor], path: Path, digest: str, ar
     if ref is not None:
         source, arch, conv, kwargs = ref
     elif arch is None or conv is None:
-        raise LoadOptionsNeededError(f"{path} is a bare state_dict: give `arch` and `conv` (and the kind's `conv_kwargs`) "
-                            "for a zoo model, or `model_class` for your own class, to say what it is")
+        raise LoadOptionsNeededError(f"{path} is a bare state_dict", "give `arch` and `conv` (and the kind's "
+                                     "`conv_kwargs`) for a zoo model, or `model_class` for your own class, to say "
+                                     "what it is")
     else:
         source, kwargs = "state_dict", dict(conv_kwargs or {})
     model = _build(arch, conv, kwargs, _num_classes(state))

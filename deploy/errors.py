@@ -19,7 +19,12 @@ class BadInputError(ConvDeployError):
 
 class LoadOptionsNeededError(BadInputError):
     """A model file that loads only with options saying what it is (``trust_pickle`` for a pickled
-    module, ``arch``/``conv`` or ``model_class`` for a bare state_dict)."""
+    module or a ``.pt2`` that runs code, ``arch``/``conv`` or ``model_class`` for a bare state_dict):
+    ``reason`` says what the file is, ``fix`` which options load it."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"{reason}: {fix}")
+        self.reason, self.fix = reason, fix
 
 
 class ParityError(ConvDeployError):

@@ -82,9 +82,10 @@ def load_exported_program(path: Path, trust_pickle: bool = False) -> tuple[nn.Mo
         hazards = pt2_hazards(path)
         if hazards:
             more = f" (+{len(hazards) - 2} more)" if len(hazards) > 2 else ""
-            raise LoadOptionsNeededError(f"{path} is a torch.export archive that would run code from the file while it loads: "
-                                f"{'; '.join(hazards[:2])}{more}; allow it with `trust_pickle` only if you trust its "
-                                "source, or export the model again with torch.export.save")
+            raise LoadOptionsNeededError(f"{path} is a torch.export archive that would run code from the file while "
+                                         f"it loads: {'; '.join(hazards[:2])}{more}",
+                                         "allow it with `trust_pickle` only if you trust its source, or export the "
+                                         "model again with torch.export.save")
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - a damaged archive makes the deserializer raise anything

@@ -84,6 +84,8 @@ def _with_companions(inputs: Mapping[str, PathArg]) -> list[tuple[str, Path]]:
 def _is_scratch_of(candidate: Path, output: Path) -> bool:
     """Whether ``candidate`` is a name the writes of ``output`` use: its lock, its temporary, probe and
     backup files (``deploy.atomic``) — removed or replaced while the output is written."""
+    if not output.name or output.name in (".", ".."):  # no file name: check_output_path refuses it
+        return False
     if same_file(candidate, lock_path(output)):
         return True
     name = candidate.name

@@ -53,9 +53,8 @@ def open_torch_runtime(checkpoint: Path, opts: TorchBenchOptions, input_size: in
         loaded, input_shape = load_step(Path(checkpoint), arch=None, conv=None, conv_kwargs={}, trust_pickle=False,
                                         input_size=input_size)
     except LoadOptionsNeededError as exc:
-        kind = str(exc).split(":")[0]
-        raise BadInputError(f"{kind}: it loads only with options that say what it is, which timing a checkpoint does "
-                            "not take; export it with `deploy export` (which does) and time the .onnx file") from exc
+        raise BadInputError(f"{exc.reason}; timing takes no options that load such a file: export it with "
+                            "`deploy export` (which does) and time the .onnx file") from exc
     model = fold_step(loaded, input_shape, opts.seed)[0] if opts.fold else loaded.model
     return TorchBenchRuntime(model.eval(), device=opts.device, dtype=opts.dtype, cuda_graph=opts.cuda_graph,
                              channels_last=opts.channels_last, threads=threads, sample_shape=input_shape,

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("layers", ("deploy.layers", "deploy.layers.*")),
     ("models", ("deploy.models", "deploy.models.*", "deploy.digits", "deploy.train")),
     ("fold / checkpoint", ("deploy.probe", "deploy.rewrite", "deploy.fold", "deploy.reparam", "deploy.checkpoint",
-                           "deploy.formats", "deploy.zoo_counts")),
+                           "deploy.formats", "deploy.pt2_audit", "deploy.zoo_counts")),
     ("runtimes", ("validators", "validators.runtimes", "validators.torch_runtime", "validators.trt_env",
                   "validators.trt_runtime")),
     ("exporters / graph checks / parity / latency", ("exporters", "exporters.*", "validators.*")),
