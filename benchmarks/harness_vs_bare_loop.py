@@ -26,13 +26,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from validators.latency import LatencyStats, benchmark, bootstrap_ratio  # noqa: E402
-from validators.runtimes import OrtRuntime  # noqa: E402
+from validators.runtimes.onnxruntime import OrtRuntime  # noqa: E402
 
 
 def export(arch: str, size: int, path: Path) -> Path:
     import torch
 
-    from deploy.models.registry import build_model
+    from deploy.models.zoo import build_model
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter's notice
 

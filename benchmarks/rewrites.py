@@ -2,7 +2,7 @@
 
 For SPConv-ResNet-50 at alpha = 1/2, 1/4, 1/8, IC-ResNet-50 and SCNet-50 (seeded random
 weights, non-trivial BN statistics) this exports each model twice through the export
-pipeline (``deploy.pipeline.run_export``: fold, ONNX, onnxsim, graph checks, parity), with
+pipeline (``deploy.pipeline.export.run_export``: fold, ONNX, onnxsim, graph checks, parity), with
 the rewrites (the default) and without (``rewrite=False``), plus plain ResNet-50 once. Then,
 at every batch size, in one process, it times each export against plain ResNet-50
 interleaved (A B, B A, ...; ``validators.latency.interleaved``) on ONNX Runtime CPU with one
@@ -30,15 +30,15 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy.checkpoint import save_checkpoint  # noqa: E402
+from deploy.load.checkpoint import save_checkpoint  # noqa: E402
 from deploy.models.complexity import count_macs  # noqa: E402
 from deploy.models.random_init import randomize_model  # noqa: E402
-from deploy.models.registry import build_model  # noqa: E402
-from deploy.pipeline import ExportOptions, run_export  # noqa: E402
+from deploy.models.zoo import build_model  # noqa: E402
+from deploy.pipeline.export import ExportOptions, run_export  # noqa: E402
 from exporters.onnx import graph_diff  # noqa: E402
 from validators.latency import interleaved  # noqa: E402
 from validators.profile import profile_models  # noqa: E402
-from validators.runtimes import OrtRuntime  # noqa: E402
+from validators.runtimes.onnxruntime import OrtRuntime  # noqa: E402
 
 
 @dataclass(frozen=True)

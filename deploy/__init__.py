@@ -2,7 +2,7 @@
 
 The Python API — ``from deploy import export, fold_model, build_model`` (and ``ExportResult``)
 — lives in ``deploy.api``. It is imported on first use of one of those names (PEP 562
-``__getattr__``), so that ``import deploy`` and ``import deploy.errors`` do not import torch.
+``__getattr__``), so that ``import deploy`` and ``import deploy.core.errors`` do not import torch.
 """
 
 from __future__ import annotations

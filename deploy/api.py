@@ -6,9 +6,9 @@ this module on first use, so ``import deploy`` stays torch-free)::
     result = export(model, input_shape=(3, 224, 224), output="model.onnx", fold=True)
     result.parity.passed, result.fold.rows, result.graph.op_histogram, result.seconds
 
-``export`` is ``deploy.pipeline.run_export``: the same load, fold, export, simplify, graph
+``export`` is ``deploy.pipeline.export.run_export``: the same load, fold, export, simplify, graph
 checks, fold coverage, parity and atomic write of the ONNX file and its report (both or
-neither), raising the same ``deploy.errors`` exceptions the CLI turns into exit codes
+neither), raising the same ``deploy.core.errors`` exceptions the CLI turns into exit codes
 (``BadInputError`` 2, ``ParityError`` 3, ``GraphCheckError`` 4, ``BackendUnavailableError`` 5).
 An in-memory module is used as it is: never copied except for folding, never modified.
 """
@@ -23,11 +23,11 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from deploy.errors import BadInputError
-from deploy.fold import FoldReport, fold_model
-from deploy.models.registry import build_model
-from deploy.pipeline import ExportOptions, StepLog, run_export
-from deploy.report import RunReport
+from deploy.core.errors import BadInputError
+from deploy.fold.fold import FoldReport, fold_model
+from deploy.models.zoo import build_model
+from deploy.pipeline.export import ExportOptions, StepLog, run_export
+from deploy.pipeline.report import RunReport
 from validators.fold_coverage import FoldCoverageReport
 from validators.graph import GraphReport
 from validators.parity import OutputParity, ParityReport
@@ -87,7 +87,7 @@ def export(
     ``model`` is an ``nn.Module`` in eval mode (no file needed) or the path of a checkpoint
     (as `deploy export` reads them). ``input_shape`` is (C, H, W) — needed for a module that
     does not carry ``input_shape`` — and ``output`` the ``.onnx`` path (default for a
-    checkpoint: beside it). ``options`` are the other fields of ``deploy.pipeline.ExportOptions``
+    checkpoint: beside it). ``options`` are the other fields of ``deploy.pipeline.export.ExportOptions``
     with the CLI's defaults: ``dynamic`` ("batch", "hw", "batch,hw"), ``batch``, ``input_size``,
     ``exporter``, ``opset``, ``simplify``, ``atol``/``rtol``, ``samples``, ``seed``, ``strict``,
     ``strict_fold``, ``report``, ``engine`` …; for a checkpoint also ``arch``, ``conv``,

@@ -1,7 +1,7 @@
 """The interface of an exported graph: its output names and which input axes are symbolic.
 
 One input ``input`` (N, C, H, W); one graph output per model output, named as
-``deploy.outputs`` flattens them (``output``, dict keys, ``output_0`` …); symbolic axes
+``deploy.core.outputs`` flattens them (``output``, dict keys, ``output_0`` …); symbolic axes
 ``batch`` and, with dynamic H/W, ``height`` and ``width`` (the dynamo exporter's own
 symbols, ``s0`` and the like, are renamed wherever the outputs use them too).
 """
@@ -15,8 +15,8 @@ import onnx
 import torch
 from torch import nn
 
-from deploy.errors import BadInputError
-from validators.torch_runtime import named_outputs
+from deploy.core.errors import BadInputError
+from validators.runtimes.pytorch import named_outputs
 
 
 def output_names(model: nn.Module, x: torch.Tensor, shape: tuple[int, ...]) -> list[str]:

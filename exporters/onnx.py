@@ -6,7 +6,7 @@ simplifies, checks and validates, then calls ``save_onnx`` (temp name + rename) 
 failed run leaves no model.onnx.
 
 Interface of every export: one input ``input`` (N, C, H, W) float32 and one graph output per
-model output, named as ``deploy.outputs`` flattens them (``output`` for a single tensor,
+model output, named as ``deploy.core.outputs`` flattens them (``output`` for a single tensor,
 dict keys, ``output_0``, ``output_1`` … for sequences); the batch axis is the symbolic
 dimension ``batch`` (``dynamic_batch=True``) or a fixed N, and H/W are the symbolic
 ``height`` / ``width`` with ``dynamic_hw=True``.
@@ -32,11 +32,11 @@ import onnx
 import torch
 from torch import nn
 
-from deploy.atomic import Transaction, check_output_path
-from deploy.errors import BadInputError, GraphCheckError
-from deploy.metrics import Tolerance, compare, looks_like_class_scores
+from deploy.core.atomic import Transaction, check_output_path
+from deploy.core.errors import BadInputError, GraphCheckError
+from deploy.core.metrics import Tolerance, compare, looks_like_class_scores
 from exporters.interface import Axes, check_output_names, name_dynamic_dims, output_names
-from validators.runtimes import OrtRuntime
+from validators.runtimes.onnxruntime import OrtRuntime
 
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
 #: the opsets each exporter writes as asked (also checked on the written graph): the dynamo
@@ -133,7 +133,7 @@ def export_onnx_detailed(
     With ``dynamic_batch`` the graph is traced at batch 2 (torch.export specializes size 1);
     ``dynamic_hw`` makes H and W symbolic too (whether the graph really generalises to other
     sizes is for parity at a second size to prove). Every model output becomes one graph
-    output, named as ``deploy.outputs`` flattens them.
+    output, named as ``deploy.core.outputs`` flattens them.
     """
     if exporter not in DEFAULT_OPSET:
         raise BadInputError(f"unknown exporter {exporter!r}: choose dynamo or torchscript")

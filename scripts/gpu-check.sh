@@ -69,7 +69,7 @@ fi
 DEPLOY=("$PYTHON" -m deploy.cli)
 say "python $("$PYTHON" -c 'import sys; print(sys.executable)'), $("$PYTHON" -c \
     'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")')"
-TRT=$("$PYTHON" -c "from validators.trt_env import tensorrt_available as t; ok, why = t(); print(('yes: ' if ok else 'no: ') + why)")
+TRT=$("$PYTHON" -c "from validators.runtimes.tensorrt_env import tensorrt_available as t; ok, why = t(); print(('yes: ' if ok else 'no: ') + why)")
 say "TensorRT: $TRT"
 
 # ---------------------------------------------------------------- 2. gpu-marked tests
@@ -103,7 +103,7 @@ fi
 # ---------------------------------------------------------------- summary
 "$PYTHON" - "$STEPS" "$OUT/summary.json" "$TRT" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, sys
-from deploy.environment import versions
+from deploy.core.environment import versions
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
 steps = [{"step": n, "exit_code": int(rc), "seconds": int(s)} for n, rc, s in rows]
 import torch

@@ -22,7 +22,7 @@ def _cuda_ready() -> tuple[bool, str]:
 
 
 def _tensorrt_ready() -> tuple[bool, str]:
-    from validators.trt_env import tensorrt_available
+    from validators.runtimes.tensorrt_env import tensorrt_available
 
     return tensorrt_available()
 
@@ -96,9 +96,9 @@ def zoo_checkpoint(tmp_path_factory):
     """``make(arch, conv, size=None, seed=0, **conv_kwargs) -> Path``: a convdeploy checkpoint with
     seeded random weights and non-trivial BN statistics (as `deploy zoo create`), built once per
     session and worker. Tests must not modify the returned file."""
-    from deploy.checkpoint import save_checkpoint
+    from deploy.load.checkpoint import save_checkpoint
     from deploy.models.random_init import randomize_model
-    from deploy.models.registry import build_model
+    from deploy.models.zoo import build_model
 
     root = tmp_path_factory.mktemp("zoo")
     cache: dict[tuple, object] = {}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from deploy import ExportResult, export
-from deploy.errors import BadInputError, ParityError
+from deploy.core.errors import BadInputError, ParityError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

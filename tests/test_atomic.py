@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from deploy.atomic import atomic_path, check_output_path, write_json_atomic
-from deploy.errors import BadInputError
+from deploy.core.atomic import atomic_path, check_output_path, write_json_atomic
+from deploy.core.errors import BadInputError
 
 
 def test_written_file_gets_umask_permissions_not_mkstemps_0600(tmp_path):

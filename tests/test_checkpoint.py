@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.checkpoint import check_finite, load_checkpoint, recognise_reference
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
+from deploy.load.checkpoint import check_finite, load_checkpoint, recognise_reference
 
 
 def _module() -> nn.Module:

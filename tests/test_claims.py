@@ -13,13 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from deploy.claims_matrix import ModelRecord, evaluate, matrix, select_entries
+from deploy.claims.counts import zoo_row
+from deploy.claims.matrix import ModelRecord, evaluate, matrix, select_entries
 from deploy.cli import app
-from deploy.errors import BadInputError
-from deploy.fold import fold_model
+from deploy.core.errors import BadInputError
+from deploy.fold.fold import fold_model
 from deploy.models.random_init import randomize_model
-from deploy.models.registry import build_model
-from deploy.zoo_counts import zoo_row
+from deploy.models.zoo import build_model
 from exporters.onnx import export_onnx
 from validators.claims import (
     CONFIRMED,
@@ -38,8 +38,8 @@ from validators.claims import (
 from validators.graph import check_graph
 from validators.latency import interleaved
 from validators.parity import check_parity
-from validators.runtimes import OrtRuntime
-from validators.torch_runtime import TorchRuntime
+from validators.runtimes.onnxruntime import OrtRuntime
+from validators.runtimes.pytorch import TorchRuntime
 
 runner = CliRunner()
 ENTRY = {e.key: e for e in matrix()}
@@ -223,7 +223,7 @@ def test_quick_end_to_end(tmp_path):
 
 
 def test_trt_backend_unavailable_exits_5(tmp_path):
-    from validators.trt_env import tensorrt_available
+    from validators.runtimes.tensorrt_env import tensorrt_available
 
     if tensorrt_available()[0]:
         pytest.skip("TensorRT is available here")

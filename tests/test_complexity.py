@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy.errors import BadInputError
-from deploy.fold import fold_model
+from deploy.core.errors import BadInputError
+from deploy.fold.fold import fold_model
 from deploy.layers.doconv import DOConv2d
 from deploy.models.complexity import count_macs, count_macs_thop, count_params, format_count, macs_by_module
-from deploy.models.registry import build_model
+from deploy.models.zoo import build_model
 
 
 def test_conv_and_linear_macs_follow_the_formula():

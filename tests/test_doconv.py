@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from deploy.layers.doconv import DOConv2d
-from deploy.models.registry import build_model
+from deploy.models.zoo import build_model
 
 FAST = settings(max_examples=30, deadline=None)
 

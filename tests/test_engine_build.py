@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.errors import BackendUnavailableError
-from exporters.tensorrt import (
+from deploy.core.errors import BackendUnavailableError
+from exporters.tensorrt.build import (
     FP16_FLAG,
     FP16_ONNX,
     FP32,
@@ -26,8 +26,8 @@ from exporters.tensorrt import (
     network_options,
     precision_route,
 )
-from exporters.timing_cache import CACHE_FORMAT, plan_timing_cache, record_path, refused_note, save_timing_cache
-from validators.trt_env import BatchProfile, tensorrt_available, tensorrt_major
+from exporters.tensorrt.timing_cache import CACHE_FORMAT, plan_timing_cache, record_path, refused_note, save_timing_cache
+from validators.runtimes.tensorrt_env import BatchProfile, tensorrt_available, tensorrt_major
 
 HERE = {"tensorrt_version": "10.13.3.9", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 PROFILE = BatchProfile("input", (1, 3, 32, 32), (8, 3, 32, 32), (64, 3, 32, 32))
@@ -122,7 +122,7 @@ def test_polygraphy_loaders_import_tensorrt_lazily(tmp_path: Path) -> None:
 
 
 def test_missing_polygraphy_exits_5(monkeypatch: pytest.MonkeyPatch) -> None:
-    from exporters import tensorrt as exporter
+    from exporters.tensorrt import build as exporter
 
     monkeypatch.setitem(sys.modules, "polygraphy.backend", None)  # as if not installed
     with pytest.raises(BackendUnavailableError, match="polygraphy is not installed") as err:
@@ -132,7 +132,7 @@ def test_missing_polygraphy_exits_5(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.skipif(tensorrt_available()[0], reason="TensorRT and a GPU are present")
 def test_engine_builder_availability_names_what_is_missing() -> None:
-    from exporters.tensorrt import engine_builder_available, require_engine_builder
+    from exporters.tensorrt.build import engine_builder_available, require_engine_builder
 
     ok, reason = engine_builder_available()
     assert not ok and reason == tensorrt_available()[1]

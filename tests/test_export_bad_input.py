@@ -19,7 +19,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from deploy.atomic import sha256_file
+from deploy.core.atomic import sha256_file
 
 
 @dataclass
@@ -261,7 +261,7 @@ def test_real_process_one_line_then_traceback_with_debug(tmp_path) -> None:
 
 
 def test_engine_without_tensorrt_is_exit_5_before_any_work(zoo_checkpoint, deploy_cli, tmp_path) -> None:
-    from validators.trt_env import tensorrt_available
+    from validators.runtimes.tensorrt_env import tensorrt_available
 
     if tensorrt_available()[0]:
         pytest.skip("TensorRT and a GPU are present here: the engine path is covered by the gpu tests")

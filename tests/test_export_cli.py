@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from deploy import __version__
-from deploy.atomic import sha256_file
-from deploy.checkpoint import load_checkpoint
-from deploy.fold import fold_model
-from deploy.layers.rewrite import ChannelScale
+from deploy.core.atomic import sha256_file
+from deploy.fold.fold import fold_model
+from deploy.layers.rewrite_blocks import ChannelScale
+from deploy.load.checkpoint import load_checkpoint
 from deploy.models.complexity import count_macs, count_params
 from tests.conftest import E2E_SAMPLES
 from validators.graph import check_graph, compare_reports
-from validators.runtimes import OrtRuntime
+from validators.runtimes.onnxruntime import OrtRuntime
 
 R20 = [("resnet20", conv, 32) for conv in ("plain", "coc", "doconv", "ic", "sp")]
 R18 = [("resnet18", conv, 64) for conv in ("plain", "coc", "doconv", "sp")]
@@ -368,9 +368,9 @@ def test_inspect_bad_file(deploy_cli, tmp_path, kind: str) -> None:
 def test_scnet50_export_at_64(deploy_cli, tmp_path) -> None:
     """SCNet-50 (25.6 M params) end to end at 64x64; pooling_r=2 because layer4 is 2x2 there
     (the default r=4 cannot pool a 2x2 map: that is an input size the model cannot take)."""
-    from deploy.checkpoint import save_checkpoint
+    from deploy.load.checkpoint import save_checkpoint
     from deploy.models.random_init import randomize_model
-    from deploy.models.registry import build_model
+    from deploy.models.zoo import build_model
 
     torch.manual_seed(0)
     model = build_model("scnet50", "sc", pooling_r=2)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.errors import BadInputError
-from deploy.fold import fold_model
+from deploy.core.errors import BadInputError
+from deploy.fold.fold import fold_model
 from tests.helpers import randomise_bn
 
 

@@ -1,4 +1,4 @@
-"""A Conv+BN pair is fused only when nothing else reads its tensors (deploy/fold.py).
+"""A Conv+BN pair is fused only when nothing else reads its tensors (deploy/fold/fold.py).
 
 A conv whose weight is also used by ``F.conv2d(x, self.conv.weight)`` elsewhere, a BN whose
 statistics are read elsewhere, and two modules sharing one weight tensor keep their pair (the
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import deploy
-from deploy.errors import BadInputError
-from deploy.fold import fold_model
+from deploy.core.errors import BadInputError
+from deploy.fold.fold import fold_model
 from tests.helpers import randomise_bn
 
 SHAPE = (3, 12, 12)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from deploy.fold import fold_model
+from deploy.fold.fold import fold_model
 from deploy.models.complexity import count_macs, count_params
 from deploy.models.random_init import randomize_model
-from deploy.models.registry import archs, build_model, supported_convs
+from deploy.models.zoo import archs, build_model, supported_convs
 
 PROBE = {"scnet50": (3, 128, 128), "scnet101": (3, 128, 128), "scnet50_v1d": (3, 128, 128), "scnet101_v1d": (3, 128, 128),
          "resnet20": (3, 32, 32)}

@@ -1,4 +1,4 @@
-"""Model files other than convdeploy checkpoints (deploy/formats.py, deploy/checkpoint.py).
+"""Model files other than convdeploy checkpoints (deploy/load/formats.py, deploy/load/checkpoint.py).
 
 A torch.export ``.pt2`` exports (its input shape and static batch taken from the program);
 a TorchScript archive is refused with exit 2 and what to do instead; a bare state_dict of
@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.checkpoint import load_checkpoint
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
+from deploy.load.checkpoint import load_checkpoint
 from tests.helpers import randomise_bn
 
 SHAPE = (3, 16, 16)

@@ -1,4 +1,4 @@
-"""exporters/fp16_onnx.py: the fp16 graph TensorRT 11 builds `--fp16` engines from, checked on CPU.
+"""exporters/tensorrt/fp16_onnx.py: the fp16 graph TensorRT 11 builds `--fp16` engines from, checked on CPU.
 
 ONNX Runtime's CPU provider runs fp16 graphs, so everything here is real: the converter
 (onnxconverter-common), the fp16 kernels, the parity gate with near-ties excluded.
@@ -14,13 +14,13 @@ import onnx
 import pytest
 import torch
 
-from deploy.errors import BackendUnavailableError, ParityError
-from deploy.metrics import Tolerance, top1_margins
-from exporters.fp16_onnx import FP32_GATES, check_fp16_onnx, convert_to_fp16, fp16_ops, fp32_ops, write_fp16_onnx
+from deploy.core.errors import BackendUnavailableError, ParityError
+from deploy.core.metrics import Tolerance, top1_margins
+from exporters.tensorrt.fp16_onnx import FP32_GATES, check_fp16_onnx, convert_to_fp16, fp16_ops, fp32_ops, write_fp16_onnx
 from tests.helpers import gated_cnn, spread_cnn
 from validators.parity import check_parity
-from validators.runtimes import OrtRuntime
-from validators.torch_runtime import TorchRuntime
+from validators.runtimes.onnxruntime import OrtRuntime
+from validators.runtimes.pytorch import TorchRuntime
 
 SHAPE = (3, 32, 32)
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.errors import GraphCheckError
+from deploy.core.errors import GraphCheckError
 from deploy.layers.conv_bn import fuse_conv_bn
 from exporters.onnx import export_onnx, simplify_onnx
 from tests.helpers import PORTABLE_IR
 from validators.graph import check_graph, compare_reports, count_macs
-from validators.trt_ops import load_tensorrt_ops
+from validators.tensorrt_ops import load_tensorrt_ops
 
 SHAPE = (3, 32, 32)
 

@@ -1,4 +1,4 @@
-"""What a hostile user found the output guard missing (deploy/pathguard.py, deploy/atomic.py).
+"""What a hostile user found the output guard missing (deploy/core/pathguard.py, deploy/core/atomic.py).
 
 Outputs are regular files or new names: a device, FIFO, socket or symlink at an output path is
 refused, exit 2, untouched (the temporary-file-and-rename write would replace it). Every input

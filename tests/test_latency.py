@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from deploy.commands.bench import bench
 from deploy.commands.build import build
 from deploy.commands.common import guarded
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, bootstrap_ratio, interleaved
-from validators.runtimes import OrtRuntime
+from validators.runtimes.onnxruntime import OrtRuntime
 
 
 def export_onnx(model: nn.Module, path: Path, size: int, dynamic: bool = True) -> Path:
@@ -220,7 +220,7 @@ def test_cli_vs_itself(models: dict[str, Path]) -> None:
 
 
 def test_cli_resnet20_faster_than_resnet18(models: dict[str, Path]) -> None:
-    from deploy.models.registry import build_model
+    from deploy.models.zoo import build_model
 
     d = models["dir"]
     r20 = export_onnx(build_model("resnet20"), d / "r20.onnx", 32)

@@ -1,4 +1,4 @@
-"""Every output of a model is exported, named and compared on its own (deploy/outputs.py, validators/parity.py).
+"""Every output of a model is exported, named and compared on its own (deploy/core/outputs.py, validators/parity.py).
 
 A two-head model (class scores and a box map, returned as a tuple) and a dict-output model:
 the ONNX graph's outputs carry the flattened torch names, parity reports each output with
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from deploy import export
-from deploy.errors import BadInputError
-from deploy.outputs import flatten_outputs
+from deploy.core.errors import BadInputError
+from deploy.core.outputs import flatten_outputs
 from tests.helpers import randomise_bn
 
 SHAPE = (3, 16, 16)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.errors import BadInputError
-from deploy.metrics import Tolerance
+from deploy.core.errors import BadInputError
+from deploy.core.metrics import Tolerance
 from exporters.onnx import export_onnx, export_onnx_detailed, op_histogram, save_onnx, simplify_onnx
 from tests.helpers import PORTABLE_IR
-from validators.runtimes import OrtRuntime
+from validators.runtimes.onnxruntime import OrtRuntime
 
 SHAPE = (3, 32, 32)
 

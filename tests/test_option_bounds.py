@@ -1,5 +1,5 @@
 """Conv options have bounds and models are sized before they are built (deploy/layers/registry.py,
-deploy/models/registry.py, deploy/limits.py).
+deploy/models/zoo.py, deploy/core/limits.py).
 
 A value outside an option's declared bounds, or one that is not finite, is exit 2 before any tensor
 is allocated; a model whose weights or intermediate tensors would exceed the limits is refused
@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
+from deploy.core.limits import MAX_MODEL_ELEMENTS, check_model_size
 from deploy.layers.registry import ConvKind, ConvOption, conv_kinds, register_conv_kind
-from deploy.limits import MAX_MODEL_ELEMENTS, check_model_size
 from deploy.models.complexity import largest_activation, weight_elements
-from deploy.models.registry import build_model
+from deploy.models.zoo import build_model
 
 
 @pytest.mark.parametrize("conv,option,text", [("doconv", "D_mul", "1000000"), ("coc", "sa", "1000"),

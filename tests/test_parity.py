@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.errors import BackendUnavailableError, BadInputError, ParityError
-from deploy.metrics import Tolerance, compare
+from deploy.core.errors import BackendUnavailableError, BadInputError, ParityError
+from deploy.core.metrics import Tolerance, compare
 from exporters.onnx import export_onnx, simplify_onnx
 from validators.divergence import locate_divergence
 from validators.parity import check_parity, first_divergence, seeded_inputs
-from validators.runtimes import OrtRuntime
-from validators.torch_runtime import TorchRuntime
+from validators.runtimes.onnxruntime import OrtRuntime
+from validators.runtimes.pytorch import TorchRuntime
 
 SHAPE = (3, 32, 32)
 

@@ -1,4 +1,4 @@
-"""Parity that no NaN or inf can blind (deploy/metrics.py, validators/parity.py).
+"""Parity that no NaN or inf can blind (deploy/core/metrics.py, validators/parity.py).
 
 Non-finite values must sit where the reference has the very same value; bounds, errors,
 margins and cosines come from the finite values; a row pointing away from the reference never
@@ -16,7 +16,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from deploy.metrics import Tolerance, compare, decisive_top1, top1_margins
+from deploy.core.metrics import Tolerance, compare, decisive_top1, top1_margins
 from tests.helpers import MaskedLogits
 
 INF = math.inf

@@ -1,4 +1,4 @@
-""".pt2 archives never run code without --trust-pickle (deploy/pt2_audit.py).
+""".pt2 archives never run code without --trust-pickle (deploy/load/pt2_audit.py).
 
 Each test crafts a real ``torch.export.save`` archive with one hazard planted in it — a weight
 stored as a pickle, a shape expression or an input guard that is code, pickled sample inputs,
@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.pt2_audit import pt2_hazards, safe_guard, safe_shape_expression
+from deploy.load.pt2_audit import pt2_hazards, safe_guard, safe_shape_expression
 from tests.helpers import randomise_bn
 
 SHAPE = (3, 16, 16)
@@ -142,7 +142,7 @@ def test_hostile_pt2_refused_by_every_command(hazard, good_pt2, tmp_path, deploy
 def test_planted_code_is_live_when_trusted(hazard, good_pt2, tmp_path) -> None:
     """Each planted exploit is live: with trust_pickle torch runs its code (so the refusal above is what
     keeps the marker away)."""
-    from deploy.formats import load_exported_program
+    from deploy.load.formats import load_exported_program
 
     marker = tmp_path / "marker"
     evil = HAZARDS[hazard](good_pt2, tmp_path / "evil.pt2", marker)

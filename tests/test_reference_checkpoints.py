@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from deploy.atomic import sha256_file
-from deploy.checkpoint import load_checkpoint, recognise_reference
+from deploy.core.atomic import sha256_file
+from deploy.load.checkpoint import load_checkpoint, recognise_reference
 from deploy.models.complexity import count_params
-from deploy.models.registry import build_model
+from deploy.models.zoo import build_model
 
 
 def _bare(state: dict, path: Path) -> Path:

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from deploy import export, fold_model
-from deploy.errors import GraphCheckError
+from deploy.core.errors import GraphCheckError
+from deploy.fold.reparam import PostNorm
 from deploy.layers.conv_bn import bn_scale_shift, fuse_conv_bn
-from deploy.reparam import PostNorm
 from tests.helpers import randomise_bn
 
 SHAPE = (3, 16, 16)
@@ -260,7 +260,7 @@ class VAEStyle(RepVGGBranches):
 
 
 def test_fold_methods_that_fail_or_are_not_folds(tmp_path) -> None:
-    from deploy.errors import BadInputError
+    from deploy.core.errors import BadInputError
 
     with pytest.raises(BadInputError, match=r"1\.reparameterize\(\) \(BrokenReparam\) failed \(RuntimeError: kernel "
                                             "shapes disagree\\)") as info:

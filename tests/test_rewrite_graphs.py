@@ -17,10 +17,10 @@ import onnx
 import onnx.helper as oh
 import torch
 
-from deploy.fold import fold_model
+from deploy.fold.fold import fold_model
 from deploy.models.random_init import randomize_model
-from deploy.models.registry import build_model
-from deploy.pipeline import ExportOptions, run_export
+from deploy.models.zoo import build_model
+from deploy.pipeline.export import ExportOptions, run_export
 from exporters.onnx import export_onnx_detailed, op_histogram
 from tests.helpers import PORTABLE_IR
 

@@ -1,4 +1,4 @@
-"""The exact deploy rewrites (deploy.layers.*, deploy.rewrite): property tests of every identity.
+"""The exact deploy rewrites (deploy.layers.*, deploy.fold.rewrite): property tests of every identity.
 
 Each rewrite is compared with the training form it replaces over random channels, strides,
 ratios, sizes and BatchNorm statistics, zero and negative BN scales included: at most 1e-10
@@ -14,9 +14,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from deploy.fold import fold_model
+from deploy.fold.fold import fold_model
 from deploy.layers.ic import ICConv2d, ICConvBN
-from deploy.layers.rewrite import ChannelScale, SplitConv2d
+from deploy.layers.rewrite_blocks import ChannelScale, SplitConv2d
 from deploy.layers.scconv import SCBottleneck, SCConv, SCConvStatic, nearest_rows, upsample_static
 from deploy.layers.spconv import SPConv3x3, SPConvBN
 from tests.helpers import randomise_bn

@@ -15,10 +15,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from deploy.claims_run import ClaimsSettings
-from deploy.errors import BadInputError
-from deploy.limits import MAX_INPUT_ELEMENTS, MAX_SIDE
-from deploy.steps import tolerance_from
+from deploy.claims.run import ClaimsSettings
+from deploy.core.errors import BadInputError
+from deploy.core.limits import MAX_INPUT_ELEMENTS, MAX_SIDE
+from deploy.pipeline.steps import tolerance_from
 
 FAST = ["--exporter", "torchscript", "--no-simplify", "--samples", "1", "--no-rewrite-diff"]
 
@@ -93,7 +93,7 @@ def test_the_library_refuses_them_too(value):
 
 
 def test_the_library_bounds_seeds_and_elements():
-    from deploy.limits import check_input_elements, check_seed
+    from deploy.core.limits import check_input_elements, check_seed
 
     for bad in (-1, 2**32, True, 1.5):
         with pytest.raises(BadInputError, match="`seed` must be an integer"):

@@ -231,7 +231,7 @@ def test_conv_option_values_are_bounded(workdir, deploy_cli, data):
     assert run.exit_code in (0, 2) and "Traceback" not in run.stdout + run.stderr, (args, run.stderr)
     written = workdir / "sub" / "z.pt"
     if run.exit_code == 0:
-        from deploy.checkpoint import load_checkpoint
+        from deploy.load.checkpoint import load_checkpoint
 
         load_checkpoint(written)  # refuses NaN/inf weights (exit 2) and options outside their bounds
         written.unlink()

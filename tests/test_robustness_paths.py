@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.errors import BadInputError
-from deploy.pathguard import guard_paths, same_file
+from deploy.core.errors import BadInputError
+from deploy.core.pathguard import guard_paths, same_file
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -62,8 +62,8 @@ def test_guard_refuses_an_output_that_is_an_input_or_another_output(tmp_path):
 
 
 def test_python_api_callers_get_the_guard_too(tmp_path, zoo_checkpoint):
-    from deploy.pipeline import ExportOptions, run_export
-    from deploy.validate import run_validate
+    from deploy.pipeline.export import ExportOptions, run_export
+    from deploy.pipeline.validate import run_validate
 
     ckpt = tmp_path / "m.pt"
     shutil.copy(zoo_checkpoint("resnet20", "plain", 32), ckpt)

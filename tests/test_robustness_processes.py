@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from deploy.atomic import HOOK_ENV
+from deploy.core.atomic import HOOK_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the cheapest full export: TorchScript, no onnxsim, one parity input per batch

@@ -12,9 +12,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from deploy.atomic import HOOK_ENV, Terminated, Transaction, lock_path, output_lock
-from deploy.errors import BadInputError
-from deploy.steps import write_step
+from deploy.core.atomic import HOOK_ENV, Terminated, Transaction, lock_path, output_lock
+from deploy.core.errors import BadInputError
+from deploy.pipeline.steps import write_step
 
 
 class _Report:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from deploy import export
-from deploy.errors import BadInputError, ParityError
+from deploy.core.errors import BadInputError, ParityError
 from tests.conftest import E2E_SAMPLES
 
 

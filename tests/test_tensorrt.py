@@ -1,4 +1,4 @@
-"""exporters/tensorrt.py and validators/trt_runtime.py.
+"""exporters/tensorrt/build.py and validators/runtimes/tensorrt.py.
 
 CPU tests cover the plain logic (profile, options, metadata, compatibility, availability)
 and every exit-code-5 path; `gpu` + `tensorrt`-marked tests need TensorRT 10 or 11 and a
@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from deploy.commands.bench import bench
 from deploy.commands.build import build
 from deploy.commands.common import guarded
-from deploy.errors import BadInputError
-from exporters.tensorrt import (
+from deploy.core.errors import BadInputError
+from exporters.tensorrt.build import (
     OnnxInput,
     build_engine,
     compute_profile,
@@ -30,7 +30,7 @@ from exporters.tensorrt import (
     onnx_input,
     validate_build_options,
 )
-from validators.trt_env import (
+from validators.runtimes.tensorrt_env import (
     BatchProfile,
     check_batch_in_profile,
     check_engine_compat,
@@ -193,7 +193,8 @@ def test_tensorrt_available_never_raises_and_lazy_import() -> None:
         assert "TensorRT" in reason or "GPU" in reason
     import importlib
 
-    for mod in ("exporters.tensorrt", "validators.trt_env", "validators.trt_runtime", "deploy.commands.bench"):
+    for mod in ("exporters.tensorrt.build", "validators.runtimes.tensorrt_env", "validators.runtimes.tensorrt",
+                "deploy.commands.bench"):
         importlib.import_module(mod)
     assert TRT_OK or "tensorrt" not in sys.modules
 
@@ -211,7 +212,7 @@ def test_build_exits_5_and_writes_nothing(onnx_files: dict[str, Path]) -> None:
 
 @no_trt_here
 def test_build_engine_api_raises_5(onnx_files: dict[str, Path]) -> None:
-    from deploy.errors import BackendUnavailableError
+    from deploy.core.errors import BackendUnavailableError
 
     with pytest.raises(BackendUnavailableError) as err:
         build_engine(validate_build_options(onnx_files["dyn"], onnx_files["dir"] / "api.plan"))
@@ -233,7 +234,7 @@ def test_bench_engine_exits_5(onnx_files: dict[str, Path]) -> None:
 def test_bench_onnx_gpu_provider_exits_5(onnx_files: dict[str, Path], provider: str) -> None:
     import onnxruntime as ort
 
-    from validators.runtimes import ORT_PROVIDERS
+    from validators.runtimes.onnxruntime import ORT_PROVIDERS
 
     if ORT_PROVIDERS[provider] in ort.get_available_providers():
         pytest.skip(f"{ORT_PROVIDERS[provider]} is installed here")
@@ -262,7 +263,7 @@ def _build(onnx_files: dict[str, Path], name: str, source: str = "dyn", **kw) ->
 @pytest.mark.gpu
 @pytest.mark.tensorrt
 def test_gpu_build_writes_engine_and_metadata(onnx_files: dict[str, Path]) -> None:
-    from deploy.atomic import sha256_file
+    from deploy.core.atomic import sha256_file
 
     out, meta = _build(onnx_files, "fp32", min_batch=1, opt_batch=8, max_batch=16)
     assert out.stat().st_size > 0 and (onnx_files["dir"] / "tc.bin").stat().st_size > 0
@@ -280,10 +281,10 @@ def test_gpu_build_writes_engine_and_metadata(onnx_files: dict[str, Path]) -> No
 def test_gpu_parity_with_onnxruntime(onnx_files: dict[str, Path], fp16: bool) -> None:
     """On the gated model with far-apart logits (tests/helpers.py): fp16 within 1e-2 * max|ref| and
     top-1 agreement on the rows whose margin exceeds that bound, the near-ties reported."""
-    from deploy.metrics import Tolerance
+    from deploy.core.metrics import Tolerance
     from validators.parity import check_parity
-    from validators.runtimes import OrtRuntime
-    from validators.trt_runtime import TensorRTRuntime
+    from validators.runtimes.onnxruntime import OrtRuntime
+    from validators.runtimes.tensorrt import TensorRTRuntime
 
     out, meta = _build(onnx_files, "fp16" if fp16 else "fp32p", source="gated", fp16=fp16, max_batch=64)
     major = int(meta["tensorrt_version"].split(".")[0])
@@ -307,8 +308,8 @@ def test_gpu_parity_with_onnxruntime(onnx_files: dict[str, Path], fp16: bool) ->
 @pytest.mark.gpu
 @pytest.mark.tensorrt
 def test_gpu_mismatched_timing_cache_is_replaced(onnx_files: dict[str, Path]) -> None:
-    from exporters.timing_cache import plan_timing_cache, record_path, save_timing_cache
-    from validators.trt_env import running_environment
+    from exporters.tensorrt.timing_cache import plan_timing_cache, record_path, save_timing_cache
+    from validators.runtimes.tensorrt_env import running_environment
 
     env = running_environment()
     garbage = onnx_files["dir"] / "garbage.bin"

@@ -11,7 +11,7 @@ records them; no network here). The package is parsed, never imported:
 - ``getattr(x, "NAME", default)`` is a version check in itself, and so is code under
   ``if major < 11:`` / ``if tensorrt_major(...) >= 11:``: such a name must exist only in
   the majors its branch runs on;
-- the keywords passed to polygraphy's loaders (``exporters.tensorrt.config_options`` and
+- the keywords passed to polygraphy's loaders (``exporters.tensorrt.build.config_options`` and
   ``network_options`` for every option combination) must lead to names that exist in that
   major (``POLYGRAPHY_NAMES``: what polygraphy 0.53's loaders read for each keyword).
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from exporters.tensorrt import BuildOptions, config_options, network_options, precision_route
-from validators.trt_env import SUPPORTED_MAJORS, BatchProfile
+from exporters.tensorrt.build import BuildOptions, config_options, network_options, precision_route
+from validators.runtimes.tensorrt_env import SUPPORTED_MAJORS, BatchProfile
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "tensorrt_names.json.gz"
@@ -253,7 +253,7 @@ def test_only_trt_env_imports_tensorrt() -> None:
                     importers.append(str(path.relative_to(ROOT)))
                 if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tensorrt":
                     importers.append(str(path.relative_to(ROOT)))
-    assert importers == ["validators/trt_env.py"]
+    assert importers == ["validators/runtimes/tensorrt_env.py"]
 
 
 PROFILE = BatchProfile("input", (1, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32))

@@ -1,4 +1,4 @@
-"""The PyTorch backend of `deploy bench` (deploy/torch_bench.py, validators/torch_runtime.py).
+"""The PyTorch backend of `deploy bench` (deploy/bench/torch_model.py, validators/runtimes/pytorch.py).
 
 CPU: the JSON record, --vs interleaving (a model against itself, ResNet-20 against
 ResNet-18), dtype and memory-format runs against the float32 reference, every exit code
@@ -17,12 +17,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from deploy.bench.torch_model import TorchBenchOptions, open_torch_runtime
 from deploy.commands.bench import bench
 from deploy.commands.common import guarded
-from deploy.errors import BackendUnavailableError, BadInputError
-from deploy.torch_bench import TorchBenchOptions, open_torch_runtime
+from deploy.core.errors import BackendUnavailableError, BadInputError
 from validators.latency import LatencyStats
-from validators.torch_runtime import TorchBenchRuntime
+from validators.runtimes.pytorch import TorchBenchRuntime
 
 CUDA = torch.cuda.is_available()
 no_cuda_here = pytest.mark.skipif(CUDA, reason="a CUDA GPU is present: exit 5 does not apply")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from deploy.layers.registry import conv_kind, register_conv_kind, unregister_conv_kind
-from deploy.models.registry import build_model, supported_convs
+from deploy.models.zoo import build_model, supported_convs
 from tests.toy_conv import TOY, ToyConv2d
 
 

@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import deploy
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
 from tests import usermodels
 from tests.helpers import PORTABLE_IR
 
@@ -140,7 +140,7 @@ def test_conv_option_held_by_the_weights_is_recorded(zoo_checkpoint, deploy_cli,
     run = deploy_cli("export", tmp_path / "ic_sd.pt", "--arch", "resnet20", "--conv", "ic", "--conv-opt", "alpha=5",
                      "-o", tmp_path / "ic.onnx")
     assert run.exit_code == 2 and "the weights hold alpha=1" in run.one_error_line()
-    from deploy.checkpoint import load_checkpoint
+    from deploy.load.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(tmp_path / "ic_sd.pt", arch="resnet20", conv="ic")
     assert loaded.conv_kwargs["alpha"] == 1.0

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
 from deploy.layers.paper import parse_count, printed_range
 from deploy.layers.registry import conv_kinds
 from deploy.models.complexity import count_macs, count_macs_thop, count_params
-from deploy.models.registry import archs, build_model, paper_targets, supported_convs
 from deploy.models.resnet import CifarResNet, ConvFactory
+from deploy.models.zoo import archs, build_model, paper_targets, supported_convs
 
 ARCHS = archs()
 CONVS = tuple(k.name for k in conv_kinds())
@@ -97,7 +97,7 @@ def test_foldable_layers_vanish_in_deploy_form():
 
 def test_local_deploy_form_agrees_with_fold_model():
     """One cross-check is enough (fold_model probes in float64, slow on CPU for CoC)."""
-    from deploy.fold import fold_model
+    from deploy.fold.fold import fold_model
 
     conv = "doconv"
     torch.manual_seed(0)

@@ -5,9 +5,9 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from deploy.checkpoint import load_checkpoint
 from deploy.cli import app
-from deploy.digits import load_digits
+from deploy.load.checkpoint import load_checkpoint
+from deploy.models.digits import load_digits
 
 runner = CliRunner()
 

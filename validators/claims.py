@@ -1,7 +1,7 @@
 """Claims as checks with verdicts, and the claims report writers (docs/architecture.md, validators/claims.py).
 
 Generic on purpose: nothing here knows which paper a layer came from. The caller
-(deploy/claims_matrix.py) passes in the numbers a paper prints and the bands a claim
+(deploy/claims/matrix.py) passes in the numbers a paper prints and the bands a claim
 allows; this module turns measurements into *parts* (one checked statement each) and
 parts into a verdict:
 
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from deploy.atomic import write_bytes_atomic, write_json_atomic
+from deploy.core.atomic import write_bytes_atomic, write_json_atomic
 from validators.graph import compare_reports
 
 PASS, FAIL, INCONCLUSIVE, INFO = "pass", "fail", "inconclusive", "info"

@@ -35,9 +35,9 @@ import onnx
 import torch
 from torch import nn
 
-from deploy.metrics import Tolerance, compare
-from validators.runtimes import all_node_outputs
-from validators.torch_runtime import named_outputs
+from deploy.core.metrics import Tolerance, compare
+from validators.runtimes.onnxruntime import all_node_outputs
+from validators.runtimes.pytorch import named_outputs
 
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import onnx
 
-from deploy.errors import GraphCheckError
+from deploy.core.errors import GraphCheckError
 from validators.graph import constants, dynamic_conv_weights, node_module
 
 _METHODS = "give the layer a `switch_to_deploy()`, `reparameterize()` or `fuse()` that folds it"

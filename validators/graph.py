@@ -1,7 +1,7 @@
 """Static checks of an exported ONNX graph (docs/architecture.md, validators/graph.py).
 
 ``check_graph`` verifies that a deploy graph is custom-op free (default ONNX domain only),
-parseable by TensorRT's ONNX parser (packaged support matrix, validators/trt_ops.py), and
+parseable by TensorRT's ONNX parser (packaged support matrix, validators/tensorrt_ops.py), and
 has no weight-computing subgraph: every Conv weight/bias is an initializer or a Constant
 (possibly behind Identity). The folding papers' "zero inference overhead" claim (DO-Conv
 Sec. 3.3, CoC's deploy form) means exactly this: the folded graph is a plain CNN.
@@ -43,9 +43,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import onnx
 
-from deploy.errors import GraphCheckError
-from validators.runtimes import all_node_outputs
-from validators.trt_ops import load_tensorrt_ops
+from deploy.core.errors import GraphCheckError
+from validators.runtimes.onnxruntime import all_node_outputs
+from validators.tensorrt_ops import load_tensorrt_ops
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}

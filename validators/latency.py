@@ -23,8 +23,8 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from deploy.errors import BadInputError
-from deploy.limits import check_finite
+from deploy.core.errors import BadInputError
+from deploy.core.limits import check_finite
 
 COV_WARN = 0.05
 MIN_TIMED_RUNS = 3
@@ -33,7 +33,7 @@ AUTO_DURATION_S = 30.0
 
 
 class Runtime(Protocol):
-    """What the harness needs from a runtime (validators/runtimes.py)."""
+    """What the harness needs from a runtime (validators/runtimes/onnxruntime.py)."""
 
     def run(self, x: np.ndarray) -> np.ndarray: ...
 

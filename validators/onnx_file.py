@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
 
 #: protobuf cannot parse a message of 2 GiB or more (larger models keep their weights in external data)
 MAX_PROTO_BYTES = 2**31 - 1

@@ -2,12 +2,12 @@
 
 ``check_parity`` runs a reference runtime and any number of candidates on K seeded random
 inputs at batch 1 and at a batch > 1 (and, for a graph whose H/W are dynamic, at more
-spatial sizes) and compares every output by name (``deploy.outputs``), each with its own
+spatial sizes) and compares every output by name (``deploy.core.outputs``), each with its own
 metrics and its own bound (``Tolerance`` relative to that output's max|ref|; the error
-conventions are in ``deploy.metrics``). Top-1 agreement is judged only for outputs that
+conventions are in ``deploy.core.metrics``). Top-1 agreement is judged only for outputs that
 look like class scores (2-D, more than one column), and counts only the rows whose
 reference top-1/top-2 margin exceeds the tolerance's error bound on that input
-(``deploy.metrics.decisive_top1``); the near-ties left out are reported as
+(``deploy.core.metrics.decisive_top1``); the near-ties left out are reported as
 ``top1_excluded``. On failure ``first_divergence``
 (``validators.divergence``) names the first module whose intermediate output differs
 between PyTorch and the ONNX graph.
@@ -20,13 +20,13 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from deploy.errors import BadInputError, ParityError
-from deploy.metrics import Tolerance, compare, decisive_top1, looks_like_class_scores
+from deploy.core.errors import BadInputError, ParityError
+from deploy.core.metrics import Tolerance, compare, decisive_top1, looks_like_class_scores
 from validators.divergence import locate_divergence
 
 
 class Runtime(Protocol):
-    """Anything with a name and ``run_all(x) -> {output name: array}`` (validators/runtimes.py)."""
+    """Anything with a name and ``run_all(x) -> {output name: array}`` (validators/runtimes/onnxruntime.py)."""
 
     name: str
 

@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from deploy.errors import BadInputError
-from validators.runtimes import as_float32_nchw, quiet_session_options
+from deploy.core.errors import BadInputError
+from validators.runtimes.onnxruntime import as_float32_nchw, quiet_session_options
 
 _KERNEL = "_kernel_time"
 
@@ -78,7 +78,7 @@ def _session(model: str | os.PathLike[str] | onnx.ModelProto, threads: int | Non
     opts = quiet_session_options()
     opts.enable_profiling = True
     opts.profile_file_prefix = prefix
-    if not spin:  # two sessions taking turns: idle pool threads must sleep (validators.runtimes)
+    if not spin:  # two sessions taking turns: idle pool threads must sleep (validators.runtimes.onnxruntime)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         if threads < 1:

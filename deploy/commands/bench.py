@@ -7,7 +7,7 @@ validators/latency.py; --vs times two artifacts interleaved (A B A B …) and re
 ratio of medians A/B with a bootstrap 95 % interval (docs/architecture.md "Measuring speed").
 
 This module imports no torch: `deploy bench x.onnx` starts fast. The PyTorch backend
-(``deploy.torch_bench``, which loads and folds a checkpoint) is imported only when a model.pt
+(``deploy.bench.torch_model``, which loads and folds a checkpoint) is imported only when a model.pt
 is timed.
 """
 
@@ -20,33 +20,33 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from deploy.atomic import sha256_file
 from deploy.commands.bench_profile import profile_command
 from deploy.commands.common import JSON, MachineOutput, console, finite, machine_output, warn
-from deploy.environment import host_device, versions
-from deploy.errors import BadInputError, ConvDeployError
-from deploy.limits import check_input_elements, check_input_size, check_seed
-from deploy.pathguard import guard_paths
+from deploy.core.atomic import sha256_file
+from deploy.core.environment import host_device, versions
+from deploy.core.errors import BadInputError, ConvDeployError
+from deploy.core.limits import check_input_elements, check_input_size, check_seed
+from deploy.core.pathguard import guard_paths
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, interleaved
 from validators.onnx_file import onnx_input
-from validators.runtimes import ORT_PROVIDERS, OrtRuntime
-from validators.trt_env import (
+from validators.runtimes.onnxruntime import ORT_PROVIDERS, OrtRuntime
+from validators.runtimes.tensorrt import TensorRTRuntime
+from validators.runtimes.tensorrt_env import (
     ENGINE_SUFFIXES,
     BatchProfile,
     check_batch_in_profile,
     load_engine_metadata,
     require_tensorrt,
 )
-from validators.trt_runtime import TensorRTRuntime
 
 if TYPE_CHECKING:
-    from deploy.torch_bench import TorchBenchOptions
+    from deploy.bench.torch_model import TorchBenchOptions
 
 BENCH_FORMAT = "convdeploy-bench/1"
 #: --backend -> the artifact kind it runs
 BACKENDS = {"ort": "onnx", "trt": "engine", "torch": "torch"}
 KIND_FILES = {"onnx": "model.onnx", "engine": "engine.plan", "torch": "model.pt"}
-#: files the PyTorch backend times (deploy.torch_bench.CHECKPOINT_SUFFIXES; kept here so bench imports no torch)
+#: files the PyTorch backend times (deploy.bench.torch_model.CHECKPOINT_SUFFIXES; kept here so bench imports no torch)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pt2")
 
 
@@ -128,7 +128,7 @@ def open_runtime(path: Path, kind: str, provider: Optional[str], threads: Option
     if kind == "torch":
         if provider is not None or include_copies:
             raise BadInputError("--provider and --include-copies do not apply to model.pt: use --device cpu|cuda")
-        from deploy import torch_bench  # noqa: PLC0415 - torch: only a model.pt needs it; bench x.onnx stays torch-free
+        from deploy.bench import torch_model as torch_bench  # noqa: PLC0415 - torch: only a model.pt needs it; bench x.onnx stays torch-free
 
         opts = torch_opts or torch_bench.TorchBenchOptions(cuda_graph=cuda_graph)
         return torch_bench.open_torch_runtime(path, opts, input_size, threads)
@@ -293,7 +293,7 @@ def _torch_options(kinds: list[str], device: str, dtype: str, cuda_graph: bool, 
         if (device, dtype, channels_last) != ("cpu", "fp32", False):
             raise BadInputError("--device, --dtype and --channels-last apply to the PyTorch backend: bench a model.pt")
         return None
-    from deploy.torch_bench import TorchBenchOptions  # noqa: PLC0415 - torch: only a model.pt needs it
+    from deploy.bench.torch_model import TorchBenchOptions  # noqa: PLC0415 - torch: only a model.pt needs it
 
     opts = TorchBenchOptions(device=device, dtype=dtype, cuda_graph=cuda_graph, channels_last=channels_last,
                              seed=seed)

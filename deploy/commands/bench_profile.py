@@ -14,9 +14,9 @@ import numpy as np
 from rich.table import Table
 
 from deploy.commands.common import MachineOutput, console, machine_output
-from deploy.environment import host_device
-from deploy.errors import BadInputError
-from deploy.pathguard import guard_paths
+from deploy.core.environment import host_device
+from deploy.core.errors import BadInputError
+from deploy.core.pathguard import guard_paths
 from validators.profile import OnnxProfile, profile_models
 
 PROFILE_FORMAT = "convdeploy-profile/1"

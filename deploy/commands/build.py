@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from deploy.commands.common import JSON, JSON_FILE, console, finite, machine_output, warn
-from exporters.tensorrt import build_engine, compute_profile, onnx_input, require_engine_builder, validate_build_options
-from validators.trt_env import metadata_path
+from exporters.tensorrt.build import build_engine, compute_profile, onnx_input, require_engine_builder, validate_build_options
+from validators.runtimes.tensorrt_env import metadata_path
 
 
 def build(

@@ -17,10 +17,10 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from deploy.claims_matrix import model_choices, select_entries
-from deploy.claims_run import ClaimsSettings, Ui, run_claims
+from deploy.claims.matrix import model_choices, select_entries
+from deploy.claims.run import ClaimsSettings, Ui, run_claims
 from deploy.commands.common import JSON, console, finite, machine_output
-from deploy.errors import BadInputError, ClaimRefutedError
+from deploy.core.errors import BadInputError, ClaimRefutedError
 
 _STYLE = {"confirmed": "green", "refuted": "bold red", "inconclusive": "yellow", "reported": "cyan"}
 

@@ -36,9 +36,9 @@ try:  # typer >= 0.20 carries its own copy of click
 except ImportError:  # older typer runs on click itself
     from click.exceptions import UsageError  # type: ignore[no-redef]
 
-from deploy.atomic import Terminated, write_json_atomic
-from deploy.errors import ConvDeployError
-from deploy.pathguard import guard_paths
+from deploy.core.atomic import Terminated, write_json_atomic
+from deploy.core.errors import ConvDeployError
+from deploy.core.pathguard import guard_paths
 
 console = Console(emoji=False)  # a module called `a:smile:b` stays as it is
 err_console = Console(stderr=True, emoji=False)

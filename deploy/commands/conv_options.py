@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
 from deploy.layers.registry import conv_kind, conv_kinds
 
 

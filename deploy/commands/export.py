@@ -12,10 +12,10 @@ from rich.table import Table
 from deploy.commands.common import JSON, console, detail, finite, machine_output, warn
 from deploy.commands.conv_options import conv_help, conv_opt_help, conv_options, ratio_help
 from deploy.commands.inspect import print_fold_coverage, print_graph
-from deploy.errors import BadInputError
-from deploy.pipeline import ExportOptions, ExportOutcome, StepLog, run_export
-from deploy.report import RunReport
-from deploy.validate import run_validate
+from deploy.core.errors import BadInputError
+from deploy.pipeline.export import ExportOptions, ExportOutcome, StepLog, run_export
+from deploy.pipeline.report import RunReport
+from deploy.pipeline.validate import run_validate
 from validators.onnx_file import require_regular_file
 from validators.parity import ParityReport
 

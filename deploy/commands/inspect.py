@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from deploy.commands.common import JSON, JSON_FILE, console, machine_output, warn
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
 from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
 from validators.graph import GraphReport, check_graph
 from validators.onnx_file import check_declarations, check_structure, load_onnx, require_regular_file

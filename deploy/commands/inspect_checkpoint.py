@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deploy.checkpoint import load_checkpoint
+from deploy.load.checkpoint import load_checkpoint
 from deploy.models.complexity import count_params
 
 

@@ -10,19 +10,19 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from deploy.checkpoint import save_checkpoint
+from deploy.claims.counts import CONVENTIONS, zoo_row
 from deploy.commands.common import JSON_FILE, console, finite, guarded, machine_output
 from deploy.commands.conv_options import conv_help, conv_opt_help, conv_options, ratio_help
-from deploy.digits import load_digits
-from deploy.errors import BadInputError
-from deploy.limits import check_input_size, check_seed
+from deploy.core.errors import BadInputError
+from deploy.core.limits import check_input_size, check_seed
+from deploy.core.pathguard import guard_paths
+from deploy.load.checkpoint import save_checkpoint
 from deploy.models.complexity import count_params
+from deploy.models.digits import load_digits
 from deploy.models.random_init import randomize_model
-from deploy.models.registry import archs, build_model, default_input_shape, zoo_entries
-from deploy.pathguard import guard_paths
-from deploy.train import train_classifier
+from deploy.models.train import train_classifier
+from deploy.models.zoo import archs, build_model, default_input_shape, zoo_entries
 from deploy.version import __version__
-from deploy.zoo_counts import CONVENTIONS, zoo_row
 
 app = typer.Typer(
     help="The model zoo: ResNet-18/34/50/101, CIFAR ResNet-20 and SCNet-50/101 with each paper's layer.",

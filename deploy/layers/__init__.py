@@ -5,10 +5,10 @@ Conventions shared by every layer here:
 * ``switch_to_deploy()`` (RepVGG / timm) turns the module into its deploy form in
   place: exact, float64-checked, idempotent.
 * Layers that fold into a single convolution (CoC, DO-Conv) also offer
-  ``to_conv2d() -> nn.Conv2d``; ``deploy.fold.fold_model`` swaps them for it, so the
+  ``to_conv2d() -> nn.Conv2d``; ``deploy.fold.fold.fold_model`` swaps them for it, so the
   folded network is indistinguishable from its plain twin.
-* The exact deploy rewrites (``deploy.layers.rewrite``) live with their layer too:
-  ``absorb_batchnorm(bn)``, ``rewritten()`` and ``input_split``, found by ``deploy.rewrite``.
+* The exact deploy rewrites (``deploy.layers.rewrite_blocks``) live with their layer too:
+  ``absorb_batchnorm(bn)``, ``rewritten()`` and ``input_split``, found by ``deploy.fold.rewrite``.
 * Each file ends with one ``register_conv_kind(...)`` call (``deploy.layers.registry``);
   importing this package registers the built-in kinds, one import per file below.
 """

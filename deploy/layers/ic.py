@@ -46,7 +46,7 @@ so both biases live inside the two convolutions and the two broadcast additions 
 the training form disappear. α stays a separate multiply: pulling it inside the
 ReLU (valid only for α ≥ 0) would need a second, scaled copy of y.
 
-Deploy rewrite (``absorb_batchnorm``, ``rewritten``; ``deploy.layers.rewrite``), exact in
+Deploy rewrite (``absorb_batchnorm``, ``rewritten``; ``deploy.layers.rewrite_blocks``), exact in
 real arithmetic, for the BN the host block applies after the layer (y -> s·y + t per
 channel) too. With Y' = s·y + t, Z' = s·z + t and B = Y' − Z' = s·(y − z):
 
@@ -78,7 +78,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from deploy.layers.paper import ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import ConvKind, ConvSpec, options_from_signature, register_conv_kind
-from deploy.layers.rewrite import ChannelScale, DeployRewrite, absorbed_scale_shift
+from deploy.layers.rewrite_blocks import ChannelScale, DeployRewrite, absorbed_scale_shift
 
 _IntOr2 = int | tuple[int, int]
 

@@ -89,7 +89,7 @@ class ClaimFacts:
 
     ``subject`` names the claims model ("SPConv-ResNet50"); ``figures`` holds the numbers
     the check needs beyond the kind's ``PaperTarget`` rows, keyed as that check documents
-    (``deploy.claims_matrix``): e.g. the baseline's printed counts, per-variant latencies.
+    (``deploy.claims.matrix``): e.g. the baseline's printed counts, per-variant latencies.
     """
 
     check: ClaimCheck

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
 from deploy.layers.paper import ClaimCheck, ClaimFacts, PaperTarget
 
 CONV_ROLES = ("stem", "block3x3", "block1x1", "shortcut")

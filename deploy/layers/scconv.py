@@ -29,7 +29,7 @@ every Conv+BN pair folds exactly (``deploy.layers.conv_bn``); each BN becomes
 ``nn.Identity`` at the same ``nn.Sequential`` index, so the remaining keys
 (``k4.0.weight``, ``k4.0.bias``, ...) still line up with the reference's.
 
-Deploy rewrite (``SCConv.rewritten``; ``deploy.layers.rewrite``), exact in real arithmetic:
+Deploy rewrite (``SCConv.rewritten``; ``deploy.layers.rewrite_blocks``), exact in real arithmetic:
 Up() of a map whose size H, W is fixed when the graph is traced. For a pooled size p with
 H % p == 0 (W likewise), nearest is an upsampling by the integer factor H/p (the same
 source pixel floor(i·p/H) = floor(i/(H/p))), exported as Resize with constant scales,
@@ -58,7 +58,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from deploy.layers.conv_bn import fuse_conv_bn
 from deploy.layers.paper import ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import BlockSpec, ConvKind, ZooModel, options_from_signature, register_conv_kind
-from deploy.layers.rewrite import DeployRewrite
+from deploy.layers.rewrite_blocks import DeployRewrite
 
 _INTERPOLATIONS = ("nearest", "bilinear")
 

@@ -35,7 +35,7 @@ scaled by s and the shift goes into gwc's bias. gwc and pwc stay separate: mergi
 into a dense 3×3 kernel (or into gwc, which is grouped) would multiply its MACs. bn2
 folds into conv1x1.
 
-Deploy rewrite (``absorb_batchnorm``, ``rewritten``; ``deploy.layers.rewrite``): exact in
+Deploy rewrite (``absorb_batchnorm``, ``rewritten``; ``deploy.layers.rewrite_blocks``): exact in
 real arithmetic, for the BN the host block applies after SPConv (``Bottleneck.bn2``,
 per channel y -> s·y + t) too:
 
@@ -51,7 +51,7 @@ per channel y -> s·y + t) too:
   and β over the map as a nearest upsampling, so that ONNX Runtime keeps every op in
   its blocked layout (no Sub, ReduceMean, Softmax, Gather, Slice or broadcasting Mul);
 * the input slices are ``input_split``: where the host computes them with a 1×1 conv
-  (+ ReLU) used by nothing else, that conv is split instead (``deploy.rewrite``).
+  (+ ReLU) used by nothing else, that conv is split instead (``deploy.fold.rewrite``).
 """
 
 from __future__ import annotations
@@ -63,11 +63,11 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
 from deploy.layers.conv_bn import bn_scale_shift, fuse_conv_bn
 from deploy.layers.paper import THOP_NOTE, ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import ConvKind, ConvSpec, ZooVariant, options_from_signature, register_conv_kind
-from deploy.layers.rewrite import ChannelScale, DeployRewrite, absorbed_scale_shift, broadcast_to_map, global_mean
+from deploy.layers.rewrite_blocks import ChannelScale, DeployRewrite, absorbed_scale_shift, broadcast_to_map, global_mean
 
 
 def _eager(x: torch.Tensor) -> bool:

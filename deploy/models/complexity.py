@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
 
 
 def count_params(model: nn.Module) -> int:

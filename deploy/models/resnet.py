@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deploy.errors import BadInputError
+from deploy.core.errors import BadInputError
 from deploy.layers.registry import BLOCK_ROLES, CONV_ROLES, BlockSpec, ConvSpec, baseline_kind, conv_kind
 
 ConvMaker = Callable[[str, int, int, int, int, int], nn.Module]

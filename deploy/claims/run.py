@@ -1,0 +1,408 @@
+"""`deploy claims` as one plain function: checkpoints -> exports -> interleaved timing -> verdicts -> reports.
+
+Every model of the matrix (deploy/claims/matrix.py) gets a checkpoint with seeded random
+weights and non-trivial BatchNorm statistics (what `deploy zoo create` writes), goes
+through the export pipeline (deploy/pipeline.run_export: fold, ONNX, onnxsim, graph
+checks, parity), and is timed against the plain ResNet-50 export with interleaved A/B
+runs (validators/latency.interleaved) on the chosen backend: ONNX Runtime or TensorRT on the
+exports, or PyTorch on the checkpoints themselves (deploy/torch_bench: folded where the
+entry folds, the training form where it does not). The verdicts come from
+validators/claims.py; claims.json, claims.md and claims.png are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import onnxruntime
+import torch
+
+from deploy.bench.torch_model import TorchBenchOptions, open_torch_runtime
+from deploy.claims.counts import zoo_row
+from deploy.claims.matrix import (
+    FASTER_BAND,
+    ZERO_OVERHEAD_BAND,
+    MatrixEntry,
+    ModelRecord,
+    baseline_entry,
+    evaluate,
+    latency_rows,
+    paper_figures,
+)
+from deploy.core.atomic import sha256_file
+from deploy.core.environment import device_description, host_device, versions
+from deploy.core.errors import BackendUnavailableError, BadInputError, ParityError
+from deploy.core.limits import check_finite, check_input_size, check_seed
+from deploy.core.pathguard import guard_paths
+from deploy.load.checkpoint import save_checkpoint
+from deploy.models.random_init import randomize_model
+from deploy.models.zoo import build_model
+from deploy.pipeline.export import ExportOptions, run_export
+from deploy.pipeline.steps import probe_forward
+from deploy.version import __version__
+from exporters.tensorrt.build import build_engine, engine_builder_available, validate_build_options
+from validators.claims import (
+    COV_LIMIT,
+    RatioMeasure,
+    exit_code_for,
+    tally,
+    write_claims_json,
+    write_claims_md,
+    write_claims_png,
+)
+from validators.latency import interleaved
+from validators.runtimes.onnxruntime import OrtRuntime
+from validators.runtimes.tensorrt import TensorRTRuntime
+from validators.runtimes.tensorrt_env import running_environment
+
+QUICK = {"input_size": 64, "batches": (1, 8), "parity_samples": 2, "warmup": "0.5s", "seconds": (2.0, 3.0),
+         "exporter": "torchscript"}
+FULL = {"input_size": None, "batches": (1, 64), "parity_samples": 4, "warmup": "2s", "seconds": (15.0, 60.0),
+        "exporter": "dynamo"}
+
+
+@dataclass
+class ClaimsSettings:
+    """Options of `deploy claims`; None means the quick-mode or full-size default."""
+
+    output_dir: Path = Path("claims")
+    backend: str = "auto"  # auto | ort | trt | torch
+    device: str = "cpu"  # the torch backend's device: cpu | cuda
+    batches: Optional[tuple[int, ...]] = None
+    quick: bool = False
+    input_size: Optional[int] = None
+    warmup: Optional[str] = None
+    iters: Optional[int] = None  # pairs per comparison (cap)
+    duration: Optional[float] = None  # seconds per comparison (cap, warm-up included)
+    parity_samples: Optional[int] = None
+    threads: Optional[int] = None
+    seed: int = 0
+    exporter: Optional[str] = None  # dynamo | torchscript (default: dynamo; quick mode: torchscript, faster)
+    cov_limit: float = COV_LIMIT
+
+    def defaults(self) -> dict[str, Any]:
+        return QUICK if self.quick else FULL
+
+    def batch_list(self) -> list[int]:
+        batches = list(self.batches or self.defaults()["batches"])
+        if any(b < 1 for b in batches):
+            raise BadInputError(f"`batches` {batches}: batch sizes must be >= 1")
+        return sorted(set(batches))
+
+    def seconds_for(self, batch: int) -> float:
+        """Time budget of one A/B comparison at ``batch``."""
+        if self.duration is not None:
+            return self.duration
+        small, large = self.defaults()["seconds"]
+        return small if batch == 1 else large
+
+    def check(self) -> None:
+        check_finite("duration", self.duration, positive=True)
+        check_seed(self.seed)
+        if self.input_size is not None:
+            check_input_size("input_size", (self.input_size,))
+        if self.iters is not None and self.iters < 3:
+            raise BadInputError(f"`iters` {self.iters}: the harness needs at least 3 pairs")
+        if self.input_size is not None and self.input_size < 16:
+            raise BadInputError(f"`input_size` {self.input_size} is too small for ResNet-50: use 32 or more")
+        if self.exporter not in (None, "dynamo", "torchscript"):
+            raise BadInputError(f"`exporter` {self.exporter!r}: choose dynamo or torchscript")
+        if self.threads is not None and self.threads < 1:
+            raise BadInputError(f"`threads` {self.threads} must be >= 1")
+
+
+class Ui:
+    """Progress callbacks; this one shows nothing (the CLI passes a rich one)."""
+
+    def phase(self, name: str, total: float) -> None: ...
+
+    def item(self, text: str) -> None: ...
+
+    def advance(self, amount: float = 1.0) -> None: ...
+
+    def log(self, text: str) -> None: ...
+
+    @contextlib.contextmanager
+    def budget(self, seconds: float) -> Iterator[None]:
+        """Advance the current phase by elapsed time, up to ``seconds``, while the body runs."""
+        yield
+        self.advance(seconds)
+
+
+# ---------------------------------------------------------------- backend
+
+def resolve_backend(name: str, device: str = "cpu") -> tuple[str, str]:
+    """("ort" | "trt" | "torch", text for reports); exit 5 when TensorRT or the GPU is asked for and missing."""
+    if name not in ("auto", "ort", "trt", "torch"):
+        raise BadInputError(f"`backend` {name!r}: choose auto, ort, trt or torch")
+    if device != "cpu" and name != "torch":
+        raise BadInputError(f"`device` {device} applies to the `backend` torch: ONNX Runtime runs on CPU here")
+    if name == "torch":
+        opts = TorchBenchOptions(device=device)
+        opts.check()
+        return "torch", f"PyTorch {torch.__version__} eager on {device} (fp32; folded where the model folds)"
+    if name in ("auto", "trt"):
+        ok, reason = engine_builder_available()
+        if ok:
+            return "trt", reason + " (fp32, engine time without host copies)"
+        if name == "trt":
+            raise BackendUnavailableError(f"{reason}; the `backend` ort runs the claims on ONNX Runtime CPU")
+    return "ort", f"ONNX Runtime {onnxruntime.__version__} CPU"
+
+
+def open_runtime(rec: ModelRecord, backend: str, settings: ClaimsSettings, max_batch: int) -> Any:
+    """An ONNX Runtime session or a TensorRT engine (profile 1..max_batch) of the record's export,
+    or its checkpoint on PyTorch (folded when the entry folds)."""
+    onnx_path, threads = Path(rec.extra["onnx"]), settings.threads
+    if backend == "torch":
+        opts = TorchBenchOptions(device=settings.device, fold=rec.entry.fold, seed=settings.seed)
+        return open_torch_runtime(Path(rec.extra["checkpoint"]), opts, threads=threads)
+    if backend == "ort":
+        return OrtRuntime(onnx_path, threads=threads, spin=False)  # sessions take turns: no spinning
+    engine = onnx_path.with_suffix(".plan")
+    build_engine(validate_build_options(onnx_path, engine, min_batch=1, opt_batch=max_batch, max_batch=max_batch))
+    return TensorRTRuntime(engine)
+
+
+# ---------------------------------------------------------------- steps
+
+def make_checkpoint(entry: MatrixEntry, input_size: Optional[int], seed: int, path: Path) -> tuple[int, ...]:
+    """Seeded random weights and BN statistics, as `deploy zoo create`; returns the input shape."""
+    torch.manual_seed(seed)
+    model = build_model(entry.arch, entry.conv, **entry.kwargs).eval()
+    if input_size is not None:
+        model.input_shape = (model.input_shape[0], input_size, input_size)
+    shape = tuple(model.input_shape)
+    probe_forward(model, shape)  # BadInputError when the model cannot take this size
+    randomize_model(model, shape, seed=seed)
+    model.eval()
+    save_checkpoint(model, path, meta={"created_by": "deploy claims", "seed": seed, "version": __version__})
+    return shape
+
+
+def export_entry(entry: MatrixEntry, ckpt: Path, out_dir: Path, settings: ClaimsSettings, rec: ModelRecord) -> None:
+    """run_export with the entry's fold/simplify; parity failures are recorded, not raised."""
+    samples = settings.parity_samples or settings.defaults()["parity_samples"]
+    opts = ExportOptions(checkpoint=ckpt, output=out_dir / f"{entry.stem}.onnx", fold=entry.fold,
+                         simplify=entry.simplify, strict=False, samples=samples, seed=settings.seed,
+                         compare_rewrites=False)
+    opts.exporter = settings.exporter or settings.defaults()["exporter"]
+    start = time.perf_counter()
+    try:
+        outcome = run_export(opts)
+    except ParityError as exc:
+        if entry == baseline_entry():
+            raise
+        rec.parity_passed, rec.parity_detail, rec.skipped = False, str(exc), "parity failed"
+        rec.extra["export_seconds"] = time.perf_counter() - start
+        return
+    rec.graph = outcome.graph
+    rec.parity_passed = outcome.parity.passed
+    rec.parity_detail = "; ".join(outcome.parity.summary().splitlines())
+    fold = outcome.report.fold.to_dict() if outcome.report.fold else {}
+    rec.extra.update(onnx=str(outcome.onnx_path), onnx_sha256=sha256_file(outcome.onnx_path),
+                     export_seconds=time.perf_counter() - start, fold=fold, report=str(outcome.report_path))
+
+
+def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, backend: str, input_shape: tuple[int, ...],
+                 ui: Ui) -> tuple[dict[tuple[str, int], RatioMeasure], list[dict[str, Any]]]:
+    """Interleaved A/B of every exported model against the baseline, at every batch."""
+    batches = settings.batch_list()
+    baseline = baseline_entry()
+    base = records[baseline.key]
+    todo = [r for r in records.values() if r is not base and "onnx" in r.extra]
+    ui.phase("timing", sum(settings.seconds_for(b) for b in batches) * len(todo))
+    start = time.perf_counter()
+    base_rt = open_runtime(base, backend, settings, max(batches))
+    base.extra["session_load_s"] = time.perf_counter() - start
+    inputs = {b: np.random.default_rng(settings.seed).standard_normal((b, *input_shape)).astype(np.float32)
+              for b in batches}
+    measures: dict[tuple[str, int], RatioMeasure] = {}
+    raw: list[dict[str, Any]] = []
+    warmup = settings.warmup or settings.defaults()["warmup"]
+    for rec in todo:
+        start = time.perf_counter()
+        rt = open_runtime(rec, backend, settings, max(batches))
+        rec.extra["session_load_s"] = time.perf_counter() - start
+        for b in batches:
+            budget = settings.seconds_for(b)
+            ui.item(f"timing {rec.entry.label} vs {baseline.label}, batch {b} (~{budget:.0f} s)")
+            with ui.budget(budget):
+                ab = interleaved(rt, base_rt, inputs[b], warmup=warmup, iters=settings.iters, duration=budget,
+                                 seed=settings.seed)
+            m = RatioMeasure.from_ab(ab)
+            measures[(rec.entry.key, b)] = m
+            raw.append({"model": rec.entry.key, "baseline": baseline.key, "batch": b, **ab.to_dict()})
+            ui.log(f"{rec.entry.label}, batch {b}: ratio {m.text()}, CoV {100 * m.cov:.1f} %, {m.pairs} pairs")
+        del rt
+    return measures, raw
+
+
+# ---------------------------------------------------------------- the run
+
+def _model_doc(rec: ModelRecord) -> dict[str, Any]:
+    e = rec.entry
+    return {"key": e.key, "label": e.label, "arch": e.arch, "conv": e.conv, "conv_kwargs": e.kwargs, "fold": e.fold,
+            "simplify": e.simplify, "skipped": rec.skipped, "paper_form": rec.paper_form,
+            "graph": rec.graph.to_dict() if rec.graph is not None else None, "parity_passed": rec.parity_passed,
+            "parity_detail": rec.parity_detail, **rec.extra}
+
+
+def _notes(settings: ClaimsSettings, backend: str, records: dict[str, ModelRecord], shape: tuple[int, ...]) -> list[str]:
+    notes = [
+        "Claims 1 and 3 are judged on latency as well as structure; claims 4 and 5 on the counts the papers claim "
+        "(their latency is reported). Claim 2 has no verdict.",
+        "Counts held against the papers are at the papers' input 3x224x224 (trainable params with BatchNorm kept; "
+        "Conv/Linear MACs at batch 1, `deploy zoo list`); twin comparisons and MAC-ratio floors come from the "
+        f"exported graphs at {shape[1]}x{shape[2]}.",
+        f"A latency interval inside its band passes; wholly outside fails; across an edge it fails when the "
+        f"coefficient of variation is <= {100 * settings.cov_limit:.0f} % and the ratio itself is outside the band, "
+        "and is inconclusive otherwise (too noisy, or too few runs to tell).",
+    ]
+    if backend == "torch":
+        notes.append("PyTorch runs each checkpoint as the entry says: folded models in their deploy form, unfolded "
+                     "ones (claim 2) in their training form, which computes CoC's and DO-Conv's kernels in every "
+                     "forward pass; the graph checks and parity are those of the ONNX exports. Its \"session load\" is "
+                     "loading the checkpoint and folding it (with the fold's float64 check).")
+    if backend == "ort":
+        notes.append("ONNX Runtime constant-folds weight subgraphs and fuses BatchNorm when it loads a model, so an "
+                     "unfolded export (claim 2) is folded by the runtime at load time; its graph check shows what a "
+                     "strict deploy target sees.")
+    if settings.quick:
+        notes.append("quick mode: small inputs, short timing budgets and the faster TorchScript exporter, for CI; "
+                     "use the full run for conclusions.")
+    notes += [f"{r.entry.label}: {r.skipped}" for r in records.values() if r.skipped]
+    return notes
+
+
+#: the files `deploy claims` writes into its output directory (besides checkpoints and exports)
+CLAIMS_FILES = ("claims.json", "claims.md", "claims.png")
+
+
+def _output_dir(settings: ClaimsSettings) -> Path:
+    out = Path(settings.output_dir)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"output {out} is a file: give a directory for claims.json, claims.md and claims.png")
+    if not out.parent.is_dir():
+        raise BadInputError(f"the parent of the output directory {out} does not exist: create it first")
+    if out.is_dir():  # files already there (or links) must not be one another
+        guard_paths(inputs={}, outputs={f"`output_dir`/{name}": out / name for name in CLAIMS_FILES})
+    return out
+
+
+def make_checkpoints(records: dict[str, ModelRecord], settings: ClaimsSettings, out: Path,
+                     ui: Ui) -> tuple[int, ...]:
+    """One checkpoint per model (folded and unfolded share it) and its paper-form counts; the
+    baseline's input shape. A model that cannot take the input size is marked skipped."""
+    input_size = settings.input_size or settings.defaults()["input_size"]
+    entries = [r.entry for r in records.values()]
+    ui.phase("checkpoints", len({e.checkpoint_stem for e in entries}))
+    shapes: dict[str, tuple[int, ...]] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e.checkpoint_stem in shapes:
+            continue
+        ui.item(f"checkpoint {e.label.split(' (')[0]}: seeded weights and BN statistics")
+        rows[e.checkpoint_stem] = zoo_row(e.arch, e.conv, e.kwargs)
+        try:
+            shapes[e.checkpoint_stem] = make_checkpoint(e, input_size, settings.seed, out / f"{e.checkpoint_stem}.pt")
+        except BadInputError as exc:
+            if e == baseline_entry():
+                raise
+            shapes[e.checkpoint_stem] = ()
+            for r in records.values():
+                if r.entry.checkpoint_stem == e.checkpoint_stem:
+                    r.skipped = str(exc).rsplit("; ", 1)[0]
+            ui.log(f"skipped {e.label}: {exc}")
+        ui.advance()
+    for r in records.values():
+        r.paper_form = {k: rows[r.entry.checkpoint_stem][k] for k in ("params", "macs", "input_shape")}
+        if shapes[r.entry.checkpoint_stem]:
+            ckpt = out / f"{r.entry.checkpoint_stem}.pt"
+            r.extra.update(checkpoint=str(ckpt), checkpoint_sha256=sha256_file(ckpt))
+    return shapes[baseline_entry().checkpoint_stem]
+
+
+def export_all(records: dict[str, ModelRecord], settings: ClaimsSettings, out: Path, ui: Ui) -> None:
+    todo = [r for r in records.values() if not r.skipped]
+    ui.phase("exports", len(todo))
+    for r in todo:
+        ui.item(f"export {r.entry.label}: fold, ONNX, simplify, graph check, parity")
+        export_entry(r.entry, Path(r.extra["checkpoint"]), out, settings, r)
+        flagged = r.graph is not None and r.graph.reasons
+        ui.log(f"exported {r.entry.label} in {r.extra['export_seconds']:.0f} s: parity "
+               f"{'ok' if r.parity_passed else 'FAILED'}"
+               + (f", graph check flagged {len(r.graph.reasons)} issue(s)" if flagged and r.graph else ""))
+        ui.advance()
+
+
+def _settings_doc(settings: ClaimsSettings, input_shape: tuple[int, ...], entries: list[str]) -> dict[str, Any]:
+    batches = settings.batch_list()
+    d = settings.defaults()
+    return {"quick": settings.quick, "input_shape": list(input_shape), "batches": batches,
+            "band": list(ZERO_OVERHEAD_BAND), "faster_band": list(FASTER_BAND), "cov_limit": settings.cov_limit,
+            "parity_samples": settings.parity_samples or d["parity_samples"],
+            "warmup": settings.warmup or d["warmup"], "iters": settings.iters,
+            "exporter": settings.exporter or d["exporter"],
+            "seconds_per_comparison": {str(b): settings.seconds_for(b) for b in batches},
+            "seeds": {"weights": settings.seed, "parity": settings.seed, "inputs": settings.seed,
+                      "bootstrap": settings.seed},
+            "models": entries}
+
+
+def _environment_doc(settings: ClaimsSettings, backend: str, backend_text: str) -> dict[str, Any]:
+    device = device_description()
+    device_text = host_device()
+    if backend == "trt":
+        device["gpu"] = running_environment()
+        device_text = f"{device['gpu'].get('gpu_name')} (host {device_text})"
+    if backend == "torch" and settings.device == "cuda":
+        device["gpu"] = {"gpu_name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+        device_text = f"{device['gpu']['gpu_name']} (host {device_text})"
+    threads = f", {settings.threads} intra-op thread(s)" if backend in ("ort", "torch") and settings.threads else ""
+    names = {"ort": "onnxruntime", "trt": "tensorrt", "torch": "pytorch"}
+    return {"versions": versions(), "device": device, "device_text": device_text,
+            "backend": {"name": names[backend], "text": backend_text + threads,
+                        "threads": settings.threads if settings.threads else "runtime default"}}
+
+
+def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], ui: Optional[Ui] = None) -> dict[str, Any]:
+    """Do the whole run and write DIR/claims.{json,md,png}; returns the document."""
+    ui = ui or Ui()
+    t0 = time.perf_counter()
+    settings.check()
+    batches = settings.batch_list()
+    backend, backend_text = resolve_backend(settings.backend, settings.device)
+    out = _output_dir(settings)
+    out.mkdir(exist_ok=True)
+    records = {e.key: ModelRecord(e) for e in entries}
+    input_shape = make_checkpoints(records, settings, out, ui)
+    export_all(records, settings, out, ui)
+    measures, raw = time_entries(records, settings, backend, input_shape, ui)
+    claims = evaluate(records, measures, batches, settings.cov_limit)
+    now = time.gmtime()
+    doc: dict[str, Any] = {
+        "format": "convdeploy-claims/1", "title": "convdeploy claims",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now), "date": time.strftime("%Y-%m-%d", now),
+        **_environment_doc(settings, backend, backend_text),
+        "settings": _settings_doc(settings, input_shape, [e.key for e in entries]),
+        "paper": paper_figures(),
+        "models": [_model_doc(r) for r in records.values()],
+        "latency": raw,
+        "latency_rows": latency_rows(records, measures, batches),
+        "claims": [c.to_dict() for c in claims],
+        "notes": _notes(settings, backend, records, input_shape),
+    }
+    doc["summary"] = {**tally(claims), "exit_code": exit_code_for(claims)}
+    doc["seconds"] = time.perf_counter() - t0
+    write_claims_png(out / "claims.png", doc)
+    write_claims_md(out / "claims.md", doc)
+    doc["outputs"] = {name: {"path": str(out / name), "sha256": sha256_file(out / name)}
+                      for name in ("claims.md", "claims.png")}
+    write_claims_json(out / "claims.json", doc)
+    return doc

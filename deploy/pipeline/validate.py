@@ -1,0 +1,88 @@
+"""`deploy validate`: the parity step of the export alone, on an ONNX file made earlier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from deploy.core.atomic import sha256_file, write_json_atomic
+from deploy.core.errors import BadInputError
+from deploy.core.limits import check_input_elements, check_samples, check_seed
+from deploy.core.pathguard import guard_paths
+from deploy.load.formats import model_class_file
+from deploy.pipeline.report import RunReport
+from deploy.pipeline.steps import (
+    check_second_size,
+    fold_step,
+    held_out_accuracy,
+    load_step,
+    parity_batches,
+    parity_step,
+    second_size,
+    tolerance_from,
+)
+from validators.runtimes.onnxruntime import OrtRuntime
+
+
+def run_validate(
+    checkpoint: Path,
+    onnx_path: Path,
+    *,
+    samples: int = 8,
+    seed: int = 0,
+    atol: float | None = None,
+    rtol: float | None = None,
+    input_size: str | int | tuple[int, ...] | None = None,
+    input_shape: str | tuple[int, ...] | None = None,
+    arch: str | None = None,
+    conv: str | None = None,
+    conv_kwargs: dict[str, Any] | None = None,
+    trust_pickle: bool = False,
+    model_class: str | None = None,
+    model_args: Any = None,
+    report: Path | None = None,
+) -> RunReport:
+    """Training form vs folded vs ONNX Runtime on ``onnx_path``, every output by name; the report
+    says whether parity holds (written to ``report`` when given). A graph with symbolic H/W is
+    checked at a second size too."""
+    guard_paths(inputs={"the input checkpoint": checkpoint, "the ONNX model": onnx_path,
+                        "the `model_class` module": model_class_file(model_class)}, outputs={"`report`": report})
+    check_seed(seed)
+    check_samples(samples)
+    tol = tolerance_from(atol, rtol)
+    loaded, shape = load_step(Path(checkpoint), arch=arch, conv=conv, conv_kwargs=dict(conv_kwargs or {}),
+                              trust_pickle=trust_pickle, input_size=input_size, input_shape=input_shape,
+                              model_class=model_class, model_args=model_args)
+    ort = OrtRuntime(onnx_path, name="onnxruntime-cpu")
+    dims = ort.session.get_inputs()[0].shape
+    _check_onnx_shape(onnx_path, dims, shape)
+    batches = parity_batches(dims[0] if isinstance(dims[0], int) else None)
+    check_input_elements((max(batches), *shape))
+    dynamic_hw = len(dims) == 4 and not isinstance(dims[2], int) and not isinstance(dims[3], int)
+    if dynamic_hw:
+        check_second_size(loaded.model, shape)
+    folded, fold_report = fold_step(loaded, shape, seed)
+    proto = onnx.load(str(onnx_path))
+    parity, runs = parity_step(loaded, folded, ort, proto, shape,
+                               batches, samples, seed, tol,
+                               fold_report, extra_sizes=[second_size(shape)] if dynamic_hw else [])
+    runs.pop("folded")
+    result = RunReport("convdeploy validate", {"path": str(checkpoint), **loaded.describe()}, parity, seed,
+                       fold=fold_report, accuracy=held_out_accuracy(loaded, runs),
+                       onnx={"path": str(onnx_path), "sha256": sha256_file(onnx_path)})
+    if report is not None:
+        write_json_atomic(report, result.to_dict())
+    return result
+
+
+def _check_onnx_shape(onnx_path: Path, dims: list[Any], shape: tuple[int, int, int]) -> None:
+    """The ONNX input's fixed C/H/W must be the shape the model is checked at (exit 2, not a crash)."""
+    if len(dims) != 4:
+        raise BadInputError(f"{onnx_path} takes a {len(dims)}-D input: expected an NCHW image model")
+    fixed = [(axis, d, s) for axis, d, s in zip("CHW", dims[1:], shape) if isinstance(d, int) and d != s]
+    if fixed:
+        got = "x".join(str(d) if isinstance(d, int) else "?" for d in dims[1:])
+        raise BadInputError(f"{onnx_path} was exported for {got} inputs, but the model is checked at "
+                            f"{'x'.join(map(str, shape))}: give `input_size`/`input_shape` matching the ONNX model")
