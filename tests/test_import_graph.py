@@ -45,7 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 LAZY_PROJECT_IMPORTS = (
     ("deploy", "__getattr__", "deploy.api"),
     ("deploy.commands.inspect", "_inspect_checkpoint", "deploy.commands.inspect_checkpoint"),
-    ("deploy.commands.bench", "open_runtime", "deploy.bench.torch_model"),
+    ("deploy.bench.runtime", "open_runtime", "deploy.bench.torch_model"),
     ("deploy.commands.bench", "_torch_options", "deploy.bench.torch_model"),
 )
 #: third-party modules a function may import lazily (heavy or optional backends)

@@ -6,10 +6,10 @@ min, median, mean, p90/p95/p99, max, throughput and the coefficient of variation
 in one process on the same input, reporting the ratio of medians A/B with a seeded
 bootstrap 95 % interval.
 
-A runtime is anything with ``run(x) -> np.ndarray``. A runtime that keeps its own
-clock (TensorRT: CUDA events) also offers ``timed_run(x) -> float`` returning the
-elapsed milliseconds of one run, and ``clock`` naming that clock; everything else
-is timed with ``time.perf_counter_ns`` around ``run``.
+A runtime is a ``validators.runtimes.base.Runtime``. One that keeps its own clock
+(TensorRT, PyTorch on CUDA: CUDA events) also offers ``timed_run(x) -> float`` returning
+the elapsed milliseconds of one run, and ``clock`` naming that clock; everything else is
+timed with ``time.perf_counter_ns`` around ``run``.
 """
 
 from __future__ import annotations
@@ -18,24 +18,19 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from deploy.core.errors import BadInputError
 from deploy.core.limits import check_finite
+from validators.runtimes.base import Runtime
 
 COV_WARN = 0.05
 MIN_TIMED_RUNS = 3
 AUTO_ITERS = 100
 AUTO_DURATION_S = 30.0
-
-
-class Runtime(Protocol):
-    """What the harness needs from a runtime (validators/runtimes/onnxruntime.py)."""
-
-    def run(self, x: np.ndarray) -> np.ndarray: ...
 
 
 def _timer(runtime: Any) -> tuple[Callable[[np.ndarray], float], str]:

@@ -16,21 +16,14 @@ between PyTorch and the ONNX graph.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from deploy.core.errors import BadInputError, ParityError
 from deploy.core.metrics import Tolerance, compare, decisive_top1, looks_like_class_scores
 from validators.divergence import locate_divergence
-
-
-class Runtime(Protocol):
-    """Anything with a name and ``run_all(x) -> {output name: array}`` (validators/runtimes/onnxruntime.py)."""
-
-    name: str
-
-    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+from validators.runtimes.base import Runtime
 
 
 @dataclass

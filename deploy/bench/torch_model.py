@@ -16,8 +16,6 @@ from deploy.core.errors import BadInputError, LoadOptionsNeededError
 from deploy.pipeline.steps import fold_step, load_step
 from validators.runtimes.pytorch import TorchBenchRuntime, check_torch_options, require_cuda
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pt2")
-
 
 @dataclass(frozen=True)
 class TorchBenchOptions:

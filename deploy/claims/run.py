@@ -22,7 +22,8 @@ import numpy as np
 import onnxruntime
 import torch
 
-from deploy.bench.torch_model import TorchBenchOptions, open_torch_runtime
+from deploy.bench.runtime import open_runtime
+from deploy.bench.torch_model import TorchBenchOptions
 from deploy.claims.counts import zoo_row
 from deploy.claims.matrix import (
     FASTER_BAND,
@@ -56,8 +57,7 @@ from validators.claims import (
     write_claims_png,
 )
 from validators.latency import interleaved
-from validators.runtimes.onnxruntime import OrtRuntime
-from validators.runtimes.tensorrt import TensorRTRuntime
+from validators.runtimes.base import Runtime
 from validators.runtimes.tensorrt_env import running_environment
 
 QUICK = {"input_size": 64, "batches": (1, 8), "parity_samples": 2, "warmup": "0.5s", "seconds": (2.0, 3.0),
@@ -155,18 +155,18 @@ def resolve_backend(name: str, device: str = "cpu") -> tuple[str, str]:
     return "ort", f"ONNX Runtime {onnxruntime.__version__} CPU"
 
 
-def open_runtime(rec: ModelRecord, backend: str, settings: ClaimsSettings, max_batch: int) -> Any:
-    """An ONNX Runtime session or a TensorRT engine (profile 1..max_batch) of the record's export,
-    or its checkpoint on PyTorch (folded when the entry folds)."""
-    onnx_path, threads = Path(rec.extra["onnx"]), settings.threads
+def claim_runtime(rec: ModelRecord, backend: str, settings: ClaimsSettings, max_batch: int) -> Runtime:
+    """The record's export on ONNX Runtime or as a TensorRT engine (built here, profile 1..max_batch), or
+    its checkpoint on PyTorch (folded when the entry folds), opened by ``deploy.bench.runtime``."""
+    onnx_path = Path(rec.extra["onnx"])
     if backend == "torch":
         opts = TorchBenchOptions(device=settings.device, fold=rec.entry.fold, seed=settings.seed)
-        return open_torch_runtime(Path(rec.extra["checkpoint"]), opts, threads=threads)
-    if backend == "ort":
-        return OrtRuntime(onnx_path, threads=threads, spin=False)  # sessions take turns: no spinning
+        return open_runtime(Path(rec.extra["checkpoint"]), "torch", threads=settings.threads, torch_opts=opts)
+    if backend == "ort":  # sessions take turns: no spinning
+        return open_runtime(onnx_path, "onnx", threads=settings.threads, spin=False)
     engine = onnx_path.with_suffix(".plan")
     build_engine(validate_build_options(onnx_path, engine, min_batch=1, opt_batch=max_batch, max_batch=max_batch))
-    return TensorRTRuntime(engine)
+    return open_runtime(engine, "engine")
 
 
 # ---------------------------------------------------------------- steps
@@ -218,7 +218,7 @@ def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, back
     todo = [r for r in records.values() if r is not base and "onnx" in r.extra]
     ui.phase("timing", sum(settings.seconds_for(b) for b in batches) * len(todo))
     start = time.perf_counter()
-    base_rt = open_runtime(base, backend, settings, max(batches))
+    base_rt = claim_runtime(base, backend, settings, max(batches))
     base.extra["session_load_s"] = time.perf_counter() - start
     inputs = {b: np.random.default_rng(settings.seed).standard_normal((b, *input_shape)).astype(np.float32)
               for b in batches}
@@ -227,7 +227,7 @@ def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, back
     warmup = settings.warmup or settings.defaults()["warmup"]
     for rec in todo:
         start = time.perf_counter()
-        rt = open_runtime(rec, backend, settings, max(batches))
+        rt = claim_runtime(rec, backend, settings, max(batches))
         rec.extra["session_load_s"] = time.perf_counter() - start
         for b in batches:
             budget = settings.seconds_for(b)

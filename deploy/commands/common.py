@@ -56,7 +56,8 @@ FLAGS = {
     "opt_size": "--opt-size", "output": "--output", "provider": "--provider", "rtol": "--rtol", "samples": "--samples",
     "strict_fold": "--strict-fold", "tf32": "--tf32", "threads": "--threads", "timing_cache": "--timing-cache",
     "trust_pickle": "--trust-pickle", "warmup": "--warmup", "workspace": "--workspace", "report": "--report",
-    "engine": "--engine", "json_file": "--json-file", "seed": "--seed", "opset": "--opset", "output_dir": "--output",
+    "engine": "--engine", "json_file": "--json-file", "vs": "--vs",
+    "include_copies": "--include-copies", "seed": "--seed", "opset": "--opset", "output_dir": "--output",
 }
 _PARAM = re.compile(r"`([a-z_0-9]+)`")
 

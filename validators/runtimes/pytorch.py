@@ -134,9 +134,16 @@ class TorchBenchRuntime:
         return self._staged[1]
 
     def _forward(self, t: torch.Tensor) -> torch.Tensor:
+        """The first output (what is timed and what ``run`` returns)."""
         with torch.inference_mode():
             out = self.model(t)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return named_outputs(out)[0][1]
+
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name as float32 numpy (eager, outside any CUDA graph)."""
+        with torch.inference_mode():
+            out = self.model(self._stage(x))
+        return {name: t.float().cpu().numpy() for name, t in named_outputs(out)}
 
     def _replay(self, t: torch.Tensor) -> torch.Tensor:
         """Replay the graph captured for ``t``'s shape (capturing it first)."""
