@@ -31,10 +31,12 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.load.checkpoint import save_checkpoint  # noqa: E402
+from deploy.load.source import ModelSource  # noqa: E402
 from deploy.models.complexity import count_macs  # noqa: E402
 from deploy.models.random_init import randomize_model  # noqa: E402
 from deploy.models.zoo import build_model  # noqa: E402
-from deploy.pipeline.export import ExportOptions, run_export  # noqa: E402
+from deploy.pipeline.export import run_export  # noqa: E402
+from deploy.pipeline.options import ExportOptions  # noqa: E402
 from exporters.onnx import graph_diff  # noqa: E402
 from validators.latency import interleaved  # noqa: E402
 from validators.profile import profile_models  # noqa: E402
@@ -73,7 +75,7 @@ def _checkpoint(model: Model, size: int, out: Path) -> tuple[Path, int]:
 
 
 def _export(ckpt: Path, out: Path, rewrite: bool) -> Path:
-    opts = ExportOptions(checkpoint=ckpt, output=out, rewrite=rewrite, compare_rewrites=False, samples=1)
+    opts = ExportOptions(source=ModelSource(ckpt), output=out, rewrite=rewrite, compare_rewrites=False, samples=1)
     return run_export(opts).onnx_path
 
 

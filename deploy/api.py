@@ -17,60 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from torch import nn
 
 from deploy.core.errors import BadInputError
-from deploy.fold.fold import FoldReport, fold_model
+from deploy.core.progress import SILENT, StepLog, StepTimes
+from deploy.fold.fold import fold_model
+from deploy.load.source import ModelSource
 from deploy.models.zoo import build_model
-from deploy.pipeline.export import ExportOptions, StepLog, run_export
-from deploy.pipeline.report import RunReport
-from validators.fold_coverage import FoldCoverageReport
-from validators.graph import GraphReport
-from validators.parity import OutputParity, ParityReport
+from deploy.pipeline.export import ExportResult, run_export
+from deploy.pipeline.options import ExportOptions
 
 __all__ = ["ExportResult", "build_model", "export", "fold_model"]
-
-
-@dataclass
-class ExportResult:
-    """What ``export`` wrote and measured: the paths, the typed report and the deploy-form module."""
-
-    onnx_path: Path
-    report_path: Path
-    report: RunReport
-    deploy_model: nn.Module
-
-    @property
-    def fold(self) -> FoldReport | None:
-        """One row per folded layer with its float64 error (None with ``fold=False``)."""
-        return self.report.fold
-
-    @property
-    def graph(self) -> GraphReport:
-        assert self.report.graph is not None  # an export always checks its graph
-        return self.report.graph
-
-    @property
-    def fold_coverage(self) -> FoldCoverageReport:
-        assert self.report.fold_coverage is not None  # an export always checks its fold coverage
-        return self.report.fold_coverage
-
-    @property
-    def parity(self) -> ParityReport:
-        return self.report.parity
-
-    def parity_by_output(self) -> dict[str, dict[str, OutputParity]]:
-        """``{candidate: {output name: metrics}}``: every output of every runtime compared."""
-        return {c.name: {o.name: o for o in c.outputs} for c in self.parity.candidates}
-
-    @property
-    def seconds(self) -> dict[str, float]:
-        """Wall time of each pipeline step."""
-        return dict(self.report.seconds)
 
 
 def export(
@@ -94,15 +54,15 @@ def export(
     ``conv_kwargs``, ``model_class``, ``model_args``, ``trust_pickle``. ``progress(step, seconds)``
     is called as each step finishes.
     """
-    is_module = isinstance(model, nn.Module)
+    source_keys = {f.name for f in dataclasses.fields(ModelSource)} - {"checkpoint", "module"}
+    source = ModelSource(checkpoint=None if isinstance(model, nn.Module) else Path(model),
+                         module=model if isinstance(model, nn.Module) else None,
+                         **{k: v for k, v in options.items() if k in source_keys})
     try:
-        opts = ExportOptions(checkpoint=None if is_module else Path(model),  # type: ignore[arg-type]
-                             module=model if is_module else None,  # type: ignore[arg-type]
-                             output=Path(output) if output is not None else None,
-                             input_shape=input_shape,
-                             fold=fold, **options)
+        opts = ExportOptions(source=source, output=Path(output) if output is not None else None,
+                             input_shape=input_shape, fold=fold,
+                             **{k: v for k, v in options.items() if k not in source_keys})
     except TypeError as exc:  # an option ExportOptions does not have
-        known = ", ".join(f.name for f in dataclasses.fields(ExportOptions) if f.name not in ("checkpoint", "module"))
-        raise BadInputError(f"export(): {exc}; the options are {known}") from None
-    outcome = run_export(opts, StepLog(on_done=progress))
-    return ExportResult(outcome.onnx_path, outcome.report_path, outcome.report, outcome.deploy_model)
+        known = sorted(source_keys | {f.name for f in dataclasses.fields(ExportOptions)} - {"source"})
+        raise BadInputError(f"export(): {exc}; the options are {', '.join(known)}") from None
+    return run_export(opts, StepLog(StepTimes(progress) if progress is not None else SILENT))

@@ -36,7 +36,7 @@ class CommandEntry(NamedTuple):
 COMMANDS: dict[str, CommandEntry] = {
     "export": CommandEntry("deploy.commands.export", "export", "Fold MODEL.pt, export ONNX, simplify, check the "
                            "graph, prove parity; write OUT.onnx + report."),
-    "validate": CommandEntry("deploy.commands.export", "validate", "Prove MODEL.onnx computes what MODEL.pt "
+    "validate": CommandEntry("deploy.commands.validate", "validate", "Prove MODEL.onnx computes what MODEL.pt "
                              "computes: training form vs folded vs ONNX Runtime."),
     "inspect": CommandEntry("deploy.commands.inspect", "inspect", "What a file holds: .onnx interface, dtypes, ops, "
                             "params, MACs, verdict (--layers: every node); .pt arch, conv, params."),

@@ -49,7 +49,7 @@ EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
 
 @dataclass
-class ExportResult:
+class OnnxExport:
     """The exported graph plus how it was made (for the report)."""
 
     model: onnx.ModelProto
@@ -124,7 +124,7 @@ def export_onnx_detailed(
     batch_size: int = 1,
     metadata: Mapping[str, str] | None = None,
     optimize: bool = True,
-) -> ExportResult:
+) -> OnnxExport:
     """Export ``model`` (eval mode) and run ``onnx.checker`` with ``full_check=True``.
 
     ``exporter="dynamo"`` (default, opset 18) uses ``torch.export``; its ONNX optimizer
@@ -167,7 +167,7 @@ def export_onnx_detailed(
     set_metadata(proto, {"convdeploy.exporter": exporter, "convdeploy.torch": torch.__version__,
                          "convdeploy.dynamic_axes": axes, **dict(metadata or {})})
     check_onnx(proto)
-    return ExportResult(proto, exporter, opset, dynamic_batch, None if dynamic_batch else n, seconds,
+    return OnnxExport(proto, exporter, opset, dynamic_batch, None if dynamic_batch else n, seconds,
                         weight_bytes(proto), captured.get("stdout", ""), captured.get("warnings", []),
                         dynamic_hw=dynamic_hw, output_names=names)
 

@@ -18,7 +18,7 @@ runner = CliRunner()
 
 
 def _quick(out, *extra: str):
-    args = ["claims", "--quick", "--backend", "torch", "--models", "sp-1/4", "--input-size", "32", "--batch", "1",
+    args = ["claims", "--quick", "--backend", "torch", "--models", "sp-1/4", "--input-size", "32", "--batches", "1",
             "--duration", "0.3", "--warmup", "1", "--threads", "1", "-o", str(out), *extra]
     return runner.invoke(app, args)
 

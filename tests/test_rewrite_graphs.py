@@ -18,9 +18,11 @@ import onnx.helper as oh
 import torch
 
 from deploy.fold.fold import fold_model
+from deploy.load.source import ModelSource
 from deploy.models.random_init import randomize_model
 from deploy.models.zoo import build_model
-from deploy.pipeline.export import ExportOptions, run_export
+from deploy.pipeline.export import run_export
+from deploy.pipeline.options import ExportOptions
 from exporters.onnx import export_onnx_detailed, op_histogram
 from tests.helpers import PORTABLE_IR
 
@@ -77,7 +79,8 @@ def _export(zoo_checkpoint, tmp_path, arch: str, conv: str, size: int):
     """The export pipeline (`deploy export`'s ``run_export``, parity included) without the
     comparison export; the CLI case below has it."""
     ckpt = zoo_checkpoint(arch, conv, size)
-    opts = ExportOptions(checkpoint=ckpt, output=tmp_path / f"{arch}_{conv}.onnx", samples=2, compare_rewrites=False)
+    opts = ExportOptions(source=ModelSource(ckpt), output=tmp_path / f"{arch}_{conv}.onnx", samples=2,
+                         compare_rewrites=False)
     outcome = run_export(opts)
     return outcome.report.to_dict(), onnx.load(str(outcome.onnx_path))
 

@@ -62,7 +62,9 @@ def test_guard_refuses_an_output_that_is_an_input_or_another_output(tmp_path):
 
 
 def test_python_api_callers_get_the_guard_too(tmp_path, zoo_checkpoint):
-    from deploy.pipeline.export import ExportOptions, run_export
+    from deploy.load.source import ModelSource
+    from deploy.pipeline.export import run_export
+    from deploy.pipeline.options import ExportOptions
     from deploy.pipeline.validate import run_validate
 
     ckpt = tmp_path / "m.pt"
@@ -70,7 +72,7 @@ def test_python_api_callers_get_the_guard_too(tmp_path, zoo_checkpoint):
     (tmp_path / "r.json").symlink_to(ckpt)
     before = _tree(tmp_path)
     with pytest.raises(BadInputError, match="is the input checkpoint"):
-        run_export(ExportOptions(checkpoint=ckpt, output=tmp_path / "m.onnx", report=tmp_path / "r.json"))
+        run_export(ExportOptions(source=ModelSource(ckpt), output=tmp_path / "m.onnx", report=tmp_path / "r.json"))
     with pytest.raises(BadInputError, match="is the input checkpoint"):
         run_validate(ckpt, tmp_path / "m.onnx", report=tmp_path / "r.json")
     assert _tree(tmp_path) == before

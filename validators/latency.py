@@ -14,17 +14,16 @@ timed with ``time.perf_counter_ns`` around ``run``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from deploy.core.errors import BadInputError
 from deploy.core.limits import check_finite
+from deploy.core.progress import SILENT, Progress
 from validators.runtimes.base import Runtime
 
 COV_WARN = 0.05
@@ -166,15 +165,6 @@ class LatencyStats:
         return fresh
 
 
-def _maybe_progress(enabled: bool):
-    """A transient rich progress bar over runs (or seconds when bounded by --duration)."""
-    if not enabled:
-        return contextlib.nullcontext(None)
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                    TextColumn("{task.completed:.0f}/{task.total:.0f} {task.fields[unit]}"),
-                    TimeElapsedColumn(), transient=True)
-
-
 class _Budget:
     """Stop rule: a run count, a time budget, or both (whichever comes first)."""
 
@@ -224,7 +214,7 @@ def _warm(steps: Sequence[Callable[[], float]], warm: Warmup, deadline_s: float 
 
 def benchmark(runtime: Runtime, x: np.ndarray, warmup: Warmup | int | float | str = 10,
               iters: int | None = None, duration: float | None = None,
-              progress: bool = False, description: str = "timing") -> LatencyStats:
+              progress: Progress = SILENT, description: str = "timing") -> LatencyStats:
     """Warm up, then time ``runtime.run(x)`` per batch.
 
     Stops after ``iters`` timed runs or before a run that would end past ``duration``
@@ -238,15 +228,12 @@ def benchmark(runtime: Runtime, x: np.ndarray, warmup: Warmup | int | float | st
     done_warm = _warm([lambda: one(x)], warm, duration, t0) if (warm.runs or warm.seconds) else 0
     budget = _Budget(iters, duration, t0)
     samples: list[float] = []
-    with _maybe_progress(progress) as bar:
-        task = None
-        if bar is not None:
-            total, unit = budget.progress_total()
-            task = bar.add_task(description, total=total, unit=unit)
-        while not budget.done(len(samples), samples[-1] / 1e3 if samples else 0.0):
-            samples.append(one(x))
-            if bar is not None:
-                bar.update(task, completed=budget.progress_value(len(samples)))
+    total, unit = budget.progress_total()
+    progress.task(f"{description} ({unit})", total)
+    while not budget.done(len(samples), samples[-1] / 1e3 if samples else 0.0):
+        samples.append(one(x))
+        progress.update(completed=budget.progress_value(len(samples)))
+    progress.done(budget.elapsed_s())
     return LatencyStats.from_samples(samples, batch, clock=clock, warmup=warm.describe(),
                                      warmup_runs_done=done_warm, total_s=budget.elapsed_s())
 
@@ -308,7 +295,7 @@ class ABResult:
 
 def interleaved(a: Runtime, b: Runtime, x: np.ndarray, warmup: Warmup | int | float | str = 10,
                 iters: int | None = None, duration: float | None = None, seed: int = 0,
-                n_boot: int = 2000, progress: bool = False,
+                n_boot: int = 2000, progress: Progress = SILENT,
                 x_b: np.ndarray | None = None) -> ABResult:
     """Time A and B alternately on the same input in this process.
 
@@ -326,20 +313,17 @@ def interleaved(a: Runtime, b: Runtime, x: np.ndarray, warmup: Warmup | int | fl
     budget = _Budget(iters, duration, t0)
     sa: list[float] = []
     sb: list[float] = []
-    with _maybe_progress(progress) as bar:
-        task = None
-        if bar is not None:
-            total, unit = budget.progress_total()
-            task = bar.add_task("A B interleaved", total=total, unit=unit)
-        while not budget.done(len(sa), (sa[-1] + sb[-1]) / 1e3 if sa else 0.0):
-            if len(sa) % 2 == 0:
-                sa.append(one_a(x))
-                sb.append(one_b(xb))
-            else:  # B first in every other pair: position and drift effects cancel
-                sb.append(one_b(xb))
-                sa.append(one_a(x))
-            if bar is not None:
-                bar.update(task, completed=budget.progress_value(len(sa)))
+    total, unit = budget.progress_total()
+    progress.task(f"A B interleaved ({unit})", total)
+    while not budget.done(len(sa), (sa[-1] + sb[-1]) / 1e3 if sa else 0.0):
+        if len(sa) % 2 == 0:
+            sa.append(one_a(x))
+            sb.append(one_b(xb))
+        else:  # B first in every other pair: position and drift effects cancel
+            sb.append(one_b(xb))
+            sa.append(one_a(x))
+        progress.update(completed=budget.progress_value(len(sa)))
+    progress.done(budget.elapsed_s())
     total_s = budget.elapsed_s()
     stats_a = LatencyStats.from_samples(sa, int(x.shape[0]), clock=clock_a, warmup=warm.describe(),
                                         warmup_runs_done=done_warm, total_s=total_s)

@@ -46,8 +46,9 @@ def artifact_kind(path: Path, backend: str = "auto") -> str:
     return kind
 
 
-def onnx_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tuple[int, ...]:
-    """Input shape for ``path`` at ``batch``: dynamic batch set to it, spatial dims from the ONNX or `input_size`."""
+def onnx_bench_shape(path: Path, batch: int, input_size: Optional[tuple[int, int]]) -> tuple[int, ...]:
+    """Input shape for ``path`` at ``batch``: dynamic batch set to it, spatial dims from the ONNX or ``input_size``
+    (H, W)."""
     inp = onnx_input(path)
     dims = list(inp.dims)
     if len(dims) != 4:
@@ -59,11 +60,11 @@ def onnx_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tuple
     if dims[1] is None:
         raise BadInputError(f"{path} has a dynamic channel count: re-export with a fixed input shape")
     if input_size is not None:
-        for axis in (2, 3):
-            if dims[axis] is not None and dims[axis] != input_size:
+        for axis, side in zip((2, 3), input_size):
+            if dims[axis] is not None and dims[axis] != side:
                 raise BadInputError(f"{path} has a fixed input size {dims[2]}x{dims[3]}: drop `input_size` "
-                                    f"or re-export at {input_size}")
-            dims[axis] = input_size
+                                    f"or re-export at {input_size[0]}x{input_size[1]}")
+            dims[axis] = side
     if dims[2] is None or dims[3] is None:
         raise BadInputError(f"{path} has dynamic height/width: give `input_size`")
     shape = tuple(int(d) for d in dims)  # type: ignore[arg-type]
@@ -71,7 +72,7 @@ def onnx_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tuple
     return shape
 
 
-def engine_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tuple[int, ...]:
+def engine_bench_shape(path: Path, batch: int, input_size: Optional[tuple[int, int]]) -> tuple[int, ...]:
     """Input shape for an engine, from engine.plan.json when present (checked before any GPU work)."""
     meta = load_engine_metadata(path)
     check_batch_in_profile(meta, batch)
@@ -80,11 +81,9 @@ def engine_bench_shape(path: Path, batch: int, input_size: Optional[int]) -> tup
     shape = (batch, *meta["profile"]["opt"][1:])
     check_input_elements(shape)
     if input_size is not None:
-        shape = (batch, shape[1], input_size, input_size)
+        shape = (batch, shape[1], *input_size)
         if not BatchProfile.from_dict(meta["profile"]).admits(shape):
             lo, hi = meta["profile"]["min"], meta["profile"]["max"]
             raise BadInputError(f"{path} was built for {lo[2]}x{lo[3]} to {hi[2]}x{hi[3]} inputs: drop `input_size` "
                                 "or rebuild for that size")
     return tuple(int(d) for d in shape)
-
-

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def open_runtime(path: Path, kind: str, provider: Optional[str] = None, threads: Optional[int] = None,
                  include_copies: bool = False, cuda_graph: bool = False, spin: bool = True,
-                 torch_opts: Optional["TorchBenchOptions"] = None, input_size: Optional[int] = None) -> Runtime:
+                 torch_opts: Optional["TorchBenchOptions"] = None, input_size: Optional[tuple[int, int]] = None) -> Runtime:
     """Construct the runtime for an artifact; every availability check happens here first."""
     if kind == "onnx":
         if cuda_graph:
@@ -81,7 +81,7 @@ def _gpu_name() -> str:
         return "CUDA GPU"
 
 
-def open_all(paths: list[Path], kinds: list[str], batch: int, input_size: Optional[int], provider: Optional[str],
+def open_all(paths: list[Path], kinds: list[str], batch: int, input_size: Optional[tuple[int, int]], provider: Optional[str],
              threads: Optional[int], include_copies: bool, cuda_graph: bool,
              torch_opts: Optional["TorchBenchOptions"] = None) -> tuple[list[Any], list[tuple[int, ...]]]:
     """The runtimes to time (one when A is B: an A/A check of the harness) and the input shape of each."""

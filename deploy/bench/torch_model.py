@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.core.errors import BadInputError, LoadOptionsNeededError
+from deploy.load.source import ModelSource
 from deploy.pipeline.steps import fold_step, load_step
 from validators.runtimes.pytorch import TorchBenchRuntime, check_torch_options, require_cuda
 
@@ -40,7 +41,7 @@ class TorchBenchOptions:
         return f"{self.device}, {self.dtype}, {form}" + "".join(f", {x}" for x in extras)
 
 
-def open_torch_runtime(checkpoint: Path, opts: TorchBenchOptions, input_size: int | None = None,
+def open_torch_runtime(checkpoint: Path, opts: TorchBenchOptions, input_size: tuple[int, int] | None = None,
                        threads: int | None = None) -> TorchBenchRuntime:
     """The timed runtime of ``checkpoint``; its ``sample_shape`` is the (C, H, W) it takes.
 
@@ -48,8 +49,7 @@ def open_torch_runtime(checkpoint: Path, opts: TorchBenchOptions, input_size: in
     """
     opts.check()
     try:
-        loaded, input_shape = load_step(Path(checkpoint), arch=None, conv=None, conv_kwargs={}, trust_pickle=False,
-                                        input_size=input_size)
+        loaded, input_shape = load_step(ModelSource(Path(checkpoint)), input_size=input_size)
     except LoadOptionsNeededError as exc:
         raise BadInputError(f"{exc.reason}; timing takes no options that load such a file: export it with "
                             "`deploy export` (which does) and time the .onnx file") from exc

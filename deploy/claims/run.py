@@ -41,10 +41,10 @@ from deploy.core.errors import BackendUnavailableError, BadInputError, ParityErr
 from deploy.core.limits import check_finite, check_input_size, check_seed
 from deploy.core.pathguard import guard_paths
 from deploy.load.checkpoint import save_checkpoint
-from deploy.models.random_init import randomize_model
-from deploy.models.zoo import build_model
-from deploy.pipeline.export import ExportOptions, run_export
-from deploy.pipeline.steps import probe_forward
+from deploy.load.source import ModelSource
+from deploy.models.random_init import random_model
+from deploy.pipeline.export import run_export
+from deploy.pipeline.options import ExportOptions
 from deploy.version import __version__
 from exporters.tensorrt.build import build_engine, engine_builder_available, validate_build_options
 from validators.claims import (
@@ -60,10 +60,22 @@ from validators.latency import interleaved
 from validators.runtimes.base import Runtime
 from validators.runtimes.tensorrt_env import running_environment
 
-QUICK = {"input_size": 64, "batches": (1, 8), "parity_samples": 2, "warmup": "0.5s", "seconds": (2.0, 3.0),
-         "exporter": "torchscript"}
-FULL = {"input_size": None, "batches": (1, 64), "parity_samples": 4, "warmup": "2s", "seconds": (15.0, 60.0),
-        "exporter": "dynamo"}
+
+@dataclass(frozen=True)
+class ClaimsProfile:
+    """The defaults of one mode of `deploy claims`: the input size (None: each model's own), batch sizes,
+    parity samples, warm-up, seconds per comparison (batch 1, larger batches) and exporter."""
+
+    input_size: Optional[tuple[int, int]]
+    batches: tuple[int, ...]
+    parity_samples: int
+    warmup: str
+    seconds: tuple[float, float]
+    exporter: str
+
+
+QUICK = ClaimsProfile((64, 64), (1, 8), 2, "0.5s", (2.0, 3.0), "torchscript")
+FULL = ClaimsProfile(None, (1, 64), 4, "2s", (15.0, 60.0), "dynamo")
 
 
 @dataclass
@@ -75,7 +87,7 @@ class ClaimsSettings:
     device: str = "cpu"  # the torch backend's device: cpu | cuda
     batches: Optional[tuple[int, ...]] = None
     quick: bool = False
-    input_size: Optional[int] = None
+    input_size: Optional[tuple[int, int]] = None  # (H, W)
     warmup: Optional[str] = None
     iters: Optional[int] = None  # pairs per comparison (cap)
     duration: Optional[float] = None  # seconds per comparison (cap, warm-up included)
@@ -85,11 +97,11 @@ class ClaimsSettings:
     exporter: Optional[str] = None  # dynamo | torchscript (default: dynamo; quick mode: torchscript, faster)
     cov_limit: float = COV_LIMIT
 
-    def defaults(self) -> dict[str, Any]:
+    def defaults(self) -> ClaimsProfile:
         return QUICK if self.quick else FULL
 
     def batch_list(self) -> list[int]:
-        batches = list(self.batches or self.defaults()["batches"])
+        batches = list(self.batches or self.defaults().batches)
         if any(b < 1 for b in batches):
             raise BadInputError(f"`batches` {batches}: batch sizes must be >= 1")
         return sorted(set(batches))
@@ -98,18 +110,19 @@ class ClaimsSettings:
         """Time budget of one A/B comparison at ``batch``."""
         if self.duration is not None:
             return self.duration
-        small, large = self.defaults()["seconds"]
+        small, large = self.defaults().seconds
         return small if batch == 1 else large
 
     def check(self) -> None:
         check_finite("duration", self.duration, positive=True)
         check_seed(self.seed)
         if self.input_size is not None:
-            check_input_size("input_size", (self.input_size,))
+            check_input_size("input_size", self.input_size)
         if self.iters is not None and self.iters < 3:
             raise BadInputError(f"`iters` {self.iters}: the harness needs at least 3 pairs")
-        if self.input_size is not None and self.input_size < 16:
-            raise BadInputError(f"`input_size` {self.input_size} is too small for ResNet-50: use 32 or more")
+        if self.input_size is not None and min(self.input_size) < 16:
+            raise BadInputError(f"`input_size` {'x'.join(map(str, self.input_size))} is too small for ResNet-50: use "
+                                "32 or more")
         if self.exporter not in (None, "dynamo", "torchscript"):
             raise BadInputError(f"`exporter` {self.exporter!r}: choose dynamo or torchscript")
         if self.threads is not None and self.threads < 1:
@@ -171,27 +184,20 @@ def claim_runtime(rec: ModelRecord, backend: str, settings: ClaimsSettings, max_
 
 # ---------------------------------------------------------------- steps
 
-def make_checkpoint(entry: MatrixEntry, input_size: Optional[int], seed: int, path: Path) -> tuple[int, ...]:
+def make_checkpoint(entry: MatrixEntry, input_size: Optional[tuple[int, int]], seed: int, path: Path) -> tuple[int, ...]:
     """Seeded random weights and BN statistics, as `deploy zoo create`; returns the input shape."""
-    torch.manual_seed(seed)
-    model = build_model(entry.arch, entry.conv, **entry.kwargs).eval()
-    if input_size is not None:
-        model.input_shape = (model.input_shape[0], input_size, input_size)
-    shape = tuple(model.input_shape)
-    probe_forward(model, shape)  # BadInputError when the model cannot take this size
-    randomize_model(model, shape, seed=seed)
-    model.eval()
+    model = random_model(entry.arch, entry.conv, input_size=input_size, seed=seed, **entry.kwargs)
     save_checkpoint(model, path, meta={"created_by": "deploy claims", "seed": seed, "version": __version__})
-    return shape
+    return tuple(model.input_shape)
 
 
 def export_entry(entry: MatrixEntry, ckpt: Path, out_dir: Path, settings: ClaimsSettings, rec: ModelRecord) -> None:
     """run_export with the entry's fold/simplify; parity failures are recorded, not raised."""
-    samples = settings.parity_samples or settings.defaults()["parity_samples"]
-    opts = ExportOptions(checkpoint=ckpt, output=out_dir / f"{entry.stem}.onnx", fold=entry.fold,
+    samples = settings.parity_samples or settings.defaults().parity_samples
+    opts = ExportOptions(source=ModelSource(ckpt), output=out_dir / f"{entry.stem}.onnx", fold=entry.fold,
                          simplify=entry.simplify, strict=False, samples=samples, seed=settings.seed,
                          compare_rewrites=False)
-    opts.exporter = settings.exporter or settings.defaults()["exporter"]
+    opts.exporter = settings.exporter or settings.defaults().exporter
     start = time.perf_counter()
     try:
         outcome = run_export(opts)
@@ -224,7 +230,7 @@ def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, back
               for b in batches}
     measures: dict[tuple[str, int], RatioMeasure] = {}
     raw: list[dict[str, Any]] = []
-    warmup = settings.warmup or settings.defaults()["warmup"]
+    warmup = settings.warmup or settings.defaults().warmup
     for rec in todo:
         start = time.perf_counter()
         rt = claim_runtime(rec, backend, settings, max(batches))
@@ -299,7 +305,7 @@ def make_checkpoints(records: dict[str, ModelRecord], settings: ClaimsSettings, 
                      ui: Ui) -> tuple[int, ...]:
     """One checkpoint per model (folded and unfolded share it) and its paper-form counts; the
     baseline's input shape. A model that cannot take the input size is marked skipped."""
-    input_size = settings.input_size or settings.defaults()["input_size"]
+    input_size = settings.input_size or settings.defaults().input_size
     entries = [r.entry for r in records.values()]
     ui.phase("checkpoints", len({e.checkpoint_stem for e in entries}))
     shapes: dict[str, tuple[int, ...]] = {}
@@ -346,9 +352,9 @@ def _settings_doc(settings: ClaimsSettings, input_shape: tuple[int, ...], entrie
     d = settings.defaults()
     return {"quick": settings.quick, "input_shape": list(input_shape), "batches": batches,
             "band": list(ZERO_OVERHEAD_BAND), "faster_band": list(FASTER_BAND), "cov_limit": settings.cov_limit,
-            "parity_samples": settings.parity_samples or d["parity_samples"],
-            "warmup": settings.warmup or d["warmup"], "iters": settings.iters,
-            "exporter": settings.exporter or d["exporter"],
+            "parity_samples": settings.parity_samples or d.parity_samples,
+            "warmup": settings.warmup or d.warmup, "iters": settings.iters,
+            "exporter": settings.exporter or d.exporter,
             "seconds_per_comparison": {str(b): settings.seconds_for(b) for b in batches},
             "seeds": {"weights": settings.seed, "parity": settings.seed, "inputs": settings.seed,
                       "bootstrap": settings.seed},

@@ -23,12 +23,15 @@ from rich.table import Table
 from deploy.bench.artifacts import artifact_kind, onnx_bench_shape
 from deploy.bench.runtime import open_all, runtime_facts
 from deploy.commands.bench_profile import profile_command
-from deploy.commands.common import JSON, MachineOutput, console, finite, machine_output, warn
+from deploy.commands.common import MachineOutput, console, finite, machine_output, warn
+from deploy.commands.options import BATCH, INPUT_SIZE, JSON
+from deploy.commands.printing import RichProgress
 from deploy.core.atomic import sha256_file
 from deploy.core.environment import versions
 from deploy.core.errors import BadInputError
-from deploy.core.limits import check_input_size, check_seed
+from deploy.core.limits import check_seed
 from deploy.core.pathguard import guard_paths
+from deploy.core.shapes import parse_input_size
 from validators.latency import ABResult, LatencyStats, Warmup, benchmark, interleaved
 from validators.runtimes.onnxruntime import ORT_PROVIDERS
 
@@ -72,9 +75,8 @@ def stats_table(title: str, columns: list[tuple[str, LatencyStats, dict[str, Any
 def bench(
     artifact: Path = typer.Argument(..., help="model.onnx (ONNX Runtime), engine.plan (TensorRT) or model.pt "
                                     "(PyTorch: loaded and folded as `deploy export` does)."),
-    batch: int = typer.Option(1, "--batch", min=1, help="Images per batch."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Height = width: for ONNX or engines with dynamic "
-                                      "H/W, or a model.pt at another size than its checkpoint's."),
+    batch: int = BATCH,
+    input_size: Optional[str] = INPUT_SIZE,
     warmup: str = typer.Option("10", "--warmup", help="Warm-up: a run count (10) or seconds (2s)."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed runs (default: up to 100 or 30 s)."),
     duration: Optional[float] = typer.Option(None, "--duration", callback=finite,
@@ -113,21 +115,20 @@ def bench(
     if provider is not None and provider not in ORT_PROVIDERS:
         raise BadInputError(f"--provider {provider}: choose cpu, cuda or tensorrt")
     check_seed(seed)
-    if input_size is not None:
-        check_input_size("input_size", (input_size,))
+    size = parse_input_size(input_size)
     paths = [artifact] + ([vs] if vs is not None else [])
     guard_paths(inputs={"the benchmarked artifact": artifact, "the --vs artifact": vs}, outputs={"`json_file`": json_file})
     kinds = [artifact_kind(artifact, backend)] + [artifact_kind(p) for p in paths[1:]]
     if profile:
-        _profile(paths, kinds, batch, input_size, threads, provider, iters, warm, seed, top, as_json, json_file)
+        _profile(paths, kinds, batch, size, threads, provider, iters, warm, seed, top, as_json, json_file)
         return
     with machine_output(as_json, json_file) as out:
-        _time(paths, kinds, out, batch=batch, input_size=input_size, warm=warm, iters=iters, duration=duration,
+        _time(paths, kinds, out, batch=batch, input_size=size, warm=warm, iters=iters, duration=duration,
               threads=threads, provider=provider, seed=seed, include_copies=include_copies, cuda_graph=cuda_graph,
               device=device, dtype=dtype, channels_last=channels_last)
 
 
-def _time(paths: list[Path], kinds: list[str], out: MachineOutput, *, batch: int, input_size: Optional[int],
+def _time(paths: list[Path], kinds: list[str], out: MachineOutput, *, batch: int, input_size: Optional[tuple[int, int]],
           warm: Warmup, iters: Optional[int], duration: Optional[float], threads: Optional[int],
           provider: Optional[str], seed: int, include_copies: bool, cuda_graph: bool, device: str, dtype: str,
           channels_last: bool) -> None:
@@ -142,13 +143,14 @@ def _time(paths: list[Path], kinds: list[str], out: MachineOutput, *, batch: int
     facts = [{**runtime_facts(rt, k, provider, threads, include_copies), "input_shape": list(s)}
              for rt, k, s in zip(runtimes, kinds, shapes)]
     ab: Optional[ABResult] = None
-    if len(paths) == 1:
-        stats = [benchmark(runtimes[0], x, warmup=warm, iters=iters, duration=duration, progress=True,
-                           description=paths[0].name)]
-    else:
-        ab = interleaved(runtimes[0], runtimes[1], x, warmup=warm, iters=iters, duration=duration, seed=seed,
-                         progress=True)
-        stats = [ab.a, ab.b]
+    with RichProgress(transient=True) as progress:
+        if len(paths) == 1:
+            stats = [benchmark(runtimes[0], x, warmup=warm, iters=iters, duration=duration, progress=progress,
+                               description=paths[0].name)]
+        else:
+            ab = interleaved(runtimes[0], runtimes[1], x, warmup=warm, iters=iters, duration=duration, seed=seed,
+                             progress=progress)
+            stats = [ab.a, ab.b]
     names = [p.name if len(paths) == 1 else f"{tag}: {p.name}" for tag, p in zip("AB", paths)]
     _print_bench(batch, names, stats, facts, ab)
     if out.wanted:
@@ -170,7 +172,7 @@ def _torch_options(kinds: list[str], device: str, dtype: str, cuda_graph: bool, 
     return opts
 
 
-def _profile(paths: list[Path], kinds: list[str], batch: int, input_size: Optional[int], threads: Optional[int],
+def _profile(paths: list[Path], kinds: list[str], batch: int, input_size: Optional[tuple[int, int]], threads: Optional[int],
              provider: Optional[str], iters: Optional[int], warm: Warmup, seed: int, top: int,
              as_json: bool, json_file: Optional[Path]) -> None:
     """`--profile`: ONNX Runtime's per-op profile of one model (or two, interleaved) instead of timing."""

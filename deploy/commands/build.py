@@ -8,7 +8,17 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from deploy.commands.common import JSON, JSON_FILE, console, finite, machine_output, warn
+from deploy.commands.common import console, machine_output, warn
+from deploy.commands.options import (
+    FP16,
+    JSON,
+    JSON_FILE,
+    MAX_BATCH,
+    MIN_BATCH,
+    OPT_BATCH,
+    TIMING_CACHE,
+    WORKSPACE,
+)
 from exporters.tensorrt.build import build_engine, compute_profile, onnx_input, require_engine_builder, validate_build_options
 from validators.runtimes.tensorrt_env import metadata_path
 
@@ -16,15 +26,12 @@ from validators.runtimes.tensorrt_env import metadata_path
 def build(
     model: Path = typer.Argument(..., help="model.onnx to compile."),
     output: Path = typer.Option(..., "-o", "--output", help="engine.plan to write (engine.plan.json beside it)."),
-    fp16: bool = typer.Option(False, "--fp16", help="fp16 engine: TensorRT 10's fp16 kernels; on TensorRT 11 (strongly "
-                              "typed) an fp16 copy of the ONNX, checked on ONNX Runtime first (exit 3 if it disagrees)."),
-    min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Smallest batch (default 1)."),
-    opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Batch TensorRT tunes for (default: max)."),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch (default: opt, or 1)."),
-    workspace: Optional[float] = typer.Option(None, "--workspace", callback=finite,
-                                              help="Builder workspace limit in GiB."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Load/save tactic timings here (one "
-                                                "from another GPU or TensorRT is reported and replaced)."),
+    fp16: bool = FP16,
+    min_batch: Optional[int] = MIN_BATCH,
+    opt_batch: Optional[int] = OPT_BATCH,
+    max_batch: Optional[int] = MAX_BATCH,
+    workspace: Optional[float] = WORKSPACE,
+    timing_cache: Optional[Path] = TIMING_CACHE,
     min_size: Optional[int] = typer.Option(None, "--min-size", help="ONNX with dynamic H/W: smallest input size "
                                            "(height = width; default: opt)."),
     opt_size: Optional[int] = typer.Option(None, "--opt-size", help="ONNX with dynamic H/W: size TensorRT tunes for."),

@@ -19,8 +19,10 @@ from rich.table import Table
 
 from deploy.claims.matrix import model_choices, select_entries
 from deploy.claims.run import ClaimsSettings, Ui, run_claims
-from deploy.commands.common import JSON, console, finite, machine_output
+from deploy.commands.common import console, finite, machine_output, warn
+from deploy.commands.options import JSON
 from deploy.core.errors import BadInputError, ClaimRefutedError
+from deploy.core.shapes import parse_input_size
 
 _STYLE = {"confirmed": "green", "refuted": "bold red", "inconclusive": "yellow", "reported": "cyan"}
 
@@ -91,7 +93,7 @@ def _batches(values: Optional[list[str]]) -> Optional[tuple[int, ...]]:
                 try:
                     out.append(int(part))
                 except ValueError:
-                    raise BadInputError(f"--batch {item!r}: give integers, e.g. --batch 1 --batch 64 or --batch 1,64") from None
+                    raise BadInputError(f"--batches {item!r}: give integers, e.g. --batches 1,64") from None
     return tuple(out)
 
 
@@ -121,13 +123,17 @@ def claims(
     backend: str = typer.Option("auto", "--backend", help="auto (TensorRT when present, else ONNX Runtime CPU), ort, trt, "
                                 "or torch (PyTorch eager on the checkpoints; --device cuda on a GPU: the papers' setting)."),
     device: str = typer.Option("cpu", "--device", help="Backend torch: cpu or cuda (exit 5 without a CUDA GPU)."),
-    batch: Optional[list[str]] = typer.Option(None, "--batch", help="Batch size, repeatable or comma-separated "
-                                              "(default 1 and 64; --quick: 1 and 8)."),
+    batches: Optional[list[str]] = typer.Option(None, "--batches", help="Batch sizes, repeatable or "
+                                                "comma-separated (default 1,64; --quick: 1,8)."),
+    batch: Optional[list[str]] = typer.Option(None, "--batch", hidden=True,
+                                              help="Deprecated spelling of --batches."),
     quick: bool = typer.Option(False, "--quick", help="The same matrix at 64x64 with short timing budgets (CI)."),
     models: Optional[list[str]] = typer.Option(None, "--models", help="Subset, comma-separated, of: "
                                                f"{', '.join(model_choices())} (a kind's name selects all its "
                                                "models). The ResNet-50 baseline always runs."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height = width (default 224; --quick 64)."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", metavar="H|HxW",
+                                             help="Input height and width, e.g. 224 or 224x160 (default: each "
+                                                  "model's, 224; --quick 64)."),
     warmup: Optional[str] = typer.Option(None, "--warmup", help="Warm-up per comparison: runs (10) or seconds (2s)."),
     iters: Optional[int] = typer.Option(None, "--iters", help="At most this many A/B pairs per comparison."),
     duration: Optional[float] = typer.Option(None, "--duration", callback=finite,
@@ -140,9 +146,12 @@ def claims(
     as_json: bool = JSON,
 ) -> None:
     """Verify the papers' efficiency claims on this machine: verdicts in DIR/claims.md (exit 6 if any is refuted)."""
-    settings = ClaimsSettings(output_dir=output_dir, backend=backend, device=device, batches=_batches(batch), quick=quick,
-                              input_size=input_size, warmup=warmup, iters=iters, duration=duration, threads=threads,
-                              seed=seed, exporter=exporter)
+    if batch:
+        warn("--batch is deprecated for deploy claims (it takes several sizes): use --batches")
+    settings = ClaimsSettings(output_dir=output_dir, backend=backend, device=device,
+                              batches=_batches((batches or []) + (batch or [])), quick=quick,
+                              input_size=parse_input_size(input_size), warmup=warmup, iters=iters, duration=duration,
+                              threads=threads, seed=seed, exporter=exporter)
     entries = select_entries(models)
     settings.check()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),

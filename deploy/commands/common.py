@@ -10,7 +10,7 @@ errors and warnings go to stderr. A command's machine-readable record goes to st
 
 This module is torch-free: ``deploy --version``, ``deploy inspect x.onnx`` and ``deploy bench
 x.onnx`` import it and must start without torch (the conv-kind options are in
-``deploy.commands.conv_options``).
+``deploy.commands.source_options``).
 """
 
 from __future__ import annotations
@@ -159,12 +159,6 @@ def detail(text: str) -> None:
     """A line only ``deploy -v`` shows."""
     if state["verbose"]:
         console.print(text, highlight=False, soft_wrap=True, markup=False)
-
-
-JSON = typer.Option(False, "--json", help="Print the machine-readable record (JSON) on stdout and nothing else "
-                    "there (human text goes to stderr).")
-JSON_FILE = typer.Option(None, "--json-file", metavar="PATH", help="Write the machine-readable record (JSON) to "
-                         "PATH (atomically).")
 
 
 class MachineOutput:

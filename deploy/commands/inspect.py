@@ -17,43 +17,14 @@ import onnx
 import typer
 from rich.table import Table
 
-from deploy.commands.common import JSON, JSON_FILE, console, machine_output, warn
+from deploy.commands.common import console, machine_output, warn
+from deploy.commands.options import JSON, JSON_FILE
+from deploy.commands.printing import print_fold_coverage, print_graph
 from deploy.core.errors import BadInputError
 from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
 from validators.graph import GraphReport, check_graph
 from validators.onnx_file import check_declarations, check_structure, load_onnx, require_regular_file
 from validators.onnx_summary import LayerRow, TensorInfo, interface, layer_rows, shape_text
-
-# ---------------------------------------------------------------- shared with `deploy export`
-
-
-def print_fold_coverage(coverage: FoldCoverageReport, strict_fold: bool) -> None:
-    """The fold-coverage lines of `deploy export` and `deploy inspect`."""
-    if coverage.clean:
-        console.print("fold coverage: [green]clean[/] (no foldable structure, no BatchNormalization left)")
-        return
-    if coverage.findings:
-        verdict = "[red]FLAGGED[/]" if strict_fold else "[yellow]WARNING[/] (--strict-fold makes export exit 4)"
-        console.print(f"fold coverage: {verdict}: " + "; ".join(f.message for f in coverage.findings))
-    else:
-        console.print("fold coverage: nothing foldable left")
-    if coverage.kept:
-        console.print(f"  kept: {coverage.kept_summary()}")
-
-
-def print_graph(graph: GraphReport, coverage: FoldCoverageReport | None = None) -> None:
-    """The graph-check lines: verdict, opset and op histogram, params and MACs, TensorRT support."""
-    ops = ", ".join(f"{op} {n}" for op, n in sorted(graph.op_histogram.items(), key=lambda kv: -kv[1]))
-    macs = f"{graph.macs / 1e6:.2f} M" if graph.macs is not None else "unknown"
-    verdict = "[green]clean[/]" if graph.ok else "[red]FLAGGED[/]: " + "; ".join(graph.reasons)
-    if graph.ok and coverage is not None and not coverage.ok:  # never "clean" while foldable structure is left
-        verdict = "standard ops only, but foldable structure is left (fold coverage below)"
-    console.print(f"graph check: {verdict}")
-    console.print(f"  opset {graph.opset}, {graph.nodes} nodes: {ops}")
-    console.print(f"  params {graph.params / 1e6:.4f} M, MACs {macs} (from the ONNX graph), "
-                  f"TensorRT {graph.tensorrt.get('version')} parser: "
-                  + ("all ops supported" if not graph.unsupported_ops else "unsupported ops present"))
-
 
 # ---------------------------------------------------------------- ONNX
 

@@ -11,17 +11,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from deploy.claims.counts import CONVENTIONS, zoo_row
-from deploy.commands.common import JSON_FILE, console, finite, guarded, machine_output
-from deploy.commands.conv_options import conv_help, conv_opt_help, conv_options, ratio_help
+from deploy.commands.common import console, finite, guarded, machine_output
+from deploy.commands.options import JSON_FILE
+from deploy.commands.source_options import conv_help, conv_opt_help, conv_options, ratio_help
 from deploy.core.errors import BadInputError
-from deploy.core.limits import check_input_size, check_seed
+from deploy.core.limits import check_seed
 from deploy.core.pathguard import guard_paths
+from deploy.core.shapes import parse_input_size
 from deploy.load.checkpoint import save_checkpoint
 from deploy.models.complexity import count_params
 from deploy.models.digits import load_digits
-from deploy.models.random_init import randomize_model
+from deploy.models.random_init import random_model
 from deploy.models.train import train_classifier
-from deploy.models.zoo import archs, build_model, default_input_shape, zoo_entries
+from deploy.models.zoo import archs, build_model, zoo_entries
 from deploy.version import __version__
 
 app = typer.Typer(
@@ -126,7 +128,9 @@ def create(
     conv_opt: Optional[list[str]] = _CONV_OPT,
     ratio: Optional[float] = _RATIO,
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classifier outputs (default: the arch's)."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height/width recorded in the checkpoint."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", metavar="H|HxW",
+                                             help="Input height and width recorded in the checkpoint, e.g. 64 or "
+                                                  "64x48 (default: the arch's)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the random weights and BN statistics."),
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write (model.pt)."),
 ) -> None:
@@ -134,21 +138,8 @@ def create(
     guard_paths(inputs={}, outputs={"`output`": output})
     check_seed(seed)
     kwargs = conv_options(conv, conv_opt, ratio)
-    torch.manual_seed(seed)
-    shape = None
-    if input_size is not None:
-        if input_size < 8:
-            raise BadInputError(f"--input-size {input_size} is too small: use at least 8")
-        check_input_size("input_size", (input_size,))
-        shape = (default_input_shape(arch)[0], input_size, input_size)
-    model = build_model(arch, conv, num_classes, input_shape=shape, **kwargs)
-    try:
-        randomize_model(model, tuple(model.input_shape), seed=seed)
-    except (RuntimeError, ValueError) as exc:
-        size = "x".join(map(str, model.input_shape[1:]))
-        reason = str(exc).strip().splitlines()[0][:200]
-        raise BadInputError(f"{arch} cannot take a {size} input ({reason}); choose another --input-size") from exc
-    model.eval()
+    model = random_model(arch, conv, input_size=parse_input_size(input_size), num_classes=num_classes, seed=seed,
+                         **kwargs)
     save_checkpoint(model, output, meta={"created_by": "deploy zoo create", "seed": seed, "version": __version__})
     console.print(
         f"wrote {output}: {model.arch} conv={model.conv} {model.conv_kwargs or ''} input {tuple(model.input_shape)}, "

@@ -8,8 +8,14 @@ affine parameters, and every all-zero trainable tensor gets small seeded noise.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from deploy.core.errors import BadInputError
+from deploy.models.resnet import ZooNet
+from deploy.models.zoo import build_model, default_input_shape
 
 
 @torch.no_grad()
@@ -37,3 +43,21 @@ def randomize_model(model: nn.Module, input_shape: tuple[int, ...], seed: int = 
         bn.running_mean.add_(0.1 * std * torch.randn(bn.num_features, generator=gen))
         bn.running_var.mul_(torch.empty(bn.num_features).uniform_(0.8, 1.25, generator=gen))
     return model
+
+
+def random_model(arch: str, conv: str | None = None, *, input_size: tuple[int, int] | None = None,
+                 num_classes: int | None = None, seed: int = 0, **conv_kwargs: Any) -> ZooNet:
+    """A zoo model with seeded random weights and non-trivial BN statistics, in eval mode, at
+    ``input_size`` (H, W; default the arch's): what `deploy zoo create` and `deploy claims` write and
+    the tests export. A size the model cannot take is a BadInputError naming it."""
+    base = default_input_shape(arch)
+    shape = (base[0], *input_size) if input_size is not None else None
+    torch.manual_seed(seed)
+    model = build_model(arch, conv, num_classes, input_shape=shape, **conv_kwargs)
+    try:
+        randomize_model(model, tuple(model.input_shape), seed=seed)
+    except (RuntimeError, ValueError) as exc:
+        size = "x".join(map(str, model.input_shape[1:]))
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise BadInputError(f"{model.arch} cannot take a {size} input ({reason}); choose another `input_size`") from exc
+    return model.eval()

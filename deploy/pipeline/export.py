@@ -9,138 +9,50 @@ into place together at the end.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import onnx
 from torch import nn
 
-from deploy.core.atomic import run_hook
 from deploy.core.errors import BadInputError
 from deploy.core.limits import check_input_elements, check_samples, check_seed
 from deploy.core.metrics import Tolerance
 from deploy.core.pathguard import guard_paths
+from deploy.core.progress import StepLog
+from deploy.core.shapes import parse_dynamic, second_size
+from deploy.fold.fold import FoldReport
 from deploy.load.checkpoint import LoadedModel
-from deploy.load.formats import model_class_file
-from deploy.pipeline.report import RunReport
+from deploy.pipeline.options import ExportOptions, check_option_types, default_output, report_path_for
+from deploy.pipeline.report import EngineCheck, RunReport
+from deploy.pipeline.shapes import check_second_size, program_axes
 from deploy.pipeline.steps import (
-    check_second_size,
     fold_step,
     held_out_accuracy,
     load_step,
     onnx_metadata,
     parity_batches,
     parity_step,
-    parse_dynamic,
-    program_axes,
     rewrite_comparison,
-    second_size,
     tolerance_from,
     write_step,
     written_opset,
 )
-from exporters.onnx import ExportResult, SimplifyResult, check_opset, export_onnx_detailed, save_onnx, simplify_onnx
+from exporters.onnx import OnnxExport, SimplifyResult, check_opset, export_onnx_detailed, save_onnx, simplify_onnx
 from exporters.tensorrt.build import build_engine, require_engine_builder, validate_build_options
 from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
 from validators.graph import GraphReport, check_graph
-from validators.parity import ParityReport, check_parity
+from validators.parity import OutputParity, ParityReport, check_parity
 from validators.runtimes.onnxruntime import OrtRuntime
 from validators.runtimes.tensorrt import TensorRTRuntime
 from validators.runtimes.tensorrt_env import metadata_path
 
 
 @dataclass
-class ExportOptions:
-    """Everything `deploy export` can be told; defaults are the CLI's.
-
-    The model is ``checkpoint`` (a file) or ``module`` (an in-memory ``nn.Module``, the
-    Python API; then ``output`` is required).
-    """
-
-    checkpoint: Path | None = None
-    output: Path | None = None
-    report: Path | None = None
-    fold: bool = True
-    rewrite: bool = True  # the exact deploy rewrites (with fold)
-    compare_rewrites: bool = True  # also export without them, for the report's node counts
-    opset: int | None = None
-    batch: str = "dynamic"  # "dynamic" or a fixed batch size as text
-    input_size: str | int | tuple[int, ...] | None = None  # H or HxW
-    input_shape: str | Sequence[int] | None = None  # CxHxW
-    dynamic: str | None = None  # batch (default), hw, batch,hw or none
-    exporter: str = "dynamo"
-    simplify: bool = True
-    atol: float | None = None  # relative to max|ref| when rtol is None
-    rtol: float | None = None
-    samples: int = 8
-    seed: int = 0
-    strict: bool = True  # graph-check findings fail the run (exit 4)
-    strict_fold: bool = False  # fold-coverage findings fail the run (exit 4)
-    arch: str | None = None
-    conv: str | None = None
-    conv_kwargs: dict[str, Any] = field(default_factory=dict)
-    trust_pickle: bool = False
-    model_class: str | None = None  # package.module:Class of a bare state_dict
-    model_args: Any = None  # its constructor's arguments (JSON text, a dict or a list)
-    module: nn.Module | None = None
-    # TensorRT engine (GPU only): built from the checked ONNX, then checked against ONNX Runtime
-    engine: Path | None = None
-    fp16: bool = False
-    min_batch: int | None = None
-    opt_batch: int | None = None
-    max_batch: int | None = None
-    workspace: float | None = None
-    timing_cache: Path | None = None
-
-
-_OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(("atol", "rtol", "workspace"), (int, float)),
-    **dict.fromkeys(("samples", "seed", "opset", "min_batch", "opt_batch", "max_batch"), (int,)),
-    **dict.fromkeys(("dynamic", "exporter", "arch", "conv", "model_class"), (str,)),
-    **dict.fromkeys(("fold", "rewrite", "compare_rewrites", "simplify", "strict", "strict_fold", "trust_pickle",
-                     "fp16"), (bool,)),
-    "batch": (str, int), "conv_kwargs": (dict,),
-}
-
-
-def check_option_types(opts: ExportOptions) -> None:
-    """Each option of the Python API of the type it takes (None where it is optional): a BadInputError
-    naming the option, not a TypeError from deep inside a step."""
-    for name, kinds in _OPTION_TYPES.items():
-        value = getattr(opts, name)
-        bad_bool = isinstance(value, bool) and bool not in kinds
-        if value is not None and (bad_bool or not isinstance(value, kinds)):
-            expected = " or ".join(k.__name__ for k in kinds)
-            raise BadInputError(f"`{name}` must be a {expected}, got {type(value).__name__} {value!r}")
-
-
-class StepLog:
-    """Times each pipeline step; ``on_start(name)`` / ``on_done(name, seconds)`` let a UI show it."""
-
-    def __init__(self, on_start: Callable[[str], None] | None = None,
-                 on_done: Callable[[str, float], None] | None = None) -> None:
-        self.seconds: dict[str, float] = {}
-        self._on_start, self._on_done = on_start, on_done
-
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        if self._on_start:
-            self._on_start(name)
-        run_hook(name)
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = time.perf_counter() - start
-        if self._on_done:
-            self._on_done(name, self.seconds[name])
-
-
-@dataclass
-class ExportOutcome:
-    """What `deploy export` produced: the files, the typed report, and the models it compared."""
+class ExportResult:
+    """What an export wrote and measured: the paths, the typed report, the loaded model and its deploy form."""
 
     onnx_path: Path
     report_path: Path
@@ -149,36 +61,37 @@ class ExportOutcome:
     deploy_model: nn.Module
 
     @property
+    def fold(self) -> FoldReport | None:
+        """One row per folded layer with its float64 error (None with ``fold=False``)."""
+        return self.report.fold
+
+    @property
     def graph(self) -> GraphReport:
-        assert self.report.graph is not None
+        assert self.report.graph is not None  # an export always checks its graph
         return self.report.graph
+
+    @property
+    def fold_coverage(self) -> FoldCoverageReport:
+        assert self.report.fold_coverage is not None  # an export always checks its fold coverage
+        return self.report.fold_coverage
 
     @property
     def parity(self) -> ParityReport:
         return self.report.parity
 
+    def parity_by_output(self) -> dict[str, dict[str, OutputParity]]:
+        """``{candidate: {output name: metrics}}``: every output of every runtime compared."""
+        return {c.name: {o.name: o for o in c.outputs} for c in self.parity.candidates}
+
     @property
-    def fold_coverage(self) -> FoldCoverageReport:
-        assert self.report.fold_coverage is not None
-        return self.report.fold_coverage
-
-
-def default_output(checkpoint: Path) -> Path:
-    """``model.pt`` -> ``model.onnx``."""
-    if not checkpoint.name or checkpoint.name in (".", ".."):
-        raise BadInputError(f"{checkpoint} names no checkpoint file: point to a model.pt, or give the `output` path")
-    return checkpoint.with_suffix(".onnx")
-
-
-def report_path_for(output: Path) -> Path:
-    """``model.onnx`` -> ``model.report.json``."""
-    stem = output.name[: -len(".onnx")] if output.name.endswith(".onnx") else output.name
-    return output.with_name(stem + ".report.json")
+    def seconds(self) -> dict[str, float]:
+        """Wall time of each pipeline step."""
+        return dict(self.report.seconds)
 
 
 def _output_paths(opts: ExportOptions) -> tuple[Path, Path]:
     """(ONNX, report) paths, checked before any work: writable, none of them an input or another output."""
-    checkpoint = Path(opts.checkpoint) if opts.checkpoint is not None else None
+    checkpoint = opts.source.checkpoint
     if opts.output is None and checkpoint is None:
         raise BadInputError("give the `output` path of the ONNX file to write")
     output = Path(opts.output) if opts.output else default_output(Path(str(checkpoint)))
@@ -187,7 +100,7 @@ def _output_paths(opts: ExportOptions) -> tuple[Path, Path]:
     report_path = Path(opts.report) if opts.report else report_path_for(output)
     engine = Path(opts.engine) if opts.engine is not None else None
     guard_paths(
-        inputs={"the input checkpoint": checkpoint, "the `model_class` module": model_class_file(opts.model_class)},
+        inputs=opts.source.input_paths(),
         outputs={"`output`": output, "the external data of `output`": output.with_name(output.name + ".data"),
                  "`report`": report_path, "`engine`": engine,
                  "the engine metadata of `engine`": metadata_path(engine) if engine is not None else None,
@@ -202,7 +115,7 @@ def _output_paths(opts: ExportOptions) -> tuple[Path, Path]:
 
 
 def build_checked_engine(proto: Any, opts: ExportOptions, input_shape: tuple[int, ...], ort: OrtRuntime,
-                         output: Path) -> dict[str, Any]:
+                         output: Path) -> EngineCheck:
     """Build the TensorRT engine from ``proto`` and check it against ONNX Runtime fp32.
 
     The ONNX goes to a temporary file beside the output (the final one is written only
@@ -227,7 +140,7 @@ def build_checked_engine(proto: Any, opts: ExportOptions, input_shape: tuple[int
         Path(opts.engine).unlink(missing_ok=True)
         metadata_path(opts.engine).unlink(missing_ok=True)
         raise
-    return {"path": str(opts.engine), "metadata": meta, "parity": parity.to_dict()}
+    return EngineCheck(Path(opts.engine), meta, parity)
 
 
 def _options_record(opts: ExportOptions, opset: int, input_shape: tuple[int, ...], fixed_batch: int | None,
@@ -240,7 +153,7 @@ def _options_record(opts: ExportOptions, opset: int, input_shape: tuple[int, ...
             "simplify": opts.simplify and opts.fold, "strict": opts.strict, "strict_fold": opts.strict_fold}
 
 
-def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome:
+def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportResult:
     """The whole `deploy export`: every gate passes, then MODEL.onnx and its report appear together."""
     log = log or StepLog()
     check_option_types(opts)
@@ -257,7 +170,7 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
 
     metadata = onnx_metadata(loaded, opts.fold, input_shape, fold_report, opts.rewrite)
 
-    def export(model: nn.Module) -> ExportResult:
+    def export(model: nn.Module) -> OnnxExport:
         return export_onnx_detailed(model, input_shape, opset=opts.opset, exporter=opts.exporter,
                                     dynamic_batch=fixed_batch is None, dynamic_hw=dynamic_hw,
                                     batch_size=fixed_batch or 1, metadata=metadata)
@@ -285,7 +198,7 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
                                    parity_batches(fixed_batch), opts.samples, opts.seed, tol, fold_report,
                                    extra_sizes=[second_size(input_shape)] if dynamic_hw else [])
         accuracy = held_out_accuracy(loaded, runs)
-    report = RunReport("convdeploy export", {"path": str(opts.checkpoint or "<in-memory module>"), **loaded.describe()},
+    report = RunReport("convdeploy export", {"path": opts.source.label, **loaded.describe()},
                        parity, opts.seed, options=_options_record(opts, written_opset(proto), input_shape, fixed_batch,
                                                                   dynamic_hw),
                        fold=fold_report, export=exported, simplify=simplified, rewrites=rewrites, graph=graph,
@@ -296,16 +209,13 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportOutcome
             report.engine = build_checked_engine(proto, opts, input_shape, ort, output)
     with log.step("write"):
         _write(proto, output, report_path, report, opts)
-    return ExportOutcome(output, report_path, report, loaded, deploy_model)
+    return ExportResult(output, report_path, report, loaded, deploy_model)
 
 
 def _load(opts: ExportOptions) -> tuple[LoadedModel, tuple[int, ...], int | None, bool]:
     """The model, its input shape (C, H, W), the fixed batch (None: dynamic) and whether H/W are
     dynamic; the largest input parity will feed is checked against the element bound first."""
-    loaded, input_shape = load_step(opts.checkpoint, arch=opts.arch, conv=opts.conv, conv_kwargs=opts.conv_kwargs,
-                                    trust_pickle=opts.trust_pickle, input_size=opts.input_size,
-                                    input_shape=opts.input_shape, model_class=opts.model_class,
-                                    model_args=opts.model_args, module=opts.module)
+    loaded, input_shape = load_step(opts.source, input_size=opts.input_size, input_shape=opts.input_shape)
     fixed_batch, dynamic_hw = program_axes(loaded, opts.batch, opts.dynamic)
     check_input_elements((fixed_batch or max(parity_batches(None)), *input_shape))
     if dynamic_hw:

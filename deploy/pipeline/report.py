@@ -1,7 +1,7 @@
 """The typed report of an export or a validation, and its JSON form (``MODEL.report.json``).
 
 Each pipeline step fills one field with its own result object (``FoldReport``,
-``ExportResult``, ``SimplifyResult``, ``GraphReport``, ``FoldCoverageReport``,
+``OnnxExport``, ``SimplifyResult``, ``GraphReport``, ``FoldCoverageReport``,
 ``ParityReport``); ``to_dict``
 writes the JSON the report files hold. The CLI prints from the objects, never from the
 JSON.
@@ -11,14 +11,42 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from deploy.core.environment import device_description, versions
 from deploy.fold.fold import FoldReport
-from exporters.onnx import ExportResult, GraphDiff, SimplifyResult
+from exporters.onnx import GraphDiff, OnnxExport, SimplifyResult
 from validators.fold_coverage import FoldCoverageReport
 from validators.graph import GraphReport
 from validators.parity import ParityReport
+
+
+@dataclass
+class EngineCheck:
+    """A TensorRT engine built with an export: its file, the metadata written beside it
+    (``engine.plan.json``) and its parity against ONNX Runtime."""
+
+    path: Path
+    metadata: dict[str, Any]
+    parity: ParityReport
+
+    @property
+    def notes(self) -> list[str]:
+        """What the build wants the user to know (a replaced timing cache, a precision fallback)."""
+        return list(self.metadata.get("notes", []))
+
+    def summary(self) -> str:
+        """One line: the engine's parity with ONNX Runtime."""
+        c = self.parity.candidates[0]
+        top1 = f"{100 * c.top1_agreement:.1f} %" if c.top1_agreement is not None else "n/a"
+        decisive = sum(o.top1_rows for o in c.outputs)
+        return (f"TensorRT engine {self.path}: vs onnxruntime max rel err {c.max_rel_err:.3g}, top-1 {top1} on "
+                f"{decisive} decisive rows ({c.top1_excluded} near-ties excluded; tolerance "
+                f"{self.parity.tolerance['name']})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "metadata": self.metadata, "parity": self.parity.to_dict()}
 
 
 def _now() -> str:
@@ -35,14 +63,14 @@ class RunReport:
     seed: int
     options: dict[str, Any] = field(default_factory=dict)
     fold: FoldReport | None = None
-    export: ExportResult | None = None
+    export: OnnxExport | None = None
     simplify: SimplifyResult | None = None
     rewrites: GraphDiff | None = None  # export: the graph without the deploy rewrites -> with them
     graph: GraphReport | None = None
     fold_coverage: FoldCoverageReport | None = None
     accuracy: dict[str, Any] | None = None
     onnx: dict[str, Any] | None = None  # validate: the ONNX file it checked
-    engine: dict[str, Any] | None = None
+    engine: EngineCheck | None = None
     outputs: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     created: str = field(default_factory=_now)
@@ -76,7 +104,7 @@ class RunReport:
         if self.seconds:
             doc["seconds"] = dict(self.seconds)
         if self.engine is not None:
-            doc["engine"] = self.engine
+            doc["engine"] = self.engine.to_dict()
         if self.outputs is not None:
             doc["outputs"] = self.outputs
         return doc

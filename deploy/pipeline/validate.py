@@ -11,23 +11,23 @@ from deploy.core.atomic import sha256_file, write_json_atomic
 from deploy.core.errors import BadInputError
 from deploy.core.limits import check_input_elements, check_samples, check_seed
 from deploy.core.pathguard import guard_paths
-from deploy.load.formats import model_class_file
+from deploy.core.shapes import second_size
+from deploy.load.source import ModelSource
 from deploy.pipeline.report import RunReport
+from deploy.pipeline.shapes import check_second_size
 from deploy.pipeline.steps import (
-    check_second_size,
     fold_step,
     held_out_accuracy,
     load_step,
     parity_batches,
     parity_step,
-    second_size,
     tolerance_from,
 )
 from validators.runtimes.onnxruntime import OrtRuntime
 
 
 def run_validate(
-    checkpoint: Path,
+    source: ModelSource | Path,
     onnx_path: Path,
     *,
     samples: int = 8,
@@ -36,25 +36,17 @@ def run_validate(
     rtol: float | None = None,
     input_size: str | int | tuple[int, ...] | None = None,
     input_shape: str | tuple[int, ...] | None = None,
-    arch: str | None = None,
-    conv: str | None = None,
-    conv_kwargs: dict[str, Any] | None = None,
-    trust_pickle: bool = False,
-    model_class: str | None = None,
-    model_args: Any = None,
     report: Path | None = None,
 ) -> RunReport:
     """Training form vs folded vs ONNX Runtime on ``onnx_path``, every output by name; the report
     says whether parity holds (written to ``report`` when given). A graph with symbolic H/W is
-    checked at a second size too."""
-    guard_paths(inputs={"the input checkpoint": checkpoint, "the ONNX model": onnx_path,
-                        "the `model_class` module": model_class_file(model_class)}, outputs={"`report`": report})
+    checked at a second size too. ``source`` is a ``ModelSource`` (or a checkpoint path)."""
+    source = source if isinstance(source, ModelSource) else ModelSource(Path(source))
+    guard_paths(inputs={**source.input_paths(), "the ONNX model": onnx_path}, outputs={"`report`": report})
     check_seed(seed)
     check_samples(samples)
     tol = tolerance_from(atol, rtol)
-    loaded, shape = load_step(Path(checkpoint), arch=arch, conv=conv, conv_kwargs=dict(conv_kwargs or {}),
-                              trust_pickle=trust_pickle, input_size=input_size, input_shape=input_shape,
-                              model_class=model_class, model_args=model_args)
+    loaded, shape = load_step(source, input_size=input_size, input_shape=input_shape)
     ort = OrtRuntime(onnx_path, name="onnxruntime-cpu")
     dims = ort.session.get_inputs()[0].shape
     _check_onnx_shape(onnx_path, dims, shape)
@@ -69,7 +61,7 @@ def run_validate(
                                batches, samples, seed, tol,
                                fold_report, extra_sizes=[second_size(shape)] if dynamic_hw else [])
     runs.pop("folded")
-    result = RunReport("convdeploy validate", {"path": str(checkpoint), **loaded.describe()}, parity, seed,
+    result = RunReport("convdeploy validate", {"path": source.label, **loaded.describe()}, parity, seed,
                        fold=fold_report, accuracy=held_out_accuracy(loaded, runs),
                        onnx={"path": str(onnx_path), "sha256": sha256_file(onnx_path)})
     if report is not None:
