@@ -107,7 +107,7 @@ def export(
                           model_args=model_args, trust_pickle=trust_pickle)
     opts = ExportOptions(
         source=source, output=output, report=report, fold=fold, rewrite=rewrite, compare_rewrites=rewrite_diff,
-        opset=opset, batch=batch or "dynamic", input_size=input_size, input_shape=input_shape, dynamic=dynamic,
+        opset=opset, batch=batch, input_size=input_size, input_shape=input_shape, dynamic=dynamic,
         exporter=exporter, simplify=simplify, atol=atol, rtol=rtol, samples=samples, seed=seed, strict=strict,
         strict_fold=strict_fold, engine=engine, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
         max_batch=max_batch, workspace=workspace, timing_cache=timing_cache,

@@ -17,21 +17,13 @@ from deploy.commands.common import finite, warn
 SHAPES, PARITY, ENGINE, OUTPUT = "Shapes", "Parity", "TensorRT engine", "Machine output"
 
 
-def batch_size(value: Optional[str]) -> Optional[int]:
-    """``--batch N``: one positive batch size; ``dynamic`` (the old spelling of no fixed batch) still
-    works for one release, with a warning."""
-    if value is None:
-        return None
-    if value.strip().lower() == "dynamic":
+def batch_size(value: Optional[str]) -> Optional[str]:
+    """``--batch N`` (checked by the library); ``dynamic``, the old spelling of no fixed batch, still works
+    for one release, with a warning."""
+    if value is not None and value.strip().lower() == "dynamic":
         warn("--batch dynamic is deprecated (a dynamic batch axis is the default): drop it")
         return None
-    try:
-        size = int(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a batch size: give a positive integer") from None
-    if size < 1:
-        raise typer.BadParameter(f"{size} is not a batch size: give a positive integer")
-    return size
+    return value
 
 
 INPUT_SIZE = typer.Option(None, "--input-size", metavar="H|HxW", rich_help_panel=SHAPES,

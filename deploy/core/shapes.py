@@ -52,7 +52,7 @@ def parse_input_shape(value: str | Sequence[int] | None) -> tuple[int, int, int]
     return (c, h, w)
 
 
-def parse_dynamic(dynamic: str | None, batch: str) -> tuple[int | None, bool]:
+def parse_dynamic(dynamic: str | None, batch: str | int | None) -> tuple[int | None, bool]:
     """(fixed batch size or None for a dynamic batch axis, whether H/W are dynamic).
 
     ``dynamic`` is ``batch`` (the default), ``hw``, ``batch,hw`` or ``none``; ``batch`` is
@@ -79,16 +79,16 @@ def second_size(input_shape: Sequence[int]) -> tuple[int, int]:
     return (2 * int(input_shape[1]), 2 * int(input_shape[2]))
 
 
-def parse_batch(batch: str) -> int | None:
-    """None for a dynamic batch axis, else the fixed batch size."""
-    if batch == "dynamic":
+def parse_batch(batch: str | int | None) -> int | None:
+    """None for a dynamic batch axis (``None`` or ``"dynamic"``), else the fixed batch size."""
+    if batch is None or batch == "dynamic":
         return None
     try:
         value = int(batch)
     except ValueError:
-        raise BadInputError(f"`batch` must be 'dynamic' or a positive integer, got {batch!r}") from None
+        raise BadInputError(f"`batch` must be a positive integer, got {batch!r}") from None
     if value < 1:
-        raise BadInputError(f"`batch` must be 'dynamic' or a positive integer, got {batch!r}")
+        raise BadInputError(f"`batch` must be a positive integer, got {batch!r}")
     check_input_elements((value,))
     return value
 

@@ -26,7 +26,7 @@ class ExportOptions:
     rewrite: bool = True  # the exact deploy rewrites (with fold)
     compare_rewrites: bool = True  # also export without them, for the report's node counts
     opset: int | None = None
-    batch: str = "dynamic"  # "dynamic" or a fixed batch size as text
+    batch: str | int | None = None  # a fixed batch size (None or "dynamic": a dynamic batch axis)
     input_size: str | int | tuple[int, ...] | None = None  # H or HxW
     input_shape: str | Sequence[int] | None = None  # CxHxW
     dynamic: str | None = None  # batch (default), hw, batch,hw or none

@@ -17,7 +17,7 @@ from torch import nn
 from deploy.core.errors import BadInputError
 from deploy.core.limits import MAX_INPUT_ELEMENTS, MAX_SIDE
 from deploy.core.outputs import flatten_outputs
-from deploy.core.shapes import parse_dynamic, parse_input_shape, parse_input_size, second_size
+from deploy.core.shapes import parse_batch, parse_dynamic, parse_input_shape, parse_input_size, second_size
 from deploy.load.checkpoint import LoadedModel
 
 
@@ -62,7 +62,7 @@ def input_channels(loaded: LoadedModel) -> int | None:
     return int(first.in_channels) if first is not None else None
 
 
-def program_axes(loaded: LoadedModel, batch: str, dynamic: str | None) -> tuple[int | None, bool]:
+def program_axes(loaded: LoadedModel, batch: str | int | None, dynamic: str | None) -> tuple[int | None, bool]:
     """``parse_dynamic``, reconciled with the dims an ExportedProgram was exported with: its graph
     runs only at a static batch N (which becomes the default) and cannot make static H/W dynamic."""
     fixed, dynamic_hw = parse_dynamic(dynamic, batch)
@@ -71,7 +71,7 @@ def program_axes(loaded: LoadedModel, batch: str, dynamic: str | None) -> tuple[
         return fixed, dynamic_hw
     if dims[0] is not None:
         asked_dynamic = dynamic is not None and "batch" in dynamic.lower()
-        if asked_dynamic or (batch != "dynamic" and fixed != dims[0]):
+        if asked_dynamic or (parse_batch(batch) is not None and fixed != dims[0]):
             raise BadInputError(f"the ExportedProgram was exported with a static batch of {dims[0]}: export it with "
                                 f"`batch` {dims[0]}, or re-export it with a dynamic batch dim (torch.export.Dim)")
         fixed = dims[0]
