@@ -135,8 +135,7 @@ def export_onnx_detailed(
     sizes is for parity at a second size to prove). Every model output becomes one graph
     output, named as ``deploy.core.outputs`` flattens them.
     """
-    if exporter not in DEFAULT_OPSET:
-        raise BadInputError(f"unknown exporter {exporter!r}: choose dynamo or torchscript")
+    check_exporter(exporter)
     shape = _check_model_ready(model, input_shape)
     if not dynamic_batch and batch_size < 1:
         raise BadInputError(f"batch size must be >= 1, got {batch_size}")
@@ -172,10 +171,15 @@ def export_onnx_detailed(
                         dynamic_hw=dynamic_hw, output_names=names)
 
 
+def check_exporter(exporter: object) -> None:
+    """BadInputError unless ``exporter`` names one of the exporters (``DEFAULT_OPSET``)."""
+    if exporter not in DEFAULT_OPSET:
+        raise BadInputError(f"`exporter` must be {' or '.join(DEFAULT_OPSET)}, got {exporter!r}")
+
+
 def check_opset(exporter: str, opset: int | None) -> int:
     """The opset to export with: the exporter's default, or ``opset`` when the exporter writes it."""
-    if exporter not in DEFAULT_OPSET:
-        raise BadInputError(f"unknown exporter {exporter!r}: choose dynamo or torchscript")
+    check_exporter(exporter)
     if opset is None:
         return DEFAULT_OPSET[exporter]
     low, high = OPSET_RANGE[exporter]

@@ -46,6 +46,7 @@ from deploy.models.random_init import random_model
 from deploy.pipeline.export import run_export
 from deploy.pipeline.options import ExportOptions
 from deploy.version import __version__
+from exporters.onnx import check_exporter
 from exporters.tensorrt.build import build_engine, engine_builder_available, validate_build_options
 from validators.claims import (
     COV_LIMIT,
@@ -123,8 +124,8 @@ class ClaimsSettings:
         if self.input_size is not None and min(self.input_size) < 16:
             raise BadInputError(f"`input_size` {'x'.join(map(str, self.input_size))} is too small for ResNet-50: use "
                                 "32 or more")
-        if self.exporter not in (None, "dynamo", "torchscript"):
-            raise BadInputError(f"`exporter` {self.exporter!r}: choose dynamo or torchscript")
+        if self.exporter is not None:
+            check_exporter(self.exporter)
         if self.threads is not None and self.threads < 1:
             raise BadInputError(f"`threads` {self.threads} must be >= 1")
 

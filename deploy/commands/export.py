@@ -117,7 +117,7 @@ def export(
         with RichProgress(steps=True) as progress:
             result = run_export(opts, StepLog(progress))
         _print_export(result)
-        out.emit(result.report.to_dict())  # the record the pair holds
+        out.emit(result.record)  # the record the pair holds
 
 
 def _print_export(result: ExportResult) -> None:

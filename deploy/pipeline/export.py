@@ -59,6 +59,7 @@ class ExportResult:
     report: RunReport
     loaded: LoadedModel
     deploy_model: nn.Module
+    record: dict[str, Any]  # the JSON document the report file holds
 
     @property
     def fold(self) -> FoldReport | None:
@@ -208,8 +209,8 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportResult:
         with log.step("tensorrt"):
             report.engine = build_checked_engine(proto, opts, input_shape, ort, output)
     with log.step("write"):
-        _write(proto, output, report_path, report, opts)
-    return ExportResult(output, report_path, report, loaded, deploy_model)
+        record = _write(proto, output, report_path, report, opts)
+    return ExportResult(output, report_path, report, loaded, deploy_model, record)
 
 
 def _load(opts: ExportOptions) -> tuple[LoadedModel, tuple[int, ...], int | None, bool]:
@@ -223,10 +224,12 @@ def _load(opts: ExportOptions) -> tuple[LoadedModel, tuple[int, ...], int | None
     return loaded, input_shape, fixed_batch, dynamic_hw
 
 
-def _write(proto: onnx.ModelProto, output: Path, report_path: Path, report: RunReport, opts: ExportOptions) -> None:
-    """Write the ONNX file and its report together; an engine built for them goes if that fails."""
+def _write(proto: onnx.ModelProto, output: Path, report_path: Path, report: RunReport,
+           opts: ExportOptions) -> dict[str, Any]:
+    """Write the ONNX file and its report together (returns the report's record); an engine built for them
+    goes if that fails."""
     try:
-        write_step(proto, output, report_path, report)
+        return write_step(proto, output, report_path, report)
     except BaseException:  # no engine without the ONNX file and report it was checked against
         if report.engine is not None and opts.engine is not None:
             Path(opts.engine).unlink(missing_ok=True)

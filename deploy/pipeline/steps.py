@@ -148,16 +148,18 @@ def written_opset(proto: onnx.ModelProto) -> int:
     return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def write_step(proto: onnx.ModelProto, output: Path, report_path: Path, report: Any) -> None:
+def write_step(proto: onnx.ModelProto, output: Path, report_path: Path, report: Any) -> dict[str, Any]:
     """Write the ONNX file and its report, both or neither (docs/architecture.md "Writes").
 
     Under the output's lock (a second writer of the same output waits), both go to
     temporary files first; the report records the sha256 of the ONNX bytes written; then
     the ONNX file and the report are renamed into place with SIGINT/SIGTERM held. An
-    existing pair stays whole until the new pair is on disk.
+    existing pair stays whole until the new pair is on disk. Returns the record the report holds.
     """
     with output_lock(output), Transaction() as txn:
         onnx_sha = stage_onnx(txn, proto, output)
         report.outputs = {"onnx": {"path": str(output), "sha256": onnx_sha}}
-        txn.stage_bytes(report_path, json_bytes(report.to_dict()))
+        record = report.to_dict()
+        txn.stage_bytes(report_path, json_bytes(record))
         txn.commit()
+    return record
