@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from deploy.core.errors import BackendUnavailableError
-from exporters.tensorrt.build import (
+from exporters.tensorrt.options import BuildOptions
+from exporters.tensorrt.precision import (
     FP16_FLAG,
     FP16_ONNX,
     FP32,
     TF32,
-    BuildOptions,
     config_options,
     fp16_parity_batches,
     network_options,

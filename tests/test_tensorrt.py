@@ -22,14 +22,9 @@ from deploy.commands.bench import bench
 from deploy.commands.build import build
 from deploy.commands.common import guarded
 from deploy.core.errors import BadInputError
-from exporters.tensorrt.build import (
-    OnnxInput,
-    build_engine,
-    compute_profile,
-    engine_metadata,
-    onnx_input,
-    validate_build_options,
-)
+from exporters.tensorrt.build import build_engine, engine_metadata
+from exporters.tensorrt.options import compute_profile, validate_build_options
+from validators.onnx_file import OnnxInput, onnx_input
 from validators.runtimes.tensorrt_env import (
     BatchProfile,
     check_batch_in_profile,

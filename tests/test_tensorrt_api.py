@@ -11,7 +11,7 @@ records them; no network here). The package is parsed, never imported:
 - ``getattr(x, "NAME", default)`` is a version check in itself, and so is code under
   ``if major < 11:`` / ``if tensorrt_major(...) >= 11:``: such a name must exist only in
   the majors its branch runs on;
-- the keywords passed to polygraphy's loaders (``exporters.tensorrt.build.config_options`` and
+- the keywords passed to polygraphy's loaders (``exporters.tensorrt.precision.config_options`` and
   ``network_options`` for every option combination) must lead to names that exist in that
   major (``POLYGRAPHY_NAMES``: what polygraphy 0.53's loaders read for each keyword).
 """
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from exporters.tensorrt.build import BuildOptions, config_options, network_options, precision_route
+from exporters.tensorrt.options import BuildOptions
+from exporters.tensorrt.precision import config_options, network_options, precision_route
 from validators.runtimes.tensorrt_env import SUPPORTED_MAJORS, BatchProfile
 
 ROOT = Path(__file__).resolve().parents[1]

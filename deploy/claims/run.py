@@ -47,7 +47,8 @@ from deploy.pipeline.export import run_export
 from deploy.pipeline.options import ExportOptions
 from deploy.version import __version__
 from exporters.onnx import check_exporter
-from exporters.tensorrt.build import build_engine, engine_builder_available, validate_build_options
+from exporters.tensorrt.build import build_engine, engine_builder_available
+from exporters.tensorrt.options import validate_build_options
 from validators.claims import (
     COV_LIMIT,
     RatioMeasure,

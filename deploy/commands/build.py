@@ -19,7 +19,9 @@ from deploy.commands.options import (
     TIMING_CACHE,
     WORKSPACE,
 )
-from exporters.tensorrt.build import build_engine, compute_profile, onnx_input, require_engine_builder, validate_build_options
+from exporters.tensorrt.build import build_engine, require_engine_builder
+from exporters.tensorrt.options import compute_profile, validate_build_options
+from validators.onnx_file import onnx_input
 from validators.runtimes.tensorrt_env import metadata_path
 
 

@@ -41,7 +41,8 @@ from deploy.pipeline.steps import (
     written_opset,
 )
 from exporters.onnx import OnnxExport, SimplifyResult, check_opset, export_onnx_detailed, save_onnx, simplify_onnx
-from exporters.tensorrt.build import build_engine, require_engine_builder, validate_build_options
+from exporters.tensorrt.build import build_engine, require_engine_builder
+from exporters.tensorrt.options import validate_build_options
 from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
 from validators.graph import GraphReport, check_graph
 from validators.parity import OutputParity, ParityReport, check_parity

@@ -10,13 +10,10 @@ TensorRT major, the timing-cache safety of ``exporters.tensorrt.timing_cache``, 
 the ``engine.plan.json`` record; availability and the version / device compatibility gate
 are in ``validators.runtimes.tensorrt_env``. All of it but ``build_engine`` is plain Python, tested on CPU.
 
-TensorRT 10 and 11. TensorRT 11 networks are strongly typed and its builder has no fp16
-switch (``BuilderFlag.FP16`` is gone): ``fp16`` there builds from an fp16 copy of the ONNX
-(``exporters.tensorrt.fp16_onnx``, checked on ONNX Runtime first); TensorRT 10 sets the builder's
-fp16 flag. ``precision_route``, ``network_options`` and ``config_options`` say exactly which
-polygraphy options each major gets; tests/test_tensorrt_api.py checks every TensorRT name
-they lead to (and every name this package reads itself) against both releases.
-TensorRT and polygraphy are imported lazily, so every other command works without them.
+TensorRT 10 and 11: ``exporters.tensorrt.options`` checks what is asked (paths, profile,
+workspace), ``exporters.tensorrt.precision`` says which polygraphy options each major gets;
+this module builds and writes ``engine.plan`` with its ``engine.plan.json`` record. TensorRT and
+polygraphy are imported lazily, so every other command works without them.
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ import contextlib
 import datetime as _dt
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -33,179 +29,27 @@ import onnx
 
 from deploy.core.atomic import Transaction, json_bytes, output_lock, sha256_file
 from deploy.core.errors import BackendUnavailableError, BadInputError
-from deploy.core.pathguard import guard_paths
 from exporters.tensorrt.fp16_onnx import fp32_ops, write_fp16_onnx
+from exporters.tensorrt.options import BuildOptions, compute_profile
+from exporters.tensorrt.precision import (
+    FP16_ONNX,
+    FP32,
+    BuildFacts,
+    config_options,
+    fp16_parity_batches,
+    network_options,
+    precision_route,
+)
 from exporters.tensorrt.timing_cache import TimingCachePlan, plan_timing_cache, refused_note, save_timing_cache
-from validators.onnx_file import OnnxInput, onnx_input
+from validators.onnx_file import onnx_input
 from validators.runtimes.tensorrt_env import (
     ENGINE_FORMAT,
-    ENGINE_SUFFIXES,
     BatchProfile,
     metadata_path,
     require_tensorrt,
     running_environment,
     tensorrt_major,
 )
-
-MAX_WORKSPACE_GIB = 1024.0
-
-
-# ---------------------------------------------------------------- ONNX input and profile
-
-def _axis_range(axis: str, names: str, fixed: int | None, lo: int | None, opt: int | None, hi: int | None,
-                default_min: int | None) -> tuple[int, int, int]:
-    """(min, opt, max) of one profile axis. A fixed dim admits only itself. Unset values: min
-    ``default_min`` (else opt); opt = max if only max is given; max = opt if only opt is given."""
-    for label, v in zip(names.split("/"), (lo, opt, hi)):
-        if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
-            raise BadInputError(f"{label} {v} must be a positive integer")
-    if fixed is not None:
-        asked = {v for v in (lo, opt, hi) if v is not None}
-        if asked - {fixed}:
-            raise BadInputError(f"the ONNX input has a fixed {axis} of {fixed} but {sorted(asked)} was requested: "
-                                f"re-export with a dynamic {axis} or drop {names}")
-        return fixed, fixed, fixed
-    if opt is None and hi is None:
-        if lo is None and default_min is None:
-            raise BadInputError(f"the ONNX input has a dynamic {axis}: give {names} (or export with a fixed {axis})")
-        low = int(lo if lo is not None else default_min)  # type: ignore[arg-type]
-        return low, low, low
-    o = int(opt if opt is not None else hi)  # type: ignore[arg-type]
-    h = int(hi if hi is not None else o)
-    low = int(lo) if lo is not None else (default_min if default_min is not None else o)
-    if not low <= o <= h:
-        raise BadInputError(f"{axis} profile needs min <= opt <= max, got {low} <= {o} <= {h}: fix {names}")
-    return low, o, h
-
-
-def compute_profile(inp: OnnxInput, min_batch: int | None = None, opt_batch: int | None = None,
-                    max_batch: int | None = None, min_size: int | None = None, opt_size: int | None = None,
-                    max_size: int | None = None) -> BatchProfile:
-    """The optimization profile of ``inp`` (NCHW): over the batch axis and, where the ONNX has
-    dynamic height and width, over a square input size.
-
-    Batch: unset min is 1; opt = max if only max is given; max = opt if only opt is given;
-    all 1 if none. Size (dynamic H/W only): the same rules, min defaulting to opt. A fixed
-    axis admits only its own value. The channel count must be fixed.
-    """
-    if len(inp.dims) != 4 or inp.dims[1] is None:
-        raise BadInputError(f"input {inp.name!r} has shape {inp.dims}: expected NCHW with fixed channels "
-                            "(dynamic non-batch dims other than height/width are not supported)")
-    batch = _axis_range("batch", "`min_batch`/`opt_batch`/`max_batch`", inp.dims[0], min_batch, opt_batch, max_batch, 1)
-    sizes = [_axis_range("input size", "`min_size`/`opt_size`/`max_size`", d, min_size, opt_size, max_size, None)
-             for d in inp.dims[2:]]
-    channels = int(inp.dims[1])
-    return BatchProfile(inp.name, *((batch[i], channels, sizes[0][i], sizes[1][i]) for i in range(3)))
-
-
-# ---------------------------------------------------------------- options
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Validated options of ``deploy build`` / ``deploy export --engine``."""
-
-    onnx_path: Path
-    engine_path: Path
-    fp16: bool = False
-    tf32: bool = False
-    min_batch: int | None = None
-    opt_batch: int | None = None
-    max_batch: int | None = None
-    workspace_gib: float | None = None
-    timing_cache: Path | None = None
-    min_size: int | None = None
-    opt_size: int | None = None
-    max_size: int | None = None
-
-    @property
-    def precision(self) -> str:
-        return "fp16" if self.fp16 else ("tf32" if self.tf32 else "fp32")
-
-
-def validate_build_options(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool = False,
-                           tf32: bool = False, min_batch: int | None = None, opt_batch: int | None = None,
-                           max_batch: int | None = None, workspace_gib: float | None = None,
-                           timing_cache: str | Path | None = None, min_size: int | None = None,
-                           opt_size: int | None = None, max_size: int | None = None) -> BuildOptions:
-    """Check paths and numbers before any GPU work (BadInputError, exit 2)."""
-    src, dst = Path(onnx_path), Path(engine_path)
-    if src.suffix.lower() != ".onnx":
-        raise BadInputError(f"{src} is not an .onnx file: build engines from model.onnx (deploy export … -o model.onnx)")
-    if not src.is_file():
-        raise BadInputError(f"{src} does not exist: export it first with `deploy export MODEL.pt -o {src}`")
-    if dst.suffix.lower() not in ENGINE_SUFFIXES:
-        raise BadInputError(f"-o {dst}: an engine file must end in .plan (e.g. -o engine.plan)")
-    if workspace_gib is not None and not 0 < workspace_gib <= MAX_WORKSPACE_GIB:
-        raise BadInputError(f"`workspace` {workspace_gib} GiB is out of range: give a size in (0, {MAX_WORKSPACE_GIB:g}]")
-    cache = Path(timing_cache) if timing_cache is not None else None
-    if cache is not None:
-        if cache.is_dir():
-            raise BadInputError(f"`timing_cache` {cache} is a directory: give a file name")
-        if not cache.parent.is_dir():
-            raise BadInputError(f"`timing_cache` directory {cache.parent} does not exist: create it first")
-    guard_paths(inputs={"the ONNX model": src},
-                outputs={"the engine": dst, "the engine metadata": metadata_path(dst), "`timing_cache`": cache})
-    if fp16 and tf32:
-        raise BadInputError("`fp16` and `tf32` are exclusive: pick one precision")
-    for label, v in (("`min_batch`", min_batch), ("`opt_batch`", opt_batch), ("`max_batch`", max_batch),
-                     ("`min_size`", min_size), ("`opt_size`", opt_size), ("`max_size`", max_size)):
-        if v is not None and v < 1:
-            raise BadInputError(f"{label} {v} must be a positive integer")
-    return BuildOptions(src, dst, fp16, tf32, min_batch, opt_batch, max_batch, workspace_gib, cache,
-                        min_size, opt_size, max_size)
-
-
-# ---------------------------------------------------------------- precision per TensorRT major
-
-FP32, TF32, FP16_FLAG, FP16_ONNX = "fp32", "tf32", "fp16 (builder flag)", "fp16 (fp16 ONNX, strongly typed)"
-
-
-@dataclass
-class BuildFacts:
-    """How a build went, for engine.plan.json: the precision route, the fp16 graph's check, one-line notes."""
-
-    route: str
-    fp16_check: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def precision_route(major: int, fp16: bool, tf32: bool = False) -> str:
-    """How the requested precision is built on TensorRT ``major``.
-
-    fp16 on TensorRT 10: the builder's fp16 flag (TensorRT picks fp16 kernels where they
-    are faster); on 11, which has no such flag, an fp16 ONNX with fp32 I/O and fp32 gates,
-    built strongly typed. tf32 is a builder flag on both.
-    """
-    if fp16:
-        return FP16_FLAG if major < 11 else FP16_ONNX
-    return TF32 if tf32 else FP32
-
-
-def network_options(major: int) -> dict[str, Any]:
-    """Keywords of polygraphy's ``NetworkFromOnnxPath``: TensorRT 11 networks are strongly typed."""
-    return {"strongly_typed": True} if major >= 11 else {}
-
-
-def config_options(major: int, opts: BuildOptions, profile: BatchProfile, workspace_pool: Any) -> dict[str, Any]:
-    """Keywords of polygraphy's ``CreateConfig``; ``workspace_pool`` is ``trt.MemoryPoolType.WORKSPACE``."""
-    from polygraphy.backend.trt import Profile  # noqa: PLC0415 - optional (the trt extra): only engine builds need it
-
-    route = precision_route(major, opts.fp16, opts.tf32)
-    kwargs: dict[str, Any] = {
-        "profiles": [Profile().add(profile.input_name, profile.min, profile.opt, profile.max)],
-        "tf32": route == TF32,  # False clears the flag: TF32 is on by default on Ampere+, and fp32 means fp32
-    }
-    if route == FP16_FLAG:
-        kwargs["fp16"] = True
-    if opts.workspace_gib is not None:
-        kwargs["memory_pool_limits"] = {workspace_pool: int(opts.workspace_gib * (1 << 30))}
-    return kwargs
-
-
-def fp16_parity_batches(profile: BatchProfile) -> tuple[int, ...]:
-    """Batches the fp16 ONNX is checked at on ONNX Runtime: the profile's smallest and one more (at most 4)."""
-    return tuple(sorted({profile.min[0], min(profile.max[0], max(profile.min[0], 4))}))
-
 
 # ---------------------------------------------------------------- metadata
 
