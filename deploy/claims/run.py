@@ -35,6 +35,7 @@ from deploy.claims.matrix import (
     latency_rows,
     paper_figures,
 )
+from deploy.claims.report import write_claims_json, write_claims_md, write_claims_png
 from deploy.core.atomic import sha256_file
 from deploy.core.environment import device_description, host_device, versions
 from deploy.core.errors import BackendUnavailableError, BadInputError, ParityError
@@ -49,15 +50,7 @@ from deploy.version import __version__
 from exporters.onnx import check_exporter
 from exporters.tensorrt.build import build_engine, engine_builder_available
 from exporters.tensorrt.options import validate_build_options
-from validators.claims import (
-    COV_LIMIT,
-    RatioMeasure,
-    exit_code_for,
-    tally,
-    write_claims_json,
-    write_claims_md,
-    write_claims_png,
-)
+from validators.claims import COV_LIMIT, RatioMeasure, exit_code_for, tally
 from validators.latency import interleaved
 from validators.runtimes.base import Runtime
 from validators.runtimes.tensorrt_env import running_environment
