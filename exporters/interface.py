@@ -15,7 +15,7 @@ import onnx
 import torch
 from torch import nn
 
-from deploy.core.errors import BadInputError
+from deploy.core.errors import BadInputError, first_line
 from validators.runtimes.pytorch import named_outputs
 
 
@@ -25,7 +25,7 @@ def output_names(model: nn.Module, x: torch.Tensor, shape: tuple[int, ...]) -> l
         with torch.no_grad():
             out = model(x)
     except Exception as exc:
-        raise BadInputError(f"the model cannot take input (N, {', '.join(map(str, shape))}) ({_first_line(exc)}): "
+        raise BadInputError(f"the model cannot take input (N, {', '.join(map(str, shape))}) ({first_line(exc)}): "
                             "choose an input size it supports") from exc
     return [name for name, _ in named_outputs(out)]
 
@@ -70,7 +70,3 @@ def name_dynamic_dims(proto: onnx.ModelProto, dynamic_hw: bool) -> None:
             if dim.dim_param in renames:
                 dim.dim_param = renames[dim.dim_param]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from deploy.core.atomic import Transaction, check_output_path
-from deploy.core.errors import BadInputError, GraphCheckError
+from deploy.core.errors import BadInputError, GraphCheckError, first_line
 from deploy.core.metrics import Tolerance, compare, looks_like_class_scores
 from exporters.interface import Axes, check_output_names, name_dynamic_dims, output_names
 from validators.runtimes.onnxruntime import OrtRuntime
@@ -154,7 +154,7 @@ def export_onnx_detailed(
         hint = "try the `exporter` torchscript" if exporter == "dynamo" else "try the `exporter` dynamo"
         if dynamic_batch or dynamic_hw:
             hint += " or fixed sizes (`batch` N, `dynamic` batch)"
-        raise BadInputError(f"{exporter} export failed ({_first_line(exc)}): {hint}") from exc
+        raise BadInputError(f"{exporter} export failed ({first_line(exc)}): {hint}") from exc
     seconds = time.perf_counter() - start
     written = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if written != opset:
@@ -216,10 +216,6 @@ def _run_exporter(model: nn.Module, x: torch.Tensor, exporter: str, opset: int, 
     return onnx.load_from_string(buf.getvalue())
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
 
 def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
     """Add or replace model-level ``metadata_props`` (values stringified)."""
@@ -253,7 +249,7 @@ def check_onnx(proto: onnx.ModelProto) -> None:
             _save_external(proto, path)
             onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise GraphCheckError(f"onnx.checker rejected the graph ({_first_line(exc)}): report this export as a bug") from exc
+        raise GraphCheckError(f"onnx.checker rejected the graph ({first_line(exc)}): report this export as a bug") from exc
 
 
 def _save_external(proto: onnx.ModelProto, path: Path) -> None:
@@ -398,7 +394,7 @@ def simplify_onnx(
         else:
             simplified = candidate
     except Exception as exc:  # noqa: BLE001 - onnxsim raises plain RuntimeError/ValueError from C++: kept as a reason
-        reason = f"{stage}: {_first_line(exc)}"
+        reason = f"{stage}: {first_line(exc)}"
     result_model = simplified if simplified is not None else model_proto
     after = op_histogram(result_model)
     changes = {op: [before.get(op, 0), after.get(op, 0)] for op in sorted(set(before) | set(after))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from deploy.core.errors import BadInputError
+from deploy.core.errors import BadInputError, first_line
 
 #: protobuf cannot parse a message of 2 GiB or more (larger models keep their weights in external data)
 MAX_PROTO_BYTES = 2**31 - 1
@@ -80,7 +80,7 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, RuntimeWarning-like errors and friends
-        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc, 200)
         raise BadInputError(f"{path} is not a readable ONNX model ({text}): re-export it") from None
     if not model.HasField("graph"):
         raise BadInputError(f"{path} is not an ONNX model (it holds no graph): re-export it")

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from deploy.core.errors import BadInputError, ParityError
+from deploy.core.errors import BadInputError, ParityError, first_line
 from deploy.core.metrics import Tolerance, compare, decisive_top1, looks_like_class_scores
 from validators.divergence import locate_divergence
 from validators.runtimes.base import Runtime
@@ -248,7 +248,7 @@ def check_parity(
             try:
                 tallies[i].add(ref, cand.run_all(x), x)
             except Exception as exc:  # noqa: BLE001 - recorded as this candidate's failure, reported, never silent
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                msg = first_line(exc, 10_000)
                 other_size = tuple(x.shape[1:]) != tuple(int(s) for s in input_shape)
                 hint = " (its H/W are not really dynamic: export with fixed H/W)" if other_size else ""
                 tallies[i].fail(f"failed to run at {_at(x) if extra else f'batch {x.shape[0]}'}{hint}: {msg}")

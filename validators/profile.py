@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from deploy.core.errors import BadInputError
+from deploy.core.errors import BadInputError, first_line
 from validators.runtimes.onnxruntime import as_float32_nchw, quiet_session_options
 
 _KERNEL = "_kernel_time"
@@ -89,7 +89,7 @@ def _session(model: str | os.PathLike[str] | onnx.ModelProto, threads: int | Non
     try:
         return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 10_000)
         raise BadInputError(f"ONNX Runtime cannot load the model ({first}): re-export it or check the file") from exc
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from deploy.bench.artifacts import engine_bench_shape, onnx_bench_shape
 from deploy.core.environment import host_device
-from deploy.core.errors import BadInputError, ConvDeployError
+from deploy.core.errors import BadInputError, ConvDeployError, first_line
 from deploy.core.limits import check_input_elements
 from validators.runtimes.base import Runtime
 from validators.runtimes.onnxruntime import ORT_PROVIDERS, OrtRuntime
@@ -115,7 +115,7 @@ def probe_run(rt: Any, shape: tuple[int, ...], path: Path) -> None:
     except ConvDeployError:
         raise
     except Exception as exc:  # noqa: BLE001 - a runtime refuses a broken graph with its own exception types
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        reason = first_line(exc)
         raise BadInputError(f"{path} fails to run on a {'x'.join(map(str, shape))} input ({reason}): "
                             "re-export it or check the file") from exc
 

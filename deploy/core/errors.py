@@ -49,3 +49,10 @@ class ClaimRefutedError(ConvDeployError):
     """At least one paper claim was refuted by `deploy claims`."""
 
     exit_code = 6
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type's name when
+    it has none: what a one-line error says about the cause it wraps."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

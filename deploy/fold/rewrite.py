@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from deploy.core.errors import first_line
 from deploy.fold.probe import capture_inputs, replacement_error
 from deploy.layers.rewrite_blocks import DeployRewrite, RewriteRefusedError, SplitConv2d
 
@@ -55,7 +56,7 @@ def _trace(module: nn.Module, kept: list[str], what: str) -> torch.fx.Graph | No
     try:
         return _RewriteTracer().trace(module)
     except Exception as exc:  # noqa: BLE001 - fx raises many types on untraceable code
-        kept.append(f"{what} skipped: torch.fx could not trace the model ({str(exc).splitlines()[0][:200]})")
+        kept.append(f"{what} skipped: torch.fx could not trace the model ({first_line(exc, 200)})")
         return None
 
 
@@ -250,7 +251,7 @@ def _split_producers(model: nn.Module, probe: torch.Tensor | None, rows: list[Re
             new = _host_graph(model.get_submodule(host_name), splits)
         except Exception as exc:  # noqa: BLE001 - fx raises many types on untraceable code
             model.set_submodule(host_name, before)
-            kept.append(f"{host_name}: producer split skipped ({str(exc).splitlines()[0][:200]})")
+            kept.append(f"{host_name}: producer split skipped ({first_line(exc, 200)})")
             continue
         err = replacement_error(before, new, inputs.get(host_name))
         model.set_submodule(host_name, new)

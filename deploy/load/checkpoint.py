@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from deploy.core.atomic import atomic_path, sha256_file, write_through
-from deploy.core.errors import BadInputError, LoadOptionsNeededError
+from deploy.core.errors import BadInputError, LoadOptionsNeededError, first_line
 from deploy.core.limits import check_input_elements, check_input_size
 from deploy.layers.registry import ConvKind, conv_kind, conv_kinds
 from deploy.load.formats import (
@@ -143,7 +143,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             ) from exc
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes the unpickler raise anything
         raise BadInputError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {_first_line(exc)}); "
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {first_line(exc, 200)}); "
             "save it again with torch.save"
         ) from exc
     warnings.warn(f"loading {path} with pickle: this runs code from the file", stacklevel=3)
@@ -152,12 +152,8 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - arbitrary code in the pickle may raise anything
         hint = pickle_import_hint(exc)
-        raise BadInputError(f"{path}: unpickling failed ({_first_line(exc)})" + (f"; {hint}" if hint else "")) from exc
+        raise BadInputError(f"{path}: unpickling failed ({first_line(exc, 200)})" + (f"; {hint}" if hint else "")) from exc
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def _unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from deploy.core.errors import BadInputError, LoadOptionsNeededError
+from deploy.core.errors import BadInputError, LoadOptionsNeededError, first_line
 from deploy.load.pt2_audit import pt2_hazards
 
 
@@ -89,7 +89,7 @@ def load_exported_program(path: Path, trust_pickle: bool = False) -> tuple[nn.Mo
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - a damaged archive makes the deserializer raise anything
-        raise BadInputError(f"{path} is a torch.export archive that cannot be loaded ({_first_line(exc)}): "
+        raise BadInputError(f"{path} is a torch.export archive that cannot be loaded ({first_line(exc, 200)}): "
                             "save it again with torch.export.save") from exc
     training = _training_ops(program)
     if training:
@@ -145,14 +145,14 @@ def import_model_class(spec: str) -> type[nn.Module]:
         with cwd_importable():
             module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise BadInputError(f"`model_class` {spec}: cannot import {module_name} ({_first_line(exc)}); "
+        raise BadInputError(f"`model_class` {spec}: cannot import {module_name} ({first_line(exc, 200)}); "
                             f"{_path_hint(module_name)}") from exc
     except SystemExit as exc:
         raise BadInputError(f"`model_class` {spec}: importing {module_name} called sys.exit({exc.code!r}); a module "
                             "that defines a model must not exit when imported") from exc
     except Exception as exc:  # noqa: BLE001 - the user's module may raise anything while it is imported
         raise BadInputError(f"`model_class` {spec}: importing {module_name} failed ({type(exc).__name__}: "
-                            f"{_first_line(exc)}); fix the module") from exc
+                            f"{first_line(exc, 200)}); fix the module") from exc
     found: Any = module
     for part in class_name.split("."):
         found = getattr(found, part, None)
@@ -190,7 +190,7 @@ def build_model_class(spec: str, model_args: Any) -> nn.Module:
         return cls(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the user's constructor may raise anything
         raise BadInputError(f"`model_class` {spec}({_call(args, kwargs)}) failed ({type(exc).__name__}: "
-                            f"{_first_line(exc)}): check `model_args`") from exc
+                            f"{first_line(exc, 200)}): check `model_args`") from exc
 
 
 def pickle_import_hint(exc: BaseException) -> str | None:
@@ -213,7 +213,3 @@ def _path_hint(module_name: str) -> str:
 def _call(args: list[Any], kwargs: dict[str, Any]) -> str:
     return ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

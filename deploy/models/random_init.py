@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deploy.core.errors import BadInputError
+from deploy.core.errors import BadInputError, first_line
 from deploy.models.resnet import ZooNet
 from deploy.models.zoo import build_model, default_input_shape
 
@@ -58,6 +58,6 @@ def random_model(arch: str, conv: str | None = None, *, input_size: tuple[int, i
         randomize_model(model, tuple(model.input_shape), seed=seed)
     except (RuntimeError, ValueError) as exc:
         size = "x".join(map(str, model.input_shape[1:]))
-        reason = str(exc).strip().splitlines()[0][:200]
+        reason = first_line(exc, 200)
         raise BadInputError(f"{model.arch} cannot take a {size} input ({reason}); choose another `input_size`") from exc
     return model.eval()

@@ -14,7 +14,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from deploy.core.errors import BadInputError
+from deploy.core.errors import BadInputError, first_line
 from deploy.core.limits import MAX_INPUT_ELEMENTS, MAX_SIDE
 from deploy.core.outputs import flatten_outputs
 from deploy.core.shapes import parse_batch, parse_dynamic, parse_input_shape, parse_input_size, second_size
@@ -93,7 +93,7 @@ def check_second_size(model: nn.Module, input_shape: Sequence[int], batch: int =
         probe_forward(model, (int(input_shape[0]), h, w))
     except BadInputError as exc:
         cause = exc.__cause__ or exc
-        reason = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
+        reason = first_line(cause)
         raise BadInputError(f"with dynamic H/W, parity also runs at {h}x{w}, where the model fails ({reason}): its "
                             "height and width are not dynamic (a Flatten+Linear head fixes them); drop hw from "
                             "`dynamic`") from exc
@@ -110,7 +110,7 @@ def _required_inputs(model: nn.Module) -> list[str]:
 
 def _probe_failure(what: str, input_shape: Sequence[int], exc: BaseException) -> str:
     """Why a forward pass failed, in the words that lead to the fix: channels, dtype, or the size."""
-    reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     channels = re.search(r"to have (\d+) channels", reason)
     if channels:
         return (f"{what} takes {channels.group(1)} input channels, not {input_shape[0]} ({reason}): give `input_shape` "

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 import onnx
 
 from deploy.core.atomic import Transaction, json_bytes, output_lock, sha256_file
-from deploy.core.errors import BackendUnavailableError, BadInputError
+from deploy.core.errors import BackendUnavailableError, BadInputError, first_line
 from exporters.tensorrt.fp16_onnx import fp32_ops, write_fp16_onnx
 from exporters.tensorrt.options import BuildOptions, compute_profile
 from exporters.tensorrt.precision import (
@@ -138,7 +138,7 @@ def _build_with_polygraphy(trt: Any, source: Path, opts: BuildOptions, profile: 
         with _polygraphy_warnings_only():
             engine = poly.EngineBytesFromNetwork(network_loader, config_loader)()
     except PolygraphyException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 10_000)
         raise BadInputError(f"TensorRT could not build an engine from {opts.onnx_path} ({first}; see the log above): "
                             "try a larger `workspace` or run `deploy validate`") from None
     config = held["config"]

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from deploy.core.errors import BackendUnavailableError, BadInputError
+from deploy.core.errors import BackendUnavailableError, BadInputError, first_line
 
 #: ``--provider`` names mapped to ONNX Runtime execution-provider names.
 ORT_PROVIDERS: dict[str, str] = {
@@ -100,7 +100,7 @@ class OrtRuntime:
         try:
             self.session = ort.InferenceSession(source, sess_options=opts, providers=[ort_name])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, 10_000)
             raise BadInputError(f"ONNX Runtime cannot load the model ({first}): re-export it or check the file") from exc
         active = self.session.get_providers()
         if not active or active[0] != ort_name:
