@@ -97,23 +97,15 @@ def zoo_checkpoint(tmp_path_factory):
     seeded random weights and non-trivial BN statistics (as `deploy zoo create`), built once per
     session and worker. Tests must not modify the returned file."""
     from deploy.load.checkpoint import save_checkpoint
-    from deploy.models.random_init import randomize_model
-    from deploy.models.zoo import build_model
+    from deploy.models.random_init import random_model
 
     root = tmp_path_factory.mktemp("zoo")
     cache: dict[tuple, object] = {}
 
     def make(arch: str, conv: str = "plain", size: int | None = None, seed: int = 0, **conv_kwargs):
-        import torch
-
         key = (arch, conv, size, seed, tuple(sorted(conv_kwargs.items())))
         if key not in cache:
-            torch.manual_seed(seed)
-            model = build_model(arch, conv, **conv_kwargs)
-            if size is not None:
-                model.input_shape = (model.input_shape[0], size, size)
-            randomize_model(model, tuple(model.input_shape), seed=seed)
-            model.eval()
+            model = random_model(arch, conv, input_size=(size, size) if size else None, seed=seed, **conv_kwargs)
             name = "_".join([arch, conv, str(size or "native"), str(seed)] + [f"{k}{v}" for k, v in key[4]])
             cache[key] = save_checkpoint(model, root / f"{name}.pt")
         return cache[key]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from deploy.core.errors import BadInputError
-from deploy.load.checkpoint import check_finite, load_checkpoint, recognise_reference
+from deploy.load.checkpoint import check_finite_weights, load_checkpoint, recognise_reference
 
 
 def _module() -> nn.Module:
@@ -74,7 +74,7 @@ def test_nan_weights_are_refused():
         model[0].weight[0, 0, 0, 0] = float("nan")
         model[1].running_var[1] = float("inf")
     with pytest.raises(BadInputError, match=r"NaN or Inf .*0\.weight.*1\.running_var"):
-        check_finite(model)
+        check_finite_weights(model)
 
 
 def test_bare_state_dict_without_arch_asks_for_it(tmp_path):

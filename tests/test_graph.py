@@ -15,7 +15,7 @@ from deploy.core.errors import GraphCheckError
 from deploy.layers.conv_bn import fuse_conv_bn
 from exporters.onnx import export_onnx, simplify_onnx
 from tests.helpers import PORTABLE_IR
-from validators.graph import check_graph, compare_reports, count_macs
+from validators.graph import check_graph, compare_reports, graph_macs
 from validators.tensorrt_ops import load_tensorrt_ops
 
 SHAPE = (3, 32, 32)
@@ -173,7 +173,7 @@ def test_conv_weight_behind_identity_or_constant_is_static() -> None:
     rep2 = check_graph(proto2)
     assert rep2.dynamic_conv_weights == [{"node": "conv", "input": "weight", "tensor": "w2",
                                           "computed_by": "Mul node scale"}]
-    assert count_macs(proto2)[0] == 4 * 6 * 6 * 27
+    assert graph_macs(proto2)[0] == 4 * 6 * 6 * 27
 
 
 def test_compare_reports_twins_and_differences(plain_exports: dict) -> None:
@@ -219,9 +219,9 @@ def test_shape_fallback_runs_only_within_its_budget() -> None:
     """Where shape inference cannot tell, one ONNX Runtime run fills the shapes in — only when every known
     tensor fits the budget; with no budget (`deploy inspect`) the graph is never run."""
     model = _runtime_shaped_conv()
-    assert count_macs(model)[0] == 4 * 6 * 6 * 27  # run: the conv's output is 1x4x6x6
+    assert graph_macs(model)[0] == 4 * 6 * 6 * 27  # run: the conv's output is 1x4x6x6
     for budget in (None, 100):  # 100 < 192 elements of x
         with pytest.raises(GraphCheckError, match="cannot infer the shapes around Conv node conv"):
-            count_macs(model, run_budget=budget)
+            graph_macs(model, run_budget=budget)
     report = check_graph(model, run_budget=None)
     assert report.macs is None and report.verdict == "failed"

@@ -71,3 +71,9 @@ def test_bad_conv_options_exit_2_naming_the_valid_keys(deploy_cli, tmp_path, arg
     assert run.exit_code == 2
     assert needle in run.one_error_line()
     assert not out.exists()
+
+
+def test_registering_a_kind_again_warns() -> None:
+    with pytest.warns(UserWarning, match="'toy' is registered again"):
+        register_conv_kind(TOY)
+    assert conv_kind("toy").module is TOY.module

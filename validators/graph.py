@@ -123,7 +123,7 @@ def constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return consts
 
 
-def count_params(model: onnx.ModelProto) -> int:
+def graph_params(model: onnx.ModelProto) -> int:
     """Parameter count of the graph by the rule in the module docstring."""
     graph = model.graph
     consts = constants(graph)
@@ -289,7 +289,7 @@ def _shapes_by_running(probe: onnx.ModelProto, fixed: tuple[int, ...]) -> dict[s
     return {n: tuple(v.shape) for n, v in values.items()}
 
 
-def count_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None, *,
+def graph_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None, *,
                run_budget: int | None = RUN_BUDGET) -> tuple[int, dict[str, int]]:
     """MACs at batch 1 of Conv, Gemm and MatMul nodes, total and per op type (shapes: module docstring)."""
     shapes = _shapes(model, input_shape, run_budget)
@@ -369,13 +369,13 @@ def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None
                        "a weight-computing or unfused einsum subgraph")
 
     try:
-        macs, macs_by_op = count_macs(model, input_shape, run_budget=run_budget)
+        macs, macs_by_op = graph_macs(model, input_shape, run_budget=run_budget)
     except GraphCheckError as exc:
         macs, macs_by_op = None, {}
         reasons.append(str(exc))
     shape = tuple(input_shape) if input_shape is not None else _static_chw(model)
     return GraphReport(
-        opset=opset, nodes=len(nodes), op_histogram=dict(sorted(hist.items())), params=count_params(model),
+        opset=opset, nodes=len(nodes), op_histogram=dict(sorted(hist.items())), params=graph_params(model),
         macs=macs, macs_by_op=macs_by_op, input_shape=shape, custom_domain_nodes=custom,
         unsupported_ops=unsupported, dynamic_conv_weights=dynamic, einsum_nodes=einsum,
         trt_restrictions=restrictions,

@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy.layers.conv_bn import check_channels, conv2d_from_kernel, install_kernel, int_pair
+from deploy.layers.conv_bn import FoldsToConv, install_kernel
 from deploy.layers.paper import ClaimCheck, ClaimFacts
 from deploy.layers.registry import ConvKind, ConvSpec, options_from_signature, register_conv_kind
 
@@ -139,15 +139,12 @@ class SuperLayer(nn.Module):
         return self.ln(z) if self.ln is not None else z
 
 
-class CoCConv2d(nn.Module):
+class CoCConv2d(FoldsToConv):
     """Drop-in ``nn.Conv2d`` replacement whose kernels are associated by a super convolution.
 
     ``switch_to_deploy()`` replaces weight9 / super layers / norms by one ``weight``;
     ``to_conv2d()`` returns the equivalent plain ``nn.Conv2d``.
     """
-
-    folds_to_conv = True
-    weight: torch.Tensor  # the folded kernel, once deployed
 
     def __init__(
         self,
@@ -169,31 +166,22 @@ class CoCConv2d(nn.Module):
         ln_kernel: bool = False,
     ) -> None:
         super().__init__()
-        check_channels("CoCConv2d", in_channels, out_channels, groups)
-        self.kernel_size = int_pair(kernel_size, "kernel_size", 1, "CoCConv2d")
+        self._init_geometry("CoCConv2d", in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         _check_association(self.kernel_size, sa, skp, sl, dilate)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.stride = int_pair(stride, "stride", 1, "CoCConv2d")
-        self.padding = int_pair(padding, "padding", 0, "CoCConv2d")
-        self.dilation = int_pair(dilation, "dilation", 1, "CoCConv2d")
-        self.groups = groups
-        self.padding_mode = "zeros"
         self.sa, self.skp, self.sl = int(sa), int(skp), int(sl)
         self.skip, self.dilate, self.stnd = bool(skip), bool(dilate), bool(stnd)
         self.ln_super, self.ln_kernel = bool(ln_super), bool(ln_kernel)
-        self.deployed = False
 
         kh, kw = self.kernel_size
         ci = in_channels // groups
-        co4 = math.ceil(out_channels / self.sa**2)  # groups of sa**2 kernels, zero-padded (Sec. 3.1)
+        kernel_groups = math.ceil(out_channels / self.sa**2)  # groups of sa**2 kernels, zero-padded (Sec. 3.1)
         feature = (self.sa * kh, self.sa * kw)
-        self.weight9 = nn.Parameter(torch.empty(ci, co4, *feature))
+        self.weight9 = nn.Parameter(torch.empty(ci, kernel_groups, *feature))
         geometry = [super_geometry(k, self.skp, self.dilate) for k in self.kernel_size]
         kernel = (geometry[0][0], geometry[1][0])
         dil = (geometry[0][1], geometry[1][1])
         for i in range(1, self.sl + 1):
-            self.add_module(self._super_name(i), SuperLayer(co4, kernel, dil, feature, self.stnd, self.ln_super))
+            self.add_module(self._super_name(i), SuperLayer(kernel_groups, kernel, dil, feature, self.stnd, self.ln_super))
         self.norm_final = nn.LayerNorm([ci, kh, kw]) if self.ln_kernel else None
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels))
@@ -244,11 +232,12 @@ class CoCConv2d(nn.Module):
             z = layer(z)
         if self.skip:
             z = z + self.weight9
-        ci, co4 = z.shape[:2]
+        ci, kernel_groups = z.shape[:2]
         kh, kw = self.kernel_size
         sa = self.sa
-        # (ci, co4, sa*kh, sa*kw) -> (co4, sa, sa, ci, kh, kw): o = g*sa*sa + a*sa + b (re-arrange back)
-        kernel = z.reshape(ci, co4, sa, kh, sa, kw).permute(1, 2, 4, 0, 3, 5).reshape(co4 * sa * sa, ci, kh, kw)
+        # (ci, groups, sa*kh, sa*kw) -> (groups, sa, sa, ci, kh, kw): o = g*sa*sa + a*sa + b (re-arrange back)
+        groups = kernel_groups
+        kernel = z.reshape(ci, groups, sa, kh, sa, kw).permute(1, 2, 4, 0, 3, 5).reshape(groups * sa * sa, ci, kh, kw)
         kernel = kernel[: self.out_channels]
         if self.norm_final is not None:
             kernel = self.norm_final(kernel)
@@ -258,30 +247,13 @@ class CoCConv2d(nn.Module):
         return F.conv2d(x, self.composite_kernel(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     @torch.no_grad()
-    def to_conv2d(self) -> nn.Conv2d:
-        """A new plain ``nn.Conv2d`` with the associated kernels (exact re-parameterisation)."""
-        return conv2d_from_kernel(self, self.composite_kernel(), self.bias)
-
-    @torch.no_grad()
     def switch_to_deploy(self) -> None:
         """In place: drop weight9, super layers and norms, keep ``weight`` (+ ``bias``); idempotent."""
         install_kernel(self, [self._super_name(i) for i in range(1, self.sl + 1)] + ["weight9", "norm_final"])
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        s += f", sa={self.sa}, skp={self.skp}, sl={self.sl}, skip={self.skip}, dilate={self.dilate}"
-        s += f", stnd={self.stnd}, ln_super={self.ln_super}, ln_kernel={self.ln_kernel}"
-        if self.deployed:
-            s += ", deployed"
-        return s
+        return self.geometry_repr(f"sa={self.sa}, skp={self.skp}, sl={self.sl}, skip={self.skip}, dilate={self.dilate}, "
+                                  f"stnd={self.stnd}, ln_super={self.ln_super}, ln_kernel={self.ln_kernel}")
 
 
 def _build(role: str, spec: ConvSpec, options: Mapping[str, Any]) -> CoCConv2d:

@@ -1,4 +1,5 @@
-"""Exact Conv+BatchNorm fusion, shared by fold.py and the layers' own switch_to_deploy().
+"""What the layers share: exact Conv+BatchNorm fusion, the plain ``nn.Conv2d`` every fold into one
+convolution produces, and ``FoldsToConv``, the base of the layers that fold into one (CoC, DO-Conv).
 
 BN in eval mode is the per-channel affine map y = s * (x - mu) + beta with
 s = gamma / sqrt(var + eps); after a convolution with kernel W and bias b it is a
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
+import torch.fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -98,24 +100,54 @@ def install_kernel(layer: Any, drop: list[str]) -> None:
 @torch.no_grad()
 def fuse_conv_bn(conv: nn.Conv2d, bn: _BatchNorm) -> nn.Conv2d:
     """A new ``nn.Conv2d`` equal to ``bn(conv(x))`` in eval mode; inputs are not modified."""
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        _pair2(conv.kernel_size),
-        stride=_pair2(conv.stride),
-        padding=conv.padding if isinstance(conv.padding, str) else _pair2(conv.padding),
-        dilation=_pair2(conv.dilation),
-        groups=conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn)
-    fused.weight.copy_(w)
-    assert fused.bias is not None
-    fused.bias.copy_(b)
-    return fused
+    return conv2d_from_kernel(conv, *fuse_conv_bn_weights(conv.weight, conv.bias, bn))
+
+
+def eager(x: torch.Tensor) -> bool:
+    """True when shapes are concrete Python ints (not under torch.fx or jit tracing): a layer's shape
+    checks run only then."""
+    return not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing()
+
+
+class FoldsToConv(nn.Module):
+    """Base of a layer that folds into one ``nn.Conv2d``: its ``nn.Conv2d`` geometry (checked),
+    ``to_conv2d()`` holding ``composite_kernel()``, and the geometry part of its repr. The layer
+    computes its kernel and names the training attributes its ``switch_to_deploy`` drops."""
+
+    folds_to_conv = True
+    weight: torch.Tensor  # the folded kernel, once deployed
+    bias: torch.Tensor | None
+
+    def _init_geometry(self, owner: str, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                       stride: int | tuple[int, int], padding: int | tuple[int, int], dilation: int | tuple[int, int],
+                       groups: int, padding_mode: str = "zeros") -> None:
+        check_channels(owner, in_channels, out_channels, groups)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = int_pair(kernel_size, "kernel_size", 1, owner)
+        self.stride = int_pair(stride, "stride", 1, owner)
+        self.padding = int_pair(padding, "padding", 0, owner)
+        self.dilation = int_pair(dilation, "dilation", 1, owner)
+        self.padding_mode = padding_mode
+        self.deployed = False
+
+    def composite_kernel(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def to_conv2d(self) -> nn.Conv2d:
+        """A new plain ``nn.Conv2d`` holding the composite kernel (the exact fold)."""
+        return conv2d_from_kernel(self, self.composite_kernel(), self.bias)
+
+    def geometry_repr(self, options: str) -> str:
+        """``nn.Conv2d``'s repr of the geometry, then the layer's ``options``, then ``deployed``."""
+        parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"]
+        parts += [f"{k}={v}" for k, v, plain in (("padding", self.padding, (0, 0)), ("dilation", self.dilation, (1, 1)),
+                                                  ("groups", self.groups, 1)) if v != plain]
+        if self.bias is None:
+            parts.append("bias=False")
+        if self.padding_mode != "zeros":
+            parts.append(f"padding_mode={self.padding_mode}")
+        return ", ".join(parts + [options] + (["deployed"] if self.deployed else []))
 
 
 def check_channels(owner: str, in_channels: int, out_channels: int, groups: int) -> None:

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy.layers.conv_bn import check_channels, conv2d_from_kernel, install_kernel, int_pair
+from deploy.layers.conv_bn import FoldsToConv, install_kernel
 from deploy.layers.paper import ClaimCheck, ClaimFacts
 from deploy.layers.registry import CONV_ROLES, ConvKind, ConvSpec, options_from_signature, register_conv_kind
 
@@ -66,15 +66,12 @@ def identity_tiled(in_channels: int, mn: int, d_mul: int, dtype: torch.dtype = t
     return torch.cat([eye, rest], dim=1).unsqueeze(0).repeat(in_channels, 1, 1).contiguous()
 
 
-class DOConv2d(nn.Module):
+class DOConv2d(FoldsToConv):
     """Drop-in ``nn.Conv2d`` replacement trained as ``W' = D^T o W`` (DO-Conv, Eq. 3).
 
     ``switch_to_deploy()`` replaces ``W``/``D``/``d_diag`` by a single ``weight``;
     ``to_conv2d()`` returns the equivalent plain ``nn.Conv2d``.
     """
-
-    folds_to_conv = True
-    weight: torch.Tensor  # the folded kernel, once deployed
 
     def __init__(
         self,
@@ -90,19 +87,11 @@ class DOConv2d(nn.Module):
         padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
-        check_channels("DOConv2d", in_channels, out_channels, groups)
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"DOConv2d: padding_mode={padding_mode!r} must be one of {_PADDING_MODES}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = int_pair(kernel_size, "kernel_size", 1, "DOConv2d")
-        self.stride = int_pair(stride, "stride", 1, "DOConv2d")
-        self.padding = int_pair(padding, "padding", 0, "DOConv2d")
-        self.dilation = int_pair(dilation, "dilation", 1, "DOConv2d")
-        self.groups = groups
-        self.padding_mode = padding_mode
+        self._init_geometry("DOConv2d", in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                            padding_mode)
         self._reversed_padding_repeated_twice = (self.padding[1],) * 2 + (self.padding[0],) * 2
-        self.deployed = False
 
         m, n = self.kernel_size
         mn = m * n
@@ -167,31 +156,12 @@ class DOConv2d(nn.Module):
         return self._conv(x, self.composite_kernel())
 
     @torch.no_grad()
-    def to_conv2d(self) -> nn.Conv2d:
-        """A new plain ``nn.Conv2d`` holding the composite kernel (exact fold, Sec. 3)."""
-        return conv2d_from_kernel(self, self.composite_kernel(), self.bias)
-
-    @torch.no_grad()
     def switch_to_deploy(self) -> None:
         """In place: drop W/D/d_diag, keep one ``weight`` (+ ``bias``); idempotent and exact."""
         install_kernel(self, ["W", "D", "d_diag"])
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, D_mul={self.D_mul}"
-        s += f", stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        if self.padding_mode != "zeros":
-            s += f", padding_mode={self.padding_mode}"
-        if self.deployed:
-            s += ", deployed"
-        return s
+        return self.geometry_repr(f"D_mul={self.D_mul}")
 
 
 def _build(role: str, spec: ConvSpec, options: Mapping[str, Any]) -> DOConv2d:

@@ -78,7 +78,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from deploy.layers.paper import ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import ConvKind, ConvSpec, options_from_signature, register_conv_kind
-from deploy.layers.rewrite_blocks import ChannelScale, DeployRewrite, absorbed_scale_shift
+from deploy.layers.rewrite_blocks import ChannelScale, DeployRewrite, absorbed_scale_shift, deploy_copy, identity_affine
 
 _IntOr2 = int | tuple[int, int]
 
@@ -191,20 +191,12 @@ class ICConv2d(nn.Module):
     def absorb_batchnorm(self, bn: _BatchNorm) -> nn.Module:
         """The deploy rewrite equal to ``bn(self(x))`` (eval mode): the BN inside both convolutions."""
         scale, shift = absorbed_scale_shift(bn, self.out_channels, "the IC layer")
-        return _rewrite(self._deploy_form(), scale, shift)
+        return _rewrite(deploy_copy(self), scale, shift)
 
     @torch.no_grad()
     def rewritten(self) -> nn.Module:
         """The deploy rewrite equal to ``self`` (the identity affine map absorbed)."""
-        ones = torch.ones(self.out_channels, dtype=self.conv.weight.dtype, device=self.conv.weight.device)
-        return _rewrite(self._deploy_form(), ones, torch.zeros_like(ones))
-
-    def _deploy_form(self) -> ICConv2d:
-        if self.deployed:
-            return self
-        folded = copy.deepcopy(self)
-        folded.switch_to_deploy()
-        return folded
+        return _rewrite(deploy_copy(self), *identity_affine(self.out_channels, self.conv.weight))
 
 
 def _rewrite(ic: ICConv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:

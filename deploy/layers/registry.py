@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field, replace
 from types import NoneType, UnionType
 from typing import Any, Callable, Mapping, Sequence
@@ -223,8 +224,8 @@ _KINDS: dict[str, ConvKind] = {}
 
 
 def register_conv_kind(kind: ConvKind) -> ConvKind:
-    """Add ``kind`` (its targets tagged with its name); re-registering a name replaces it. Every
-    numeric option must declare its bounds."""
+    """Add ``kind`` (its targets tagged with its name); re-registering a name replaces it, with a
+    warning. Every numeric option must declare its bounds."""
     bad = sorted(set(kind.roles) - set(ROLES))
     if bad:
         raise ValueError(f"conv kind {kind.name!r}: unknown roles {bad}; roles are {ROLES}")
@@ -233,6 +234,9 @@ def register_conv_kind(kind: ConvKind) -> ConvKind:
         raise ValueError(f"conv kind {kind.name!r}: numeric options {unbounded} need bounds (low, high): a value "
                          "without them can ask for any amount of memory")
     kind = replace(kind, targets=tuple(replace(t, conv=kind.name) for t in kind.targets))
+    if kind.name in _KINDS:  # as timm's registry does: a second registration replaces the first, loudly
+        warnings.warn(f"conv kind {kind.name!r} is registered again: the new record replaces the old one",
+                      stacklevel=2)
     _KINDS[kind.name] = kind
     return kind
 

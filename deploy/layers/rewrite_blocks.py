@@ -21,7 +21,8 @@ stays in the blocked layout.
 
 from __future__ import annotations
 
-from typing import Sequence
+import copy
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,23 @@ def absorbed_scale_shift(bn: _BatchNorm, channels: int, layer: str) -> tuple[tor
         return bn_scale_shift(bn)
     except ValueError as exc:
         raise RewriteRefusedError(str(exc)) from exc
+
+
+def deploy_copy(layer: Any) -> Any:
+    """A layer's deploy form for a rewrite: the layer itself once deployed, else a folded copy (the layer
+    is never changed)."""
+    if layer.deployed:
+        return layer
+    folded = copy.deepcopy(layer)
+    folded.switch_to_deploy()
+    return folded
+
+
+def identity_affine(channels: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale 1, shift 0) per channel, in ``like``'s dtype and device: the affine map a layer's
+    ``rewritten()`` absorbs when no BatchNorm follows it."""
+    ones = torch.ones(channels, dtype=like.dtype, device=like.device)
+    return ones, torch.zeros_like(ones)
 
 
 class DeployRewrite(nn.Module):

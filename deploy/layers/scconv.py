@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from deploy.layers.conv_bn import fuse_conv_bn
+from deploy.layers.conv_bn import eager, fuse_conv_bn
 from deploy.layers.paper import ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import BlockSpec, ConvKind, ZooModel, options_from_signature, register_conv_kind
 from deploy.layers.rewrite_blocks import DeployRewrite
@@ -75,10 +75,6 @@ def fuse_sequential_conv_bn(seq: nn.Sequential) -> None:
             seq[i] = fuse_conv_bn(conv, bn)
             seq[i + 1] = nn.Identity()
 
-
-def _eager(x: torch.Tensor) -> bool:
-    """True when shapes are concrete Python ints (not under torch.fx / jit tracing)."""
-    return not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing()
 
 
 def _fuse_pair(owner: nn.Module, conv_name: str, bn_name: str) -> None:
@@ -136,7 +132,7 @@ class SCConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
-        if _eager(x) and (h < self.pooling_r or w < self.pooling_r):
+        if eager(x) and (h < self.pooling_r or w < self.pooling_r):
             raise ValueError(
                 f"SCConv input is {h}x{w}, smaller than pooling_r={self.pooling_r}: the r x r "
                 "average pooling would be empty; use a larger input or a smaller pooling_r"

@@ -64,15 +64,18 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from deploy.core.errors import BadInputError
-from deploy.layers.conv_bn import bn_scale_shift, fuse_conv_bn
+from deploy.layers.conv_bn import bn_scale_shift, eager, fuse_conv_bn
 from deploy.layers.paper import THOP_NOTE, ClaimCheck, ClaimFacts, target
 from deploy.layers.registry import ConvKind, ConvSpec, ZooVariant, options_from_signature, register_conv_kind
-from deploy.layers.rewrite_blocks import ChannelScale, DeployRewrite, absorbed_scale_shift, broadcast_to_map, global_mean
-
-
-def _eager(x: torch.Tensor) -> bool:
-    """True when shapes are concrete Python ints (not under torch.fx / jit tracing)."""
-    return not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing()
+from deploy.layers.rewrite_blocks import (
+    ChannelScale,
+    DeployRewrite,
+    absorbed_scale_shift,
+    broadcast_to_map,
+    deploy_copy,
+    global_mean,
+    identity_affine,
+)
 
 
 def _validate(in_channels: int, out_channels: int, stride: int, ratio: float) -> tuple[int, int]:
@@ -169,27 +172,19 @@ class SPConv3x3(nn.Module):
     def absorb_batchnorm(self, bn: _BatchNorm) -> SPConvBN:
         """The deploy rewrite equal to ``bn(self(x))`` (eval mode): the BN inside both branches."""
         scale, shift = absorbed_scale_shift(bn, self.outplanes, "SPConv")
-        return SPConvBN(self._deploy_form(), scale, shift)
+        return SPConvBN(deploy_copy(self), scale, shift)
 
     @torch.no_grad()
     def rewritten(self) -> SPConvBN:
         """The deploy rewrite equal to ``self`` (the identity affine map absorbed)."""
-        ones = torch.ones(self.outplanes, dtype=self.gwc.weight.dtype, device=self.gwc.weight.device)
-        return SPConvBN(self._deploy_form(), ones, torch.zeros_like(ones))
-
-    def _deploy_form(self) -> SPConv3x3:
-        if self.deployed:
-            return self
-        folded = copy.deepcopy(self)
-        folded.switch_to_deploy()
-        return folded
+        return SPConvBN(deploy_copy(self), *identity_affine(self.outplanes, self.gwc.weight))
 
 
 def _split_input(x: torch.Tensor | tuple[torch.Tensor, torch.Tensor], rep: int,
                  stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(representative, redundant) channels: sliced from ``x``, or given as a pair by a split producer."""
     x_rep, x_red = x if isinstance(x, tuple) else (x[:, :rep], x[:, rep:])
-    if stride == 2 and _eager(x_rep) and (x_rep.shape[-2] % 2 or x_rep.shape[-1] % 2):
+    if stride == 2 and eager(x_rep) and (x_rep.shape[-2] % 2 or x_rep.shape[-1] % 2):
         raise ValueError(
             f"SPConv3x3 with stride 2 got a {x_rep.shape[-2]}x{x_rep.shape[-1]} input: its 2x2 average "
             "pooling and its strided 3x3 disagree on odd sizes; use an even height and width"

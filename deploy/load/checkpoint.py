@@ -223,7 +223,7 @@ def _short(items: list[str], limit: int = 8) -> str:
     return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
-def check_finite(model: nn.Module) -> None:
+def check_finite_weights(model: nn.Module) -> None:
     """Refuse weights or buffers holding NaN or Inf (a diverged run or a corrupt file)."""
     bad = [
         name
@@ -288,7 +288,7 @@ def check_module(model: nn.Module, what: str) -> None:
         raise BadInputError(f"{what} has BatchNorm layers without running statistics ({', '.join(batch_stats[:3])}: "
                             "track_running_stats=False): they normalise each batch by its own statistics even in eval "
                             "mode, so an image's output depends on the others; give them running statistics first")
-    check_finite(model)
+    check_finite_weights(model)
 
 
 def _loaded_module(model: nn.Module, source: str, digest: str, what: str) -> LoadedModel:
@@ -403,7 +403,7 @@ def _load_state_dict(state: dict[str, torch.Tensor], path: Path, digest: str, ar
     model = _build(arch, conv, kwargs, _num_classes(state))
     _strict_load(model, state, f"{arch} (conv={conv})")
     _options_held_by_weights(model, kwargs if source == "state_dict" else {})
-    check_finite(model)
+    check_finite_weights(model)
     model.eval()
     return LoadedModel(model, source, digest, arch, conv, dict(model.conv_kwargs), model.num_classes,
                        model.input_shape)
@@ -452,7 +452,7 @@ def _load_convdeploy(obj: dict, path: Path, digest: str) -> LoadedModel:
     model = _build(arch, conv, kwargs, num_classes, input_shape)
     _strict_load(model, state, f"{arch} (conv={conv})")
     _options_held_by_weights(model, {})
-    check_finite(model)
+    check_finite_weights(model)
     model.eval()
     meta = dict(_field(obj, "meta", dict, path)) if obj.get("meta") is not None else {}
     return LoadedModel(model, "convdeploy", digest, arch, conv, dict(model.conv_kwargs), num_classes, input_shape, meta)

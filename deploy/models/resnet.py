@@ -43,7 +43,7 @@ class ZooNet(nn.Module):
     input_shape: tuple[int, int, int]
 
 
-def _is_paper_layer(module: nn.Module) -> bool:
+def _folding_layer(module: nn.Module) -> bool:
     return hasattr(module, "switch_to_deploy") or getattr(module, "folds_to_conv", False)
 
 
@@ -161,7 +161,7 @@ def init_weights(model: nn.Module) -> None:
     (SCNet's blocks, which its reference initialises like the rest of the network).
     """
     paper = [name for name, m in model.named_modules()
-             if name and _is_paper_layer(m) and not getattr(m, "initialised_by_network", False)]
+             if name and _folding_layer(m) and not getattr(m, "initialised_by_network", False)]
     for name, m in model.named_modules():
         if any(name == p or name.startswith(p + ".") for p in paper):
             continue
