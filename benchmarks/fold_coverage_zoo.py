@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deploy.fold.fold import fold_model
 from deploy.models.random_init import randomize_model
 from deploy.models.zoo import archs, build_model, zoo_entries
-from exporters.onnx import export_onnx_detailed, simplify_onnx
+from exporters.onnx import export_onnx_detailed
+from exporters.simplify import simplify_onnx
 from validators.fold_coverage import check_fold_coverage
 
 

@@ -37,7 +37,7 @@ from deploy.models.random_init import randomize_model  # noqa: E402
 from deploy.models.zoo import build_model  # noqa: E402
 from deploy.pipeline.export import run_export  # noqa: E402
 from deploy.pipeline.options import ExportOptions  # noqa: E402
-from exporters.onnx import graph_diff  # noqa: E402
+from exporters.simplify import graph_diff  # noqa: E402
 from validators.latency import interleaved  # noqa: E402
 from validators.profile import profile_models  # noqa: E402
 from validators.runtimes.onnxruntime import OrtRuntime  # noqa: E402

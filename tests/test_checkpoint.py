@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from deploy.core.errors import BadInputError
-from deploy.load.checkpoint import check_finite_weights, load_checkpoint, recognise_reference
+from deploy.load.checkpoint import load_checkpoint
+from deploy.load.module import check_finite_weights
+from deploy.load.state_dict import recognise_reference
 
 
 def _module() -> nn.Module:

@@ -13,9 +13,11 @@ from torch import nn
 
 from deploy.core.errors import GraphCheckError
 from deploy.layers.conv_bn import fuse_conv_bn
-from exporters.onnx import export_onnx, simplify_onnx
+from exporters.onnx import export_onnx
+from exporters.simplify import simplify_onnx
 from tests.helpers import PORTABLE_IR
-from validators.graph import check_graph, compare_reports, graph_macs
+from validators.graph import check_graph, compare_reports
+from validators.macs import graph_macs
 from validators.tensorrt_ops import load_tensorrt_ops
 
 SHAPE = (3, 32, 32)

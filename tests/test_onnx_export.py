@@ -13,7 +13,8 @@ from torch import nn
 
 from deploy.core.errors import BadInputError
 from deploy.core.metrics import Tolerance
-from exporters.onnx import export_onnx, export_onnx_detailed, op_histogram, save_onnx, simplify_onnx
+from exporters.onnx import export_onnx, export_onnx_detailed, save_onnx
+from exporters.simplify import op_histogram, simplify_onnx
 from tests.helpers import PORTABLE_IR
 from validators.runtimes.onnxruntime import OrtRuntime
 

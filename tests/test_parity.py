@@ -13,7 +13,8 @@ from torch import nn
 
 from deploy.core.errors import BackendUnavailableError, BadInputError, ParityError
 from deploy.core.metrics import Tolerance, compare
-from exporters.onnx import export_onnx, simplify_onnx
+from exporters.onnx import export_onnx
+from exporters.simplify import simplify_onnx
 from validators.divergence import locate_divergence
 from validators.parity import check_parity, first_divergence, seeded_inputs
 from validators.runtimes.onnxruntime import OrtRuntime

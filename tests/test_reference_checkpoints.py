@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from deploy.core.atomic import sha256_file
-from deploy.load.checkpoint import load_checkpoint, recognise_reference
+from deploy.load.checkpoint import load_checkpoint
+from deploy.load.state_dict import recognise_reference
 from deploy.models.complexity import count_params
 from deploy.models.zoo import build_model
 

@@ -23,7 +23,8 @@ from deploy.models.random_init import randomize_model
 from deploy.models.zoo import build_model
 from deploy.pipeline.export import run_export
 from deploy.pipeline.options import ExportOptions
-from exporters.onnx import export_onnx_detailed, op_histogram
+from exporters.onnx import export_onnx_detailed
+from exporters.simplify import op_histogram
 from tests.helpers import PORTABLE_IR
 
 _UNARY = ("Relu", "Identity", "Sigmoid", "Clip", "LeakyRelu")

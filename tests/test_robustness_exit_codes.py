@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from deploy.claims.run import ClaimsSettings
+from deploy.claims.settings import ClaimsSettings
 from deploy.core.errors import BadInputError
 from deploy.core.limits import MAX_INPUT_ELEMENTS, MAX_SIDE
 from deploy.pipeline.steps import tolerance_from

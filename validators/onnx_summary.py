@@ -15,7 +15,8 @@ from typing import Any
 
 import onnx
 
-from validators.graph import constants, declarations_only
+from validators.graph import constants
+from validators.macs import declarations_only
 
 #: a list attribute longer than this is shown by its length only
 _MAX_LIST = 16

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -36,113 +35,32 @@ from deploy.claims.matrix import (
     paper_figures,
 )
 from deploy.claims.report import write_claims_json, write_claims_md, write_claims_png
+from deploy.claims.settings import ClaimsSettings
 from deploy.core.atomic import sha256_file
 from deploy.core.environment import device_description, host_device, versions
 from deploy.core.errors import BackendUnavailableError, BadInputError, ParityError
-from deploy.core.limits import check_finite, check_input_size, check_seed
 from deploy.core.pathguard import guard_paths
+from deploy.core.progress import SILENT, Progress
 from deploy.load.checkpoint import save_checkpoint
 from deploy.load.source import ModelSource
 from deploy.models.random_init import random_model
 from deploy.pipeline.export import run_export
 from deploy.pipeline.options import ExportOptions
 from deploy.version import __version__
-from exporters.onnx import check_exporter
 from exporters.tensorrt.build import build_engine, engine_builder_available
 from exporters.tensorrt.options import validate_build_options
-from validators.claims import COV_LIMIT, RatioMeasure, exit_code_for, tally
+from validators.claims import RatioMeasure, exit_code_for, tally
 from validators.latency import interleaved
 from validators.runtimes.base import Runtime
 from validators.runtimes.tensorrt_env import running_environment
 
 
-@dataclass(frozen=True)
-class ClaimsProfile:
-    """The defaults of one mode of `deploy claims`: the input size (None: each model's own), batch sizes,
-    parity samples, warm-up, seconds per comparison (batch 1, larger batches) and exporter."""
+@contextlib.contextmanager
+def _elapsed(progress: Progress, seconds: float) -> Iterator[None]:
+    """Advance the task by the ``seconds`` a bounded step takes, once it is done."""
+    yield
+    progress.update(advance=seconds)
 
-    input_size: Optional[tuple[int, int]]
-    batches: tuple[int, ...]
-    parity_samples: int
-    warmup: str
-    seconds: tuple[float, float]
-    exporter: str
-
-
-QUICK = ClaimsProfile((64, 64), (1, 8), 2, "0.5s", (2.0, 3.0), "torchscript")
-FULL = ClaimsProfile(None, (1, 64), 4, "2s", (15.0, 60.0), "dynamo")
-
-
-@dataclass
-class ClaimsSettings:
-    """Options of `deploy claims`; None means the quick-mode or full-size default."""
-
-    output_dir: Path = Path("claims")
-    backend: str = "auto"  # auto | ort | trt | torch
-    device: str = "cpu"  # the torch backend's device: cpu | cuda
-    batches: Optional[tuple[int, ...]] = None
-    quick: bool = False
-    input_size: Optional[tuple[int, int]] = None  # (H, W)
-    warmup: Optional[str] = None
-    iters: Optional[int] = None  # pairs per comparison (cap)
-    duration: Optional[float] = None  # seconds per comparison (cap, warm-up included)
-    parity_samples: Optional[int] = None
-    threads: Optional[int] = None
-    seed: int = 0
-    exporter: Optional[str] = None  # dynamo | torchscript (default: dynamo; quick mode: torchscript, faster)
-    cov_limit: float = COV_LIMIT
-
-    def defaults(self) -> ClaimsProfile:
-        return QUICK if self.quick else FULL
-
-    def batch_list(self) -> list[int]:
-        batches = list(self.batches or self.defaults().batches)
-        if any(b < 1 for b in batches):
-            raise BadInputError(f"`batches` {batches}: batch sizes must be >= 1")
-        return sorted(set(batches))
-
-    def seconds_for(self, batch: int) -> float:
-        """Time budget of one A/B comparison at ``batch``."""
-        if self.duration is not None:
-            return self.duration
-        small, large = self.defaults().seconds
-        return small if batch == 1 else large
-
-    def check(self) -> None:
-        check_finite("duration", self.duration, positive=True)
-        check_seed(self.seed)
-        if self.input_size is not None:
-            check_input_size("input_size", self.input_size)
-        if self.iters is not None and self.iters < 3:
-            raise BadInputError(f"`iters` {self.iters}: the harness needs at least 3 pairs")
-        if self.input_size is not None and min(self.input_size) < 16:
-            raise BadInputError(f"`input_size` {'x'.join(map(str, self.input_size))} is too small for ResNet-50: use "
-                                "32 or more")
-        if self.exporter is not None:
-            check_exporter(self.exporter)
-        if self.threads is not None and self.threads < 1:
-            raise BadInputError(f"`threads` {self.threads} must be >= 1")
-
-
-class Ui:
-    """Progress callbacks; this one shows nothing (the CLI passes a rich one)."""
-
-    def phase(self, name: str, total: float) -> None: ...
-
-    def item(self, text: str) -> None: ...
-
-    def advance(self, amount: float = 1.0) -> None: ...
-
-    def log(self, text: str) -> None: ...
-
-    @contextlib.contextmanager
-    def budget(self, seconds: float) -> Iterator[None]:
-        """Advance the current phase by elapsed time, up to ``seconds``, while the body runs."""
-        yield
-        self.advance(seconds)
-
-
-# ---------------------------------------------------------------- backend
 
 def resolve_backend(name: str, device: str = "cpu") -> tuple[str, str]:
     """("ort" | "trt" | "torch", text for reports); exit 5 when TensorRT or the GPU is asked for and missing."""
@@ -211,13 +129,13 @@ def export_entry(entry: MatrixEntry, ckpt: Path, out_dir: Path, settings: Claims
 
 
 def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, backend: str, input_shape: tuple[int, ...],
-                 ui: Ui) -> tuple[dict[tuple[str, int], RatioMeasure], list[dict[str, Any]]]:
+                 progress: Progress) -> tuple[dict[tuple[str, int], RatioMeasure], list[dict[str, Any]]]:
     """Interleaved A/B of every exported model against the baseline, at every batch."""
     batches = settings.batch_list()
     baseline = baseline_entry()
     base = records[baseline.key]
     todo = [r for r in records.values() if r is not base and "onnx" in r.extra]
-    ui.phase("timing", sum(settings.seconds_for(b) for b in batches) * len(todo))
+    progress.task("timing", sum(settings.seconds_for(b) for b in batches) * len(todo))
     start = time.perf_counter()
     base_rt = claim_runtime(base, backend, settings, max(batches))
     base.extra["session_load_s"] = time.perf_counter() - start
@@ -232,14 +150,14 @@ def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, back
         rec.extra["session_load_s"] = time.perf_counter() - start
         for b in batches:
             budget = settings.seconds_for(b)
-            ui.item(f"timing {rec.entry.label} vs {baseline.label}, batch {b} (~{budget:.0f} s)")
-            with ui.budget(budget):
+            progress.update(text=f"timing {rec.entry.label} vs {baseline.label}, batch {b} (~{budget:.0f} s)")
+            with _elapsed(progress, budget):
                 ab = interleaved(rt, base_rt, inputs[b], warmup=warmup, iters=settings.iters, duration=budget,
                                  seed=settings.seed)
             m = RatioMeasure.from_ab(ab)
             measures[(rec.entry.key, b)] = m
             raw.append({"model": rec.entry.key, "baseline": baseline.key, "batch": b, **ab.to_dict()})
-            ui.log(f"{rec.entry.label}, batch {b}: ratio {m.text()}, CoV {100 * m.cov:.1f} %, {m.pairs} pairs")
+            progress.log(f"{rec.entry.label}, batch {b}: ratio {m.text()}, CoV {100 * m.cov:.1f} %, {m.pairs} pairs")
         del rt
     return measures, raw
 
@@ -297,18 +215,18 @@ def _output_dir(settings: ClaimsSettings) -> Path:
 
 
 def make_checkpoints(records: dict[str, ModelRecord], settings: ClaimsSettings, out: Path,
-                     ui: Ui) -> tuple[int, ...]:
+                     progress: Progress) -> tuple[int, ...]:
     """One checkpoint per model (folded and unfolded share it) and its paper-form counts; the
     baseline's input shape. A model that cannot take the input size is marked skipped."""
     input_size = settings.input_size or settings.defaults().input_size
     entries = [r.entry for r in records.values()]
-    ui.phase("checkpoints", len({e.checkpoint_stem for e in entries}))
+    progress.task("checkpoints", len({e.checkpoint_stem for e in entries}))
     shapes: dict[str, tuple[int, ...]] = {}
     rows: dict[str, dict[str, Any]] = {}
     for e in entries:
         if e.checkpoint_stem in shapes:
             continue
-        ui.item(f"checkpoint {e.label.split(' (')[0]}: seeded weights and BN statistics")
+        progress.update(text=f"checkpoint {e.label.split(' (')[0]}: seeded weights and BN statistics")
         rows[e.checkpoint_stem] = zoo_row(e.arch, e.conv, e.kwargs)
         try:
             shapes[e.checkpoint_stem] = make_checkpoint(e, input_size, settings.seed, out / f"{e.checkpoint_stem}.pt")
@@ -319,8 +237,8 @@ def make_checkpoints(records: dict[str, ModelRecord], settings: ClaimsSettings, 
             for r in records.values():
                 if r.entry.checkpoint_stem == e.checkpoint_stem:
                     r.skipped = str(exc).rsplit("; ", 1)[0]
-            ui.log(f"skipped {e.label}: {exc}")
-        ui.advance()
+            progress.log(f"skipped {e.label}: {exc}")
+        progress.update(advance=1)
     for r in records.values():
         r.paper_form = {k: rows[r.entry.checkpoint_stem][k] for k in ("params", "macs", "input_shape")}
         if shapes[r.entry.checkpoint_stem]:
@@ -329,17 +247,17 @@ def make_checkpoints(records: dict[str, ModelRecord], settings: ClaimsSettings, 
     return shapes[baseline_entry().checkpoint_stem]
 
 
-def export_all(records: dict[str, ModelRecord], settings: ClaimsSettings, out: Path, ui: Ui) -> None:
+def export_all(records: dict[str, ModelRecord], settings: ClaimsSettings, out: Path, progress: Progress) -> None:
     todo = [r for r in records.values() if not r.skipped]
-    ui.phase("exports", len(todo))
+    progress.task("exports", len(todo))
     for r in todo:
-        ui.item(f"export {r.entry.label}: fold, ONNX, simplify, graph check, parity")
+        progress.update(text=f"export {r.entry.label}: fold, ONNX, simplify, graph check, parity")
         export_entry(r.entry, Path(r.extra["checkpoint"]), out, settings, r)
         flagged = r.graph is not None and r.graph.reasons
-        ui.log(f"exported {r.entry.label} in {r.extra['export_seconds']:.0f} s: parity "
+        progress.log(f"exported {r.entry.label} in {r.extra['export_seconds']:.0f} s: parity "
                f"{'ok' if r.parity_passed else 'FAILED'}"
                + (f", graph check flagged {len(r.graph.reasons)} issue(s)" if flagged and r.graph else ""))
-        ui.advance()
+        progress.update(advance=1)
 
 
 def _settings_doc(settings: ClaimsSettings, input_shape: tuple[int, ...], entries: list[str]) -> dict[str, Any]:
@@ -372,9 +290,8 @@ def _environment_doc(settings: ClaimsSettings, backend: str, backend_text: str) 
                         "threads": settings.threads if settings.threads else "runtime default"}}
 
 
-def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], ui: Optional[Ui] = None) -> dict[str, Any]:
+def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], progress: Progress = SILENT) -> dict[str, Any]:
     """Do the whole run and write DIR/claims.{json,md,png}; returns the document."""
-    ui = ui or Ui()
     t0 = time.perf_counter()
     settings.check()
     batches = settings.batch_list()
@@ -382,9 +299,9 @@ def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], ui: Optiona
     out = _output_dir(settings)
     out.mkdir(exist_ok=True)
     records = {e.key: ModelRecord(e) for e in entries}
-    input_shape = make_checkpoints(records, settings, out, ui)
-    export_all(records, settings, out, ui)
-    measures, raw = time_entries(records, settings, backend, input_shape, ui)
+    input_shape = make_checkpoints(records, settings, out, progress)
+    export_all(records, settings, out, progress)
+    measures, raw = time_entries(records, settings, backend, input_shape, progress)
     claims = evaluate(records, measures, batches, settings.cov_limit)
     now = time.gmtime()
     doc: dict[str, Any] = {

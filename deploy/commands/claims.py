@@ -1,86 +1,28 @@
 """`deploy claims`: check the papers' efficiency claims on this machine, with verdicts.
 
-The work is deploy/claims_run.run_claims (a plain function); this module parses options,
+The work is ``deploy.claims.run.run_claims`` (a plain function); this module parses options,
 shows progress (what is running, and the ETA) and prints the verdict table. Exit code 6
 when any claim is refuted (after every report file is written), 0 otherwise.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from deploy.claims.matrix import model_choices, select_entries
-from deploy.claims.run import ClaimsSettings, Ui, run_claims
+from deploy.claims.run import run_claims
+from deploy.claims.settings import ClaimsSettings
 from deploy.commands.common import console, finite, machine_output, warn
 from deploy.commands.options import JSON
+from deploy.commands.printing import RichProgress
 from deploy.core.errors import BadInputError, ClaimRefutedError
 from deploy.core.shapes import parse_input_size
 
 _STYLE = {"confirmed": "green", "refuted": "bold red", "inconclusive": "yellow", "reported": "cyan"}
-
-
-class RichUi(Ui):
-    """One bar per phase (checkpoints, exports, timing) with elapsed time and ETA."""
-
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.task: Optional[TaskID] = None
-        self.phase_name = ""
-
-    def phase(self, name: str, total: float) -> None:
-        self.close()
-        self.phase_name = name
-        self.task = self.progress.add_task(name, total=max(total, 1e-9))
-
-    @property
-    def current(self) -> TaskID:
-        """The task of the phase running now (``phase`` starts one)."""
-        assert self.task is not None, "phase() starts a task first"
-        return self.task
-
-    def item(self, text: str) -> None:
-        self.progress.update(self.current, description=f"[bold]{self.phase_name}[/]: {text}")
-
-    def close(self) -> None:
-        """Mark the last phase done."""
-        if self.task is not None:
-            self.progress.update(self.task, completed=self.progress.tasks[self.task].total,
-                                 description=f"{self.phase_name} done")
-
-    def advance(self, amount: float = 1.0) -> None:
-        self.progress.advance(self.current, amount)
-
-    def log(self, text: str) -> None:
-        self.progress.console.print(f"  {text}", highlight=False, soft_wrap=True)
-
-    @contextlib.contextmanager
-    def budget(self, seconds: float) -> Iterator[None]:
-        """Move the bar with the clock while an A/B comparison (bounded by ``seconds``) runs."""
-        task = self.current
-        start_done = self.progress.tasks[task].completed
-        stop = threading.Event()
-        t0 = time.perf_counter()
-
-        def tick() -> None:
-            while not stop.wait(0.5):
-                self.progress.update(task, completed=start_done + min(time.perf_counter() - t0, seconds))
-
-        thread = threading.Thread(target=tick, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-            self.progress.update(task, completed=start_done + seconds)
 
 
 def _batches(values: Optional[list[str]]) -> Optional[tuple[int, ...]]:
@@ -154,13 +96,9 @@ def claims(
                               threads=threads, seed=seed, exporter=exporter)
     entries = select_entries(models)
     settings.check()
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                        TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
-    ui = RichUi(progress)
     with machine_output(as_json, None) as machine:  # DIR/claims.json is always written; --json also prints it
-        with progress:
-            doc = run_claims(settings, entries, ui)
-            ui.close()
+        with RichProgress() as progress:
+            doc = run_claims(settings, entries, progress)
         machine.emit(doc)
         _print_claims(doc, output_dir)
     refuted = [c for c in doc["claims"] if c["verdict"] == "refuted"]

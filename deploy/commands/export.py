@@ -11,16 +11,25 @@ from deploy.commands.common import console, detail, machine_output, warn
 from deploy.commands.options import (
     ATOL,
     DYNAMIC,
+    ENGINE,
     EXPORT_BATCH,
+    EXPORTER,
+    FOLD,
     FP16,
     INPUT_SHAPE,
     INPUT_SIZE,
     MAX_BATCH,
     MIN_BATCH,
+    OPSET,
     OPT_BATCH,
+    REWRITE,
+    REWRITE_DIFF,
     RTOL,
     SAMPLES,
     SEED,
+    SIMPLIFY,
+    STRICT,
+    STRICT_FOLD,
     TIMING_CACHE,
     WORKSPACE,
 )
@@ -40,8 +49,6 @@ from deploy.core.progress import StepLog
 from deploy.pipeline.export import ExportResult, run_export
 from deploy.pipeline.options import ExportOptions
 
-_GRAPH = "Graph"
-
 
 def export(
     model: Path = MODEL,
@@ -50,27 +57,14 @@ def export(
                                           "written with OUT.onnx, both or neither (default: OUT.report.json)."),
     as_json: bool = typer.Option(False, "--json", help="Also print the report JSON on stdout; the human text goes "
                                  "to stderr."),
-    fold: bool = typer.Option(True, "--fold/--no-fold", rich_help_panel=_GRAPH, help="Fold first: CoC/DO-Conv into "
-                              "convs, every module with fuse()/reparameterize()/switch_to_deploy(), every Conv+BN pair."),
-    rewrite: bool = typer.Option(True, "--rewrite/--no-rewrite", rich_help_panel=_GRAPH, help="With --fold: the exact "
-                                 "deploy rewrites too (SPConv/IC absorb the BN after them, SCNet's static sizes; each "
-                                 "proven in float64). --no-rewrite exports the folded graph without them, to compare."),
-    rewrite_diff: bool = typer.Option(True, "--rewrite-diff/--no-rewrite-diff", rich_help_panel=_GRAPH,
-                                      help="When a layer was rewritten, export the model once more without the "
-                                           "rewrites to report what they changed (node counts; the export step runs "
-                                           "twice)."),
-    opset: Optional[int] = typer.Option(None, "--opset", rich_help_panel=_GRAPH, help="ONNX opset: dynamo 18..23 "
-                                        "(default 18), torchscript 9..20 (default 17); others exit 2."),
-    exporter: str = typer.Option("dynamo", "--exporter", rich_help_panel=_GRAPH,
-                                 help="dynamo (torch.export, opset 18) or torchscript (opset 17)."),
-    simplify: bool = typer.Option(True, "--simplify/--no-simplify", rich_help_panel=_GRAPH, help="Run onnxsim (kept "
-                                  "only if outputs still match; skipped with --no-fold, which keeps the graph as "
-                                  "exported)."),
-    strict: bool = typer.Option(True, "--strict/--no-strict", rich_help_panel=_GRAPH, help="Fail (exit 4) on "
-                                "graph-check findings; --no-strict writes the model and records them."),
-    strict_fold: bool = typer.Option(False, "--strict-fold", rich_help_panel=_GRAPH, help="Fail (exit 4) when fold "
-                                     "coverage finds foldable structure left in the graph (BatchNorm after a conv, "
-                                     "run-time conv weights, parallel branches summed); without it they are a warning."),
+    fold: bool = FOLD,
+    rewrite: bool = REWRITE,
+    rewrite_diff: bool = REWRITE_DIFF,
+    opset: Optional[int] = OPSET,
+    exporter: str = EXPORTER,
+    simplify: bool = SIMPLIFY,
+    strict: bool = STRICT,
+    strict_fold: bool = STRICT_FOLD,
     batch: Optional[str] = EXPORT_BATCH,
     input_size: Optional[str] = INPUT_SIZE,
     input_shape: Optional[str] = INPUT_SHAPE,
@@ -86,9 +80,7 @@ def export(
     model_class: Optional[str] = MODEL_CLASS,
     model_args: Optional[str] = MODEL_ARGS,
     trust_pickle: bool = TRUST_PICKLE,
-    engine: Optional[Path] = typer.Option(None, "--engine", rich_help_panel="TensorRT engine", help="Also build a "
-                                          "TensorRT engine.plan (GPU + TensorRT 10 or 11) and check it against ONNX "
-                                          "Runtime; exit 5 where TensorRT is missing."),
+    engine: Optional[Path] = ENGINE,
     fp16: bool = FP16,
     min_batch: Optional[int] = MIN_BATCH,
     opt_batch: Optional[int] = OPT_BATCH,

@@ -14,7 +14,7 @@ import typer
 
 from deploy.commands.common import finite, warn
 
-SHAPES, PARITY, ENGINE, OUTPUT = "Shapes", "Parity", "TensorRT engine", "Machine output"
+SHAPES, PARITY, GRAPH, ENGINE_GROUP, OUTPUT = "Shapes", "Parity", "Graph", "TensorRT engine", "Machine output"
 
 
 def batch_size(value: Optional[str]) -> Optional[str]:
@@ -44,20 +44,46 @@ RTOL = typer.Option(None, "--rtol", callback=finite, rich_help_panel=PARITY,
 SAMPLES = typer.Option(8, "--samples", rich_help_panel=PARITY, help="Seeded random inputs per batch size.")
 SEED = typer.Option(0, "--seed", rich_help_panel=PARITY, help="Seed of the parity inputs and the fold probe.")
 
-FP16 = typer.Option(False, "--fp16", rich_help_panel=ENGINE,
+ENGINE = typer.Option(None, "--engine", rich_help_panel=ENGINE_GROUP, help="Also build a TensorRT engine.plan (GPU + "
+                      "TensorRT 10 or 11) and check it against ONNX Runtime; exit 5 where TensorRT is missing.")
+FP16 = typer.Option(False, "--fp16", rich_help_panel=ENGINE_GROUP,
                     help="fp16 engine: TensorRT 10's fp16 kernels; on TensorRT 11 (strongly typed) an fp16 copy of "
                          "the ONNX, checked on ONNX Runtime first (exit 3 if it disagrees). Parity bound 1e-2 * "
                          "max|ref|, top-1 >= 99 % on the rows whose margin exceeds it.")
-MIN_BATCH = typer.Option(None, "--min-batch", rich_help_panel=ENGINE, help="Engine profile: smallest batch (default 1).")
-OPT_BATCH = typer.Option(None, "--opt-batch", rich_help_panel=ENGINE,
+MIN_BATCH = typer.Option(None, "--min-batch", rich_help_panel=ENGINE_GROUP, help="Engine profile: smallest batch (default 1).")
+OPT_BATCH = typer.Option(None, "--opt-batch", rich_help_panel=ENGINE_GROUP,
                          help="Engine profile: batch TensorRT tunes for (default: max).")
-MAX_BATCH = typer.Option(None, "--max-batch", rich_help_panel=ENGINE,
+MAX_BATCH = typer.Option(None, "--max-batch", rich_help_panel=ENGINE_GROUP,
                          help="Engine profile: largest batch (default: opt, or 1).")
-WORKSPACE = typer.Option(None, "--workspace", callback=finite, rich_help_panel=ENGINE,
+WORKSPACE = typer.Option(None, "--workspace", callback=finite, rich_help_panel=ENGINE_GROUP,
                          help="Builder workspace limit in GiB.")
-TIMING_CACHE = typer.Option(None, "--timing-cache", rich_help_panel=ENGINE,
+TIMING_CACHE = typer.Option(None, "--timing-cache", rich_help_panel=ENGINE_GROUP,
                             help="Load/save tactic timings here (one from another GPU or TensorRT is reported and "
                                  "replaced).")
+
+FOLD = typer.Option(True, "--fold/--no-fold", rich_help_panel=GRAPH,
+                    help="Fold first: CoC/DO-Conv into convs, every module with fuse()/reparameterize()/"
+                         "switch_to_deploy(), every Conv+BN pair.")
+REWRITE = typer.Option(True, "--rewrite/--no-rewrite", rich_help_panel=GRAPH,
+                       help="With --fold: the exact deploy rewrites too (SPConv/IC absorb the BN after them, SCNet's "
+                            "static sizes; each proven in float64). --no-rewrite exports the folded graph without "
+                            "them, to compare.")
+REWRITE_DIFF = typer.Option(True, "--rewrite-diff/--no-rewrite-diff", rich_help_panel=GRAPH,
+                            help="When a layer was rewritten, export the model once more without the rewrites to "
+                                 "report what they changed (node counts; the export step runs twice).")
+OPSET = typer.Option(None, "--opset", rich_help_panel=GRAPH,
+                     help="ONNX opset: dynamo 18..23 (default 18), torchscript 9..20 (default 17); others exit 2.")
+EXPORTER = typer.Option("dynamo", "--exporter", rich_help_panel=GRAPH,
+                        help="dynamo (torch.export, opset 18) or torchscript (opset 17).")
+SIMPLIFY = typer.Option(True, "--simplify/--no-simplify", rich_help_panel=GRAPH,
+                        help="Run onnxsim (kept only if outputs still match; skipped with --no-fold, which keeps the "
+                             "graph as exported).")
+STRICT = typer.Option(True, "--strict/--no-strict", rich_help_panel=GRAPH,
+                      help="Fail (exit 4) on graph-check findings; --no-strict writes the model and records them.")
+STRICT_FOLD = typer.Option(False, "--strict-fold", rich_help_panel=GRAPH,
+                           help="Fail (exit 4) when fold coverage finds foldable structure left in the graph (BatchNorm "
+                                "after a conv, run-time conv weights, parallel branches summed); without it they are "
+                                "a warning.")
 
 JSON = typer.Option(False, "--json", rich_help_panel=OUTPUT, help="Print the machine-readable record (JSON) on "
                     "stdout and nothing else there (human text goes to stderr).")

@@ -7,12 +7,12 @@ from typing import Any, Optional
 
 import torch
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from deploy.claims.counts import CONVENTIONS, zoo_row
 from deploy.commands.common import console, finite, guarded, machine_output
 from deploy.commands.options import JSON_FILE
+from deploy.commands.printing import RichProgress
 from deploy.commands.source_options import conv_help, conv_opt_help, conv_options, ratio_help
 from deploy.core.errors import BadInputError
 from deploy.core.limits import check_seed
@@ -34,18 +34,6 @@ app = typer.Typer(
 
 _CONV_OPT = typer.Option(None, "--conv-opt", help=conv_opt_help())
 _RATIO = typer.Option(None, "--ratio", callback=finite, help=ratio_help())
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 def _fmt(value: Optional[float], unit: float, digits: int) -> str:
@@ -97,12 +85,12 @@ def list_models(
     entries = zoo_entries(wanted)
     rows = []
     with machine_output(as_json, json_file) as out:
-        with _progress() as progress:
-            task = progress.add_task("counting params and MACs", total=len(entries))
+        with RichProgress(transient=True) as progress:
+            progress.task("counting params and MACs", len(entries))
             for arch_name, conv, kwargs in entries:
-                progress.update(task, description=f"{arch_name} conv={conv}")
+                progress.update(text=f"{arch_name} conv={conv}")
                 rows.append(zoo_row(arch_name, conv, kwargs))
-                progress.advance(task)
+                progress.update(advance=1)
         out.emit({"conventions": {"macs": CONVENTIONS["conv"], "macs_thop": CONVENTIONS["thop"]}, "rows": rows})
     if not as_json:
         _print_zoo(rows, convention)
@@ -170,12 +158,12 @@ def train(
     train_split, test_split = load_digits(size=32)
     model.input_shape = (int(train_split.x.shape[1]), int(train_split.x.shape[2]), int(train_split.x.shape[3]))
     steps = epochs * ((len(train_split.y) + 63) // 64)
-    with _progress() as progress:
-        name = f"{model.arch} conv={model.conv}"
-        task = progress.add_task(f"training {name} on digits", total=steps)
+    name = f"{model.arch} conv={model.conv}"
+    with RichProgress(transient=True) as progress:
+        progress.task(f"training {name} on digits", steps)
 
         def on_step(step: int, loss: float) -> None:
-            progress.update(task, completed=step, description=f"training {name}  loss {loss:.3f}")
+            progress.update(completed=step, text=f"loss {loss:.3f}")
 
         result = train_classifier(model, train_split, test_split, epochs=epochs, seed=seed, on_step=on_step)
     meta = {

@@ -37,7 +37,7 @@ from deploy.fold.probe import capture_inputs, output_error, replacement_error
 from deploy.fold.reparam import apply_convention, convention_of, post_norm, same_module
 from deploy.fold.rewrite import RewriteRow, absorb_batchnorms, rewrite_layers
 from deploy.layers.conv_bn import fuse_conv_bn
-from deploy.load.checkpoint import check_eval_mode
+from deploy.load.module import check_eval_mode
 
 
 @dataclass

@@ -11,8 +11,9 @@ from typing import Any
 from torch import nn
 
 from deploy.core.errors import BadInputError
-from deploy.load.checkpoint import LoadedModel, load_checkpoint, loaded_from_module
+from deploy.load.checkpoint import load_checkpoint
 from deploy.load.formats import model_class_file
+from deploy.load.module import LoadedModel, loaded_from_module
 
 _TYPES: dict[str, tuple[type, ...]] = {"arch": (str,), "conv": (str,), "model_class": (str,), "trust_pickle": (bool,),
                                        "conv_kwargs": (dict,)}

@@ -24,7 +24,7 @@ from deploy.core.pathguard import guard_paths
 from deploy.core.progress import StepLog
 from deploy.core.shapes import parse_dynamic, second_size
 from deploy.fold.fold import FoldReport
-from deploy.load.checkpoint import LoadedModel
+from deploy.load.module import LoadedModel
 from deploy.pipeline.options import ExportOptions, check_option_types, default_output, report_path_for
 from deploy.pipeline.report import EngineCheck, RunReport
 from deploy.pipeline.shapes import check_second_size, program_axes
@@ -40,7 +40,8 @@ from deploy.pipeline.steps import (
     write_step,
     written_opset,
 )
-from exporters.onnx import OnnxExport, SimplifyResult, check_opset, export_onnx_detailed, save_onnx, simplify_onnx
+from exporters.onnx import OnnxExport, check_opset, export_onnx_detailed, save_onnx
+from exporters.simplify import SimplifyResult, simplify_onnx
 from exporters.tensorrt.build import build_engine, require_engine_builder
 from exporters.tensorrt.options import validate_build_options
 from validators.fold_coverage import FoldCoverageReport, check_fold_coverage

@@ -16,7 +16,8 @@ from typing import Any
 
 from deploy.core.environment import device_description, versions
 from deploy.fold.fold import FoldReport
-from exporters.onnx import GraphDiff, OnnxExport, SimplifyResult
+from exporters.onnx import OnnxExport
+from exporters.simplify import GraphDiff, SimplifyResult
 from validators.fold_coverage import FoldCoverageReport
 from validators.graph import GraphReport
 from validators.parity import ParityReport

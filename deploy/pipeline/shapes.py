@@ -18,7 +18,7 @@ from deploy.core.errors import BadInputError, first_line
 from deploy.core.limits import MAX_INPUT_ELEMENTS, MAX_SIDE
 from deploy.core.outputs import flatten_outputs
 from deploy.core.shapes import parse_batch, parse_dynamic, parse_input_shape, parse_input_size, second_size
-from deploy.load.checkpoint import LoadedModel
+from deploy.load.module import LoadedModel
 
 
 def resolve_input_shape(loaded: LoadedModel, input_size: str | int | Sequence[int] | None = None,

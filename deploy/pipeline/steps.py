@@ -18,13 +18,14 @@ from deploy.core.atomic import Transaction, json_bytes, output_lock
 from deploy.core.limits import check_finite
 from deploy.core.metrics import Tolerance
 from deploy.fold.fold import FoldReport, fold_model
-from deploy.load.checkpoint import LoadedModel
+from deploy.load.module import LoadedModel
 from deploy.load.source import ModelSource
 from deploy.models.digits import load_digits
 from deploy.models.train import accuracy
 from deploy.pipeline.shapes import probe_forward, resolve_input_shape
 from deploy.version import __version__
-from exporters.onnx import GraphDiff, graph_diff, stage_onnx
+from exporters.onnx import stage_onnx
+from exporters.simplify import GraphDiff, graph_diff
 from validators.parity import ParityReport, check_parity, first_divergence, seeded_inputs
 from validators.runtimes.onnxruntime import OrtRuntime
 from validators.runtimes.pytorch import TorchRuntime
