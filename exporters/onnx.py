@@ -171,7 +171,7 @@ def export_onnx_detailed(
 def check_exporter(exporter: object) -> None:
     """BadInputError unless ``exporter`` names one of the exporters (``DEFAULT_OPSET``)."""
     if exporter not in DEFAULT_OPSET:
-        raise BadInputError(f"`exporter` must be {' or '.join(DEFAULT_OPSET)}, got {exporter!r}")
+        raise BadInputError(f"`exporter` must be {' or '.join(DEFAULT_OPSET)} (unknown exporter {exporter!r})")
 
 
 def check_opset(exporter: str, opset: int | None) -> int:
