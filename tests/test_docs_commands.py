@@ -21,7 +21,7 @@ from deploy import cli
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", ROOT / "CONTRIBUTING.md", *(ROOT / "docs").glob("*.md")])
 _FENCE = re.compile(r"^```.*?$(.*?)^```", re.S | re.M)
-_INLINE = re.compile(r"(?<!`)`(deploy [^`]+)`(?!`)")
+_INLINE = re.compile(r"(?<!`)`(deploy\s[^`]+)`(?!`)")
 _SHELL_END = re.compile(r"\s(?:&&|;|\|(?=\s*[a-z])|2>&1|#\s)")
 _OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][A-Za-z0-9-]*)")
 
@@ -52,7 +52,7 @@ def documented_commands(text: str) -> Iterator[str]:
         yield from _fenced_commands(block)
     prose = _FENCE.sub("", text)
     for span in _INLINE.findall(prose):
-        yield span.replace("\\|", "|")
+        yield " ".join(span.replace("\\|", "|").split())
 
 
 @lru_cache(maxsize=None)
@@ -106,7 +106,7 @@ def test_check_finds_unknown_options_and_commands() -> None:
 
 
 def test_documented_commands_parse_fences_continuations_and_inline_spans() -> None:
-    page = ("Run `deploy export --no-rewrite` or `deploy.fold`.\n\n```\n$ deploy bench a.onnx \\\n"
+    page = ("Run `deploy\nexport --no-rewrite` or `deploy.fold`.\n\n```\n$ deploy bench a.onnx \\\n"
             "      --vs b.onnx\nout\ndeploy build m.onnx -o e.plan\n    [--fp16]\n```\n")
     assert list(documented_commands(page)) == ["deploy bench a.onnx --vs b.onnx", "deploy build m.onnx -o e.plan [--fp16]",
                                                "deploy export --no-rewrite"]
