@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full-size claims run behind the README's claims table:
+# The full-size claims run behind the claims table of docs/claims.md:
 # the ResNet-50 matrix at 3x224x224, batch 1 and 64, on ONNX Runtime CPU
 # (BACKEND=auto uses TensorRT where it is installed and a GPU is visible; BACKEND=torch times
 # the checkpoints on PyTorch eager, DEVICE=cuda on a GPU: the papers' own setting).

@@ -153,7 +153,7 @@ def main() -> int:
 
 def _print_table(exports: dict[str, dict[str, object]], results: dict[str, dict[int, dict[str, tuple]]],
                  batches: list[int], size: int, threads: int) -> None:
-    """A Markdown table ready for the README."""
+    """A Markdown table ready for docs/rewrites.md."""
     print(f"\nLatency / plain ResNet-50 (median ratio [95 % CI]; ONNX Runtime CPU, {threads} thread(s), "
           f"{size}x{size}, interleaved):\n")
     cols = [f"b={b} {tag}" for b in batches for tag in ("without rewrites", "with rewrites")]

@@ -1,4 +1,4 @@
-"""The Python API (deploy/api.py): the README's example runs as written, and export raises what the CLI maps."""
+"""The Python API (deploy/api.py): docs/python-api.md's example runs as written, and export raises what the CLI maps."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from torch import nn
 from deploy import ExportResult, export
 from deploy.core.errors import BadInputError, ParityError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
 
 
 def readme_example() -> str:
-    """The ```python block right after the ``<!-- api-example -->`` marker in the README."""
-    text = README.read_text()
+    """The ```python block right after the ``<!-- api-example -->`` marker in docs/python-api.md."""
+    text = API_DOC.read_text()
     match = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "README.md has no <!-- api-example --> python block"
+    assert match, "docs/python-api.md has no <!-- api-example --> python block"
     return match.group(1)
 
 
@@ -31,7 +31,7 @@ def test_the_readme_example_runs(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(readme_example(), "README.md", "exec"), {"__name__": "readme_example"})  # noqa: S102
+        exec(compile(readme_example(), "docs/python-api.md", "exec"), {"__name__": "readme_example"})  # noqa: S102
     printed = out.getvalue()
     assert (tmp_path / "two_heads.onnx").is_file() and (tmp_path / "two_heads.report.json").is_file()
     assert sorted(os.listdir(tmp_path)) == ["two_heads.onnx", "two_heads.report.json"]
@@ -42,9 +42,9 @@ def test_the_readme_example_runs(tmp_path, monkeypatch) -> None:
     report = json.loads((tmp_path / "two_heads.report.json").read_text())
     assert report["input"]["source"] == "python" and report["options"]["dynamic_axes"] == ["batch", "height", "width"]
     assert report["parity"]["extra_input_shapes"] == [[3, 128, 96]]
-    # every line the README shows as the example's output is one the example printed (numbers aside)
-    shown = re.search(r"<!-- api-example-output -->\s*```\n(.*?)```", README.read_text(), re.S)
-    assert shown, "README.md shows no <!-- api-example-output --> block"
+    # every line the page shows as the example's output is one the example printed (numbers aside)
+    shown = re.search(r"<!-- api-example-output -->\s*```\n(.*?)```", API_DOC.read_text(), re.S)
+    assert shown, "docs/python-api.md shows no <!-- api-example-output --> block"
     pattern = re.compile(r"[-+]?\d[\d.e+-]*")
     assert [pattern.sub("#", s) for s in shown.group(1).splitlines()] == [pattern.sub("#", s) for s in printed.splitlines()]
 
