@@ -23,7 +23,7 @@ DOCS="${DOCS:-docs/claims}"
 BACKEND="${BACKEND:-ort}"
 THREADS="${THREADS-1}"
 mkdir -p "$(dirname "$WORK")" "$DOCS"
-args=(claims -o "$WORK" --backend "$BACKEND" --batch 1 --batch 64)
+args=(claims -o "$WORK" --backend "$BACKEND" --batches 1,64)
 if [ -n "${DEVICE:-}" ]; then
   args+=(--device "$DEVICE")
 fi
