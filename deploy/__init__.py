@@ -1,6 +1,6 @@
 """convdeploy: fold, export, verify and time CNNs built with five research convolutions.
 
-The Python API — ``from deploy import export, fold_model, build_model`` (and ``ExportResult``)
+The Python API — ``from deploy import export, evaluate, fold_model, build_model`` (and ``ExportResult``)
 — lives in ``deploy.api``. It is imported on first use of one of those names (PEP 562
 ``__getattr__``), so that ``import deploy`` and ``import deploy.core.errors`` do not import torch.
 """
@@ -11,8 +11,8 @@ from typing import Any
 
 from deploy.version import __version__
 
-__all__ = ["ExportResult", "__version__", "build_model", "export", "fold_model"]
-_API = ("ExportResult", "build_model", "export", "fold_model")
+__all__ = ["ExportResult", "__version__", "build_model", "evaluate", "export", "fold_model"]
+_API = ("ExportResult", "build_model", "evaluate", "export", "fold_model")
 
 
 def __getattr__(name: str) -> Any:

@@ -24,13 +24,15 @@ from torch import nn
 
 from deploy.core.errors import BadInputError
 from deploy.core.progress import SILENT, StepLog, StepTimes
+from deploy.evaluate.run import EvalOptions, EvalReport
+from deploy.evaluate.run import evaluate as run_evaluate
 from deploy.fold.fold import fold_model
 from deploy.load.source import ModelSource
 from deploy.models.zoo import build_model
 from deploy.pipeline.export import ExportResult, run_export
 from deploy.pipeline.options import ExportOptions
 
-__all__ = ["ExportResult", "build_model", "export", "fold_model"]
+__all__ = ["ExportResult", "build_model", "evaluate", "export", "fold_model"]
 
 
 def export(
@@ -66,3 +68,18 @@ def export(
         known = sorted(source_keys | {f.name for f in dataclasses.fields(ExportOptions)} - {"source"})
         raise BadInputError(f"export(): {exc}; the options are {', '.join(known)}") from None
     return run_export(opts, StepLog(StepTimes(progress) if progress is not None else SILENT))
+
+
+def evaluate(artifact: str | os.PathLike[str], data: str | os.PathLike[str], *,
+             vs: str | os.PathLike[str] | None = None, **options: Any) -> EvalReport:
+    """Accuracy of ``artifact`` (a checkpoint, an ONNX file or an engine) on ``data`` (an image folder, a
+    flat folder, an ``.npz`` or ``"digits"``), with 95 % intervals; with ``vs`` a second artifact on the
+    same images and their comparison. ``options`` are the fields of ``deploy.evaluate.run.EvalOptions``:
+    ``preprocess``, ``classes``, ``batch``, ``limit``, ``sample``, ``seed``, ``skip_bad``, ``device``,
+    ``fold``, ``threads``."""
+    try:
+        opts = EvalOptions(**options)
+    except TypeError as exc:
+        known = ", ".join(f.name for f in dataclasses.fields(EvalOptions))
+        raise BadInputError(f"evaluate(): {exc}; the options are {known}") from None
+    return run_evaluate(Path(artifact), str(data), vs=Path(vs) if vs is not None else None, options=opts)

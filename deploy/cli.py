@@ -38,6 +38,8 @@ COMMANDS: dict[str, CommandEntry] = {
                            "graph, prove parity; write OUT.onnx + report."),
     "validate": CommandEntry("deploy.commands.validate", "validate", "Prove MODEL.onnx computes what MODEL.pt "
                              "computes: training form vs folded vs ONNX Runtime."),
+    "eval": CommandEntry("deploy.commands.eval", "eval_command", "Accuracy of an artifact on your images: top-1/top-5 "
+                         "with 95 % intervals, images/s; --vs compares two."),
     "inspect": CommandEntry("deploy.commands.inspect", "inspect", "What a file holds: .onnx interface, dtypes, ops, "
                             "params, MACs, verdict (--layers: every node); .pt arch, conv, params."),
     "bench": CommandEntry("deploy.commands.bench", "bench", "Time an artifact (or two, interleaved) and print latency "

@@ -33,12 +33,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("deploy.version", "deploy.core", "deploy.core.*")),
     ("layers", ("deploy.layers", "deploy.layers.*")),
     ("models", ("deploy.models", "deploy.models.*")),
+    ("data", ("deploy.data", "deploy.data.*")),
     ("load", ("deploy.load", "deploy.load.*")),
     ("fold", ("deploy.fold", "deploy.fold.*")),
     ("runtimes", ("validators", "validators.runtimes", "validators.runtimes.*")),
     ("exporters / checks", ("exporters", "exporters.*", "validators.*")),
     ("pipeline", ("deploy.pipeline", "deploy.pipeline.*")),
-    ("bench / claims", ("deploy.bench", "deploy.bench.*", "deploy.claims", "deploy.claims.*")),
+    ("bench / evaluate", ("deploy.bench", "deploy.bench.*", "deploy.evaluate", "deploy.evaluate.*")),
+    ("claims", ("deploy.claims", "deploy.claims.*")),
     ("CLI / API", ("deploy", "deploy.api", "deploy.cli", "deploy.commands", "deploy.commands.*")),
 ]
 #: the function-level project imports allowed: (module, function, imported module)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.core.errors import BadInputError, LoadOptionsNeededError
+from deploy.load.module import LoadedModel
 from deploy.load.source import ModelSource
 from deploy.pipeline.steps import fold_step, load_step
 from validators.runtimes.pytorch import TorchBenchRuntime, check_torch_options, require_cuda
@@ -41,12 +42,11 @@ class TorchBenchOptions:
         return f"{self.device}, {self.dtype}, {form}" + "".join(f", {x}" for x in extras)
 
 
-def open_torch_runtime(checkpoint: Path, opts: TorchBenchOptions, input_size: tuple[int, int] | None = None,
-                       threads: int | None = None) -> TorchBenchRuntime:
-    """The timed runtime of ``checkpoint``; its ``sample_shape`` is the (C, H, W) it takes.
-
-    ``threads`` sets PyTorch's intra-op threads, for the whole process.
-    """
+def load_torch_runtime(checkpoint: Path, opts: TorchBenchOptions, input_size: tuple[int, int] | None = None,
+                       threads: int | None = None) -> tuple[TorchBenchRuntime, LoadedModel]:
+    """The timed runtime of ``checkpoint`` (its ``sample_shape`` is the (C, H, W) it takes) and the
+    loaded model it runs (what the checkpoint records: meta, preprocessing). ``threads`` sets
+    PyTorch's intra-op threads, for the whole process."""
     opts.check()
     try:
         loaded, input_shape = load_step(ModelSource(Path(checkpoint)), input_size=input_size)
@@ -54,6 +54,13 @@ def open_torch_runtime(checkpoint: Path, opts: TorchBenchOptions, input_size: tu
         raise BadInputError(f"{exc.reason}; timing takes no options that load such a file: export it with "
                             "`deploy export` (which does) and time the .onnx file") from exc
     model = fold_step(loaded, input_shape, opts.seed)[0] if opts.fold else loaded.model
-    return TorchBenchRuntime(model.eval(), device=opts.device, dtype=opts.dtype, cuda_graph=opts.cuda_graph,
-                             channels_last=opts.channels_last, threads=threads, sample_shape=input_shape,
-                             name=f"torch-{opts.device}")
+    runtime = TorchBenchRuntime(model.eval(), device=opts.device, dtype=opts.dtype, cuda_graph=opts.cuda_graph,
+                                channels_last=opts.channels_last, threads=threads, sample_shape=input_shape,
+                                name=f"torch-{opts.device}")
+    return runtime, loaded
+
+
+def open_torch_runtime(checkpoint: Path, opts: TorchBenchOptions, input_size: tuple[int, int] | None = None,
+                       threads: int | None = None) -> TorchBenchRuntime:
+    """The timed runtime of ``checkpoint`` alone (``load_torch_runtime``)."""
+    return load_torch_runtime(checkpoint, opts, input_size, threads)[0]

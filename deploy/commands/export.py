@@ -10,6 +10,7 @@ import typer
 from deploy.commands.common import console, detail, machine_output, warn
 from deploy.commands.options import (
     ATOL,
+    DATA,
     DYNAMIC,
     ENGINE,
     EXPORT_BATCH,
@@ -22,6 +23,7 @@ from deploy.commands.options import (
     MIN_BATCH,
     OPSET,
     OPT_BATCH,
+    PREPROCESS,
     REWRITE,
     REWRITE_DIFF,
     RTOL,
@@ -65,6 +67,8 @@ def export(
     simplify: bool = SIMPLIFY,
     strict: bool = STRICT,
     strict_fold: bool = STRICT_FOLD,
+    preprocess: Optional[str] = PREPROCESS,
+    data: Optional[str] = DATA,
     batch: Optional[str] = EXPORT_BATCH,
     input_size: Optional[str] = INPUT_SIZE,
     input_shape: Optional[str] = INPUT_SHAPE,
@@ -101,8 +105,8 @@ def export(
         source=source, output=output, report=report, fold=fold, rewrite=rewrite, compare_rewrites=rewrite_diff,
         opset=opset, batch=batch, input_size=input_size, input_shape=input_shape, dynamic=dynamic,
         exporter=exporter, simplify=simplify, atol=atol, rtol=rtol, samples=samples, seed=seed, strict=strict,
-        strict_fold=strict_fold, engine=engine, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
-        max_batch=max_batch, workspace=workspace, timing_cache=timing_cache,
+        strict_fold=strict_fold, data=data, preprocess=preprocess, engine=engine, fp16=fp16, min_batch=min_batch,
+        opt_batch=opt_batch, max_batch=max_batch, workspace=workspace, timing_cache=timing_cache,
     )
     with machine_output(as_json, None) as out:
         console.print(f"[bold]deploy export[/] {model} ({'fold' if fold else 'no fold'}, {exporter} exporter)")

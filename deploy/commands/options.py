@@ -85,6 +85,14 @@ STRICT_FOLD = typer.Option(False, "--strict-fold", rich_help_panel=GRAPH,
                                 "after a conv, run-time conv weights, parallel branches summed); without it they are "
                                 "a warning.")
 
+DATA = typer.Option(None, "--data", rich_help_panel=PARITY,
+                    help="Held-out images for the accuracy line: an image folder (one sub-folder per class), an .npz "
+                         "with x and y, or digits (default: the checkpoint's own data set, when it names one).")
+PREPROCESS = typer.Option(None, "--preprocess", metavar="RECIPE", rich_help_panel=GRAPH,
+                          help="The preprocessing recipe to record in the ONNX metadata (over the checkpoint's): a "
+                               "preset (imagenet, digits) and/or key=value pairs separated by ';' (resize, crop, "
+                               "color, channels, scale, mean, std, interpolation).")
+
 JSON = typer.Option(False, "--json", rich_help_panel=OUTPUT, help="Print the machine-readable record (JSON) on "
                     "stdout and nothing else there (human text goes to stderr).")
 JSON_FILE = typer.Option(None, "--json-file", metavar="PATH", rich_help_panel=OUTPUT,

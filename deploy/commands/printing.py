@@ -3,7 +3,7 @@ progress, the graph check and fold coverage, the parity table, held-out accuracy
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -12,6 +12,7 @@ from rich.table import Table
 from deploy.commands.common import console
 
 if TYPE_CHECKING:
+    from deploy.pipeline.report import HeldOutAccuracy
     from validators.fold_coverage import FoldCoverageReport
     from validators.graph import GraphReport
     from validators.parity import ParityReport
@@ -118,11 +119,7 @@ def parity_table(parity: ParityReport) -> Table:
     return table
 
 
-def print_accuracy(accuracy: Optional[dict[str, Any]]) -> None:
-    if not accuracy:
-        return
-    names = [k for k in ("training_form", "folded", "onnxruntime") if k in accuracy]
-    parts = " | ".join(f"{n.replace('_', '-')} {100 * accuracy[n]:.2f} %" for n in names)
-    console.print(f"held-out accuracy ({accuracy['dataset']} {accuracy['split']} split, {accuracy['images']} images): {parts}")
-
-
+def print_accuracy(accuracy: Optional[HeldOutAccuracy]) -> None:
+    """The held-out accuracy line of an export or a validation (top-1 with its 95 % interval)."""
+    if accuracy is not None:
+        console.print(f"held-out accuracy ({accuracy.data}): {accuracy.line()}", highlight=False, soft_wrap=True)

@@ -18,6 +18,7 @@ from deploy.core.errors import BadInputError
 from deploy.core.limits import check_seed
 from deploy.core.pathguard import guard_paths
 from deploy.core.shapes import parse_input_size
+from deploy.data.preprocess import META_KEY, PRESETS
 from deploy.load.checkpoint import save_checkpoint
 from deploy.models.complexity import count_params
 from deploy.models.digits import load_digits
@@ -174,6 +175,7 @@ def train(
         "train_accuracy": result.train_accuracy,
         "test_accuracy": result.test_accuracy,
         "version": __version__,
+        META_KEY: PRESETS["digits"].to_dict(),  # how an image becomes its input (deploy eval reads it)
     }
     save_checkpoint(model, output, meta=meta)
     console.print(

@@ -33,6 +33,12 @@ class ParityError(ConvDeployError):
     exit_code = 3
 
 
+class AccuracyGateError(ConvDeployError):
+    """An artifact's accuracy is below the gate it was given (exit 3, as a parity failure: do not ship)."""
+
+    exit_code = 3
+
+
 class GraphCheckError(ConvDeployError):
     """The ONNX graph has custom or unsupported ops, or computes conv weights at run time."""
 

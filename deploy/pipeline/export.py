@@ -29,6 +29,7 @@ from deploy.pipeline.options import ExportOptions, check_option_types, default_o
 from deploy.pipeline.report import EngineCheck, RunReport
 from deploy.pipeline.shapes import check_second_size, program_axes
 from deploy.pipeline.steps import (
+    export_recipe,
     fold_step,
     held_out_accuracy,
     load_step,
@@ -171,7 +172,8 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportResult:
         deploy_model, fold_report = (fold_step(loaded, input_shape, opts.seed, rewrite=opts.rewrite) if opts.fold
                                      else (loaded.model, None))
 
-    metadata = onnx_metadata(loaded, opts.fold, input_shape, fold_report, opts.rewrite)
+    recipe = export_recipe(loaded, opts.preprocess)
+    metadata = onnx_metadata(loaded, opts.fold, input_shape, fold_report, opts.rewrite, recipe)
 
     def export(model: nn.Module) -> OnnxExport:
         return export_onnx_detailed(model, input_shape, opset=opts.opset, exporter=opts.exporter,
@@ -197,10 +199,10 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportResult:
         graph, coverage = check_graph(proto, input_shape), check_fold_coverage(proto)
     with log.step("parity"):
         ort = OrtRuntime(proto, name="onnxruntime-cpu")
-        parity, runs = parity_step(loaded, deploy_model if opts.fold else None, ort, proto, input_shape,
+        parity, runtimes = parity_step(loaded, deploy_model if opts.fold else None, ort, proto, input_shape,
                                    parity_batches(fixed_batch), opts.samples, opts.seed, tol, fold_report,
                                    extra_sizes=[second_size(input_shape)] if dynamic_hw else [])
-        accuracy = held_out_accuracy(loaded, runs)
+        accuracy = held_out_accuracy(loaded, runtimes, opts.data, recipe)
     report = RunReport("convdeploy export", {"path": opts.source.label, **loaded.describe()},
                        parity, opts.seed, options=_options_record(opts, written_opset(proto), input_shape, fixed_batch,
                                                                   dynamic_hw),

@@ -38,6 +38,8 @@ class ExportOptions:
     seed: int = 0
     strict: bool = True  # graph-check findings fail the run (exit 4)
     strict_fold: bool = False  # fold-coverage findings fail the run (exit 4)
+    data: str | None = None  # held-out images for the accuracy line (``deploy.data``; default: the checkpoint's)
+    preprocess: str | None = None  # the recipe recorded in the ONNX, over the checkpoint's (``deploy.data.preprocess``)
     # TensorRT engine (GPU only): built from the checked ONNX, then checked against ONNX Runtime
     engine: Path | None = None
     fp16: bool = False
@@ -51,7 +53,7 @@ class ExportOptions:
 _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("atol", "rtol", "workspace"), (int, float)),
     **dict.fromkeys(("samples", "seed", "opset", "min_batch", "opt_batch", "max_batch"), (int,)),
-    **dict.fromkeys(("dynamic", "exporter"), (str,)),
+    **dict.fromkeys(("dynamic", "exporter", "data", "preprocess"), (str,)),
     **dict.fromkeys(("fold", "rewrite", "compare_rewrites", "simplify", "strict", "strict_fold", "fp16"), (bool,)),
     "batch": (str, int),
 }

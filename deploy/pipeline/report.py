@@ -18,6 +18,7 @@ from deploy.core.environment import device_description, versions
 from deploy.fold.fold import FoldReport
 from exporters.onnx import OnnxExport
 from exporters.simplify import GraphDiff, SimplifyResult
+from validators.accuracy import AccuracyReport
 from validators.fold_coverage import FoldCoverageReport
 from validators.graph import GraphReport
 from validators.parity import ParityReport
@@ -50,6 +51,24 @@ class EngineCheck:
         return {"path": str(self.path), "metadata": self.metadata, "parity": self.parity.to_dict()}
 
 
+@dataclass
+class HeldOutAccuracy:
+    """Accuracy of each runtime of an export (training form, folded, ONNX Runtime) on held-out data."""
+
+    data: str
+    images: int
+    reports: dict[str, AccuracyReport]  # by runtime: training_form, folded, onnxruntime
+    images_per_s: dict[str, float]
+
+    def line(self) -> str:
+        """``training-form 98.61 % [97.1, 99.3] | …`` for the export's summary."""
+        return " | ".join(f"{name.replace('_', '-')} {r.top1.text()}" for name, r in self.reports.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": self.data, "images": self.images, **{n: r.top1.value for n, r in self.reports.items()},
+                "reports": {n: r.to_dict() for n, r in self.reports.items()}, "images_per_s": dict(self.images_per_s)}
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -69,7 +88,7 @@ class RunReport:
     rewrites: GraphDiff | None = None  # export: the graph without the deploy rewrites -> with them
     graph: GraphReport | None = None
     fold_coverage: FoldCoverageReport | None = None
-    accuracy: dict[str, Any] | None = None
+    accuracy: HeldOutAccuracy | None = None
     onnx: dict[str, Any] | None = None  # validate: the ONNX file it checked
     engine: EngineCheck | None = None
     outputs: dict[str, Any] | None = None
@@ -101,7 +120,7 @@ class RunReport:
                 "graph": self.graph.to_dict() if self.graph else None,
                 "fold_coverage": self.fold_coverage.to_dict() if self.fold_coverage else None,
             })
-        doc.update({"parity": self.parity.to_dict(), "accuracy": self.accuracy})
+        doc.update({"parity": self.parity.to_dict(), "accuracy": self.accuracy.to_dict() if self.accuracy else None})
         if self.seconds:
             doc["seconds"] = dict(self.seconds)
         if self.engine is not None:

@@ -15,18 +15,22 @@ import onnx
 from torch import nn
 
 from deploy.core.atomic import Transaction, json_bytes, output_lock
+from deploy.core.errors import BadInputError
 from deploy.core.limits import check_finite
 from deploy.core.metrics import Tolerance
+from deploy.data.datasets import batches, open_data
+from deploy.data.preprocess import META_KEY, METADATA_KEY, Recipe, parse_recipe
 from deploy.fold.fold import FoldReport, fold_model
 from deploy.load.module import LoadedModel
 from deploy.load.source import ModelSource
-from deploy.models.digits import load_digits
-from deploy.models.train import accuracy
+from deploy.pipeline.report import HeldOutAccuracy
 from deploy.pipeline.shapes import probe_forward, resolve_input_shape
 from deploy.version import __version__
 from exporters.onnx import stage_onnx
 from exporters.simplify import GraphDiff, graph_diff
+from validators.accuracy import accuracy_report, score
 from validators.parity import ParityReport, check_parity, first_divergence, seeded_inputs
+from validators.runtimes.base import Runtime
 from validators.runtimes.onnxruntime import OrtRuntime
 from validators.runtimes.pytorch import TorchRuntime
 
@@ -66,10 +70,12 @@ def rewrite_comparison(loaded: LoadedModel, input_shape: tuple[int, ...], rewrit
 
 
 def onnx_metadata(loaded: LoadedModel, folded: bool, input_shape: Sequence[int],
-                  fold_report: FoldReport | None = None, rewrite: bool = True) -> dict[str, str]:
+                  fold_report: FoldReport | None = None, rewrite: bool = True,
+                  recipe: Recipe | None = None) -> dict[str, str]:
     """The ``convdeploy.*`` metadata an export writes into the ONNX file (and nothing else: the
     simplifier's own keys are dropped). ``convdeploy.rewrites``: how many exact deploy rewrites
-    the fold applied, ``off`` without ``rewrite``, ``none`` without a fold."""
+    the fold applied, ``off`` without ``rewrite``, ``none`` without a fold; ``convdeploy.preprocess``: the
+    preprocessing recipe (``deploy.data.preprocess``), when there is one."""
     rewrites = (str(len(fold_report.rewrites)) if rewrite else "off") if folded and fold_report else "none"
     return {
         "convdeploy.version": __version__,
@@ -80,6 +86,7 @@ def onnx_metadata(loaded: LoadedModel, folded: bool, input_shape: Sequence[int],
         "convdeploy.rewrites": rewrites,
         "convdeploy.source_sha256": loaded.sha256,
         "convdeploy.input_shape": "x".join(str(int(s)) for s in input_shape),
+        **({METADATA_KEY: recipe.to_json()} if recipe is not None else {}),
     }
 
 
@@ -91,11 +98,11 @@ def parity_batches(fixed_batch: int | None) -> tuple[int, ...]:
 def parity_step(loaded: LoadedModel, folded: nn.Module | None, ort: OrtRuntime, proto: onnx.ModelProto,
                 input_shape: tuple[int, ...], batches: tuple[int, ...], samples: int, seed: int, tol: Tolerance,
                 fold_report: FoldReport | None, extra_sizes: Sequence[tuple[int, int]] = (),
-                ) -> tuple[ParityReport, dict[str, Callable[[np.ndarray], Any]]]:
+                ) -> tuple[ParityReport, dict[str, Runtime]]:
     """Training form vs (folded torch and) ONNX Runtime, every output by name, at ``input_shape``
     and any ``extra_sizes``; on failure, the first diverging layer.
 
-    Returns the report and the runtimes' ``run`` functions by role, for the accuracy step.
+    Returns the report and the runtimes by role, for the accuracy step.
     """
     reference = TorchRuntime(loaded.model, name="training-form")
     folded_rt = TorchRuntime(folded, name="folded-torch") if folded is not None else None
@@ -104,10 +111,11 @@ def parity_step(loaded: LoadedModel, folded: nn.Module | None, ort: OrtRuntime, 
     if not parity.passed:
         parity.first_divergence = _first_divergence(parity, loaded, folded, proto, input_shape, batches, seed, tol,
                                                     fold_report, extra_sizes)
-    runs: dict[str, Callable[[np.ndarray], Any]] = {"training_form": reference.run, "onnxruntime": ort.run}
+    runtimes: dict[str, Runtime] = {"training_form": reference}
     if folded_rt is not None:
-        runs["folded"] = folded_rt.run
-    return parity, runs
+        runtimes["folded"] = folded_rt
+    runtimes["onnxruntime"] = ort
+    return parity, runtimes
 
 
 def _first_divergence(parity: ParityReport, loaded: LoadedModel, folded: nn.Module | None, proto: onnx.ModelProto,
@@ -134,14 +142,31 @@ def _first_divergence(parity: ParityReport, loaded: LoadedModel, folded: nn.Modu
     return None
 
 
-def held_out_accuracy(loaded: LoadedModel, runs: dict[str, Callable[[np.ndarray], Any]]) -> dict[str, Any] | None:
-    """Accuracy of each runtime on the checkpoint's data set's test split, when it names one."""
-    if loaded.meta.get("dataset") != "digits":
+def held_out_accuracy(loaded: LoadedModel, runtimes: dict[str, Runtime], data: str | None = None,
+                      recipe: Recipe | None = None) -> HeldOutAccuracy | None:
+    """Top-1 accuracy (with its interval) of each runtime on ``data`` (``deploy.data``), or on the held-out
+    split of the data set the checkpoint names (the bundled digits); None when there is neither."""
+    if data is None and loaded.meta.get("dataset") != "digits":
         return None
-    _, test = load_digits(size=loaded.input_shape[-1] if loaded.input_shape else 32)
-    result: dict[str, Any] = {"dataset": "digits", "split": "test", "images": int(len(test.y))}
-    result.update({name: accuracy(run, test) for name, run in runs.items()})
-    return result
+    source = open_data(data or "digits")
+    if not source.labelled:
+        raise BadInputError(f"{source.description} has no labels: held-out accuracy needs labelled `data`")
+    results = score(list(runtimes.values()), batches(source, recipe, 64), k=5)
+    labels = np.asarray([i.label for i in source.items], dtype=np.int64)
+    for result in results:
+        if labels.size and labels.max() >= result.classes:
+            raise BadInputError(f"{source.description} has labels up to {labels.max()} but the model scores "
+                                f"{result.classes} classes: give data labelled in the model's classes")
+    reports = {name: accuracy_report(r.topk, labels, source.classes) for name, r in zip(runtimes, results)}
+    return HeldOutAccuracy(source.description, len(labels), reports,
+                           {name: r.images_per_s for name, r in zip(runtimes, results)})
+
+
+def export_recipe(loaded: LoadedModel, preprocess: str | None) -> Recipe | None:
+    """The preprocessing an export records: ``preprocess`` over the checkpoint's own recipe."""
+    recorded = loaded.meta.get(META_KEY)
+    base = Recipe.from_dict(recorded) if isinstance(recorded, dict) else None
+    return parse_recipe(preprocess, base=base) if preprocess else base
 
 
 def written_opset(proto: onnx.ModelProto) -> int:

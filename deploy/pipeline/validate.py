@@ -57,12 +57,12 @@ def run_validate(
         check_second_size(loaded.model, shape)
     folded, fold_report = fold_step(loaded, shape, seed)
     proto = onnx.load(str(onnx_path))
-    parity, runs = parity_step(loaded, folded, ort, proto, shape,
+    parity, runtimes = parity_step(loaded, folded, ort, proto, shape,
                                batches, samples, seed, tol,
                                fold_report, extra_sizes=[second_size(shape)] if dynamic_hw else [])
-    runs.pop("folded")
+    runtimes.pop("folded")
     result = RunReport("convdeploy validate", {"path": source.label, **loaded.describe()}, parity, seed,
-                       fold=fold_report, accuracy=held_out_accuracy(loaded, runs),
+                       fold=fold_report, accuracy=held_out_accuracy(loaded, runtimes),
                        onnx={"path": str(onnx_path), "sha256": sha256_file(onnx_path)})
     if report is not None:
         write_json_atomic(report, result.to_dict())

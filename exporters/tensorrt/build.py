@@ -53,14 +53,17 @@ from validators.runtimes.tensorrt_env import (
 
 # ---------------------------------------------------------------- metadata
 
-def onnx_outputs(path: str | Path) -> list[str]:
-    """The graph output names of an ONNX file (the engine's outputs keep them)."""
-    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+def onnx_facts(path: str | Path) -> tuple[list[str], str | None]:
+    """The graph output names of an ONNX file (the engine's outputs keep them) and the preprocessing
+    recipe it records (``convdeploy.preprocess``: the engine carries it on, for ``deploy eval``)."""
+    model = onnx.load(str(path), load_external_data=False)
+    recipe = next((p.value for p in model.metadata_props if p.key == "convdeploy.preprocess"), None)
+    return [o.name for o in model.graph.output], recipe
 
 
 def engine_metadata(opts: BuildOptions, profile: BatchProfile, env: dict[str, Any], onnx_sha256: str,
                     engine_sha256: str, output_names: Sequence[str] = (), build_s: float | None = None,
-                    build: BuildFacts | None = None) -> dict[str, Any]:
+                    build: BuildFacts | None = None, preprocess: str | None = None) -> dict[str, Any]:
     """The engine.plan.json record: what the engine is tied to and how it was built."""
     facts = build or BuildFacts(route=FP32)
     return {
@@ -81,6 +84,7 @@ def engine_metadata(opts: BuildOptions, profile: BatchProfile, env: dict[str, An
         "precision_route": facts.route,
         "fp16_onnx_check": facts.fp16_check,
         "notes": list(facts.notes),
+        "preprocess": preprocess,
     }
 
 
@@ -195,8 +199,9 @@ def build_engine(opts: BuildOptions) -> dict[str, Any]:
         save_timing_cache(opts.timing_cache, timing, env)
     with output_lock(opts.engine_path), Transaction() as txn:  # the engine and its JSON: both or neither
         engine_sha = txn.stage_bytes(opts.engine_path, engine)
-        meta = engine_metadata(opts, profile, env, sha256_file(opts.onnx_path), engine_sha,
-                               onnx_outputs(opts.onnx_path), build_s, facts)
+        outputs, recipe = onnx_facts(opts.onnx_path)
+        meta = engine_metadata(opts, profile, env, sha256_file(opts.onnx_path), engine_sha, outputs, build_s, facts,
+                               recipe)
         txn.stage_bytes(metadata_path(opts.engine_path), json_bytes(meta))
         txn.commit()
     return meta
