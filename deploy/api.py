@@ -24,8 +24,8 @@ from torch import nn
 
 from deploy.core.errors import BadInputError
 from deploy.core.progress import SILENT, StepLog, StepTimes
-from deploy.evaluate.run import EvalOptions, EvalReport
-from deploy.evaluate.run import evaluate as run_evaluate
+from deploy.evaluation.run import EvalOptions, EvalReport
+from deploy.evaluation.run import evaluate as run_evaluate
 from deploy.fold.fold import fold_model
 from deploy.load.source import ModelSource
 from deploy.models.zoo import build_model
@@ -74,7 +74,7 @@ def evaluate(artifact: str | os.PathLike[str], data: str | os.PathLike[str], *,
              vs: str | os.PathLike[str] | None = None, **options: Any) -> EvalReport:
     """Accuracy of ``artifact`` (a checkpoint, an ONNX file or an engine) on ``data`` (an image folder, a
     flat folder, an ``.npz`` or ``"digits"``), with 95 % intervals; with ``vs`` a second artifact on the
-    same images and their comparison. ``options`` are the fields of ``deploy.evaluate.run.EvalOptions``:
+    same images and their comparison. ``options`` are the fields of ``deploy.evaluation.run.EvalOptions``:
     ``preprocess``, ``classes``, ``batch``, ``limit``, ``sample``, ``seed``, ``skip_bad``, ``device``,
     ``fold``, ``threads``."""
     try:

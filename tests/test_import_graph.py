@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtimes", ("validators", "validators.runtimes", "validators.runtimes.*")),
     ("exporters / checks", ("exporters", "exporters.*", "validators.*")),
     ("pipeline", ("deploy.pipeline", "deploy.pipeline.*")),
-    ("bench / evaluate", ("deploy.bench", "deploy.bench.*", "deploy.evaluate", "deploy.evaluate.*")),
+    ("bench / evaluate", ("deploy.bench", "deploy.bench.*", "deploy.evaluation", "deploy.evaluation.*")),
     ("claims", ("deploy.claims", "deploy.claims.*")),
     ("CLI / API", ("deploy", "deploy.api", "deploy.cli", "deploy.commands", "deploy.commands.*")),
 ]

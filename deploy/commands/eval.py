@@ -13,7 +13,7 @@ from deploy.commands.common import console, machine_output, warn
 from deploy.commands.options import JSON, JSON_FILE, SEED
 from deploy.commands.printing import RichProgress
 from deploy.core.errors import AccuracyGateError, BadInputError
-from deploy.evaluate.run import ArtifactScore, EvalOptions, EvalReport, evaluate, recipe_text
+from deploy.evaluation.run import ArtifactScore, EvalOptions, EvalReport, evaluate, recipe_text
 
 _GATE = "Gate"
 

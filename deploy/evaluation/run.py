@@ -158,8 +158,10 @@ def _check_labels(source: DataSource, result: Scores) -> None:
 
 def _artifact_score(path: Path, runtime: Runtime, result: Scores, source: DataSource) -> ArtifactScore:
     _check_labels(source, result)
-    labels = np.asarray([i.label for i in source.items if i.name not in source.skipped], dtype=np.int64)
-    accuracy = accuracy_report(result.topk, labels, source.classes) if source.labelled else None
+    accuracy = None
+    if source.labelled:
+        labels = np.asarray([i.label for i in source.items if i.name not in source.skipped], dtype=np.int64)
+        accuracy = accuracy_report(result.topk, labels, source.classes)
     return ArtifactScore(str(path), runtime.describe(), accuracy, result.images, result.images_per_s)
 
 
