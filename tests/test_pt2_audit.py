@@ -210,3 +210,18 @@ def test_shape_expressions(text, ok) -> None:
 ])
 def test_guards(text, ok) -> None:
     assert safe_guard(text) is ok
+
+
+def test_damaged_central_directory_is_exit_2(good_pt2, tmp_path, deploy_cli) -> None:
+    """A zip whose end record is intact but whose central directory is damaged still passes
+    ``zipfile.is_zipfile``; opening it must be one exit-2 line, not an internal error."""
+    data = bytearray(good_pt2.read_bytes())
+    central = data.rfind(b"PK\x01\x02")
+    data[central:central + 4] = b"XX\x01\x02"
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(bytes(data))
+    for args in (["inspect", str(bad)], ["export", str(bad), "-o", str(tmp_path / "o.onnx")]):
+        run = deploy_cli(*args)
+        assert run.exit_code == 2, run.stderr
+        assert "corrupt" in run.stderr and "internal error" not in run.stderr
+    assert not (tmp_path / "o.onnx").exists()

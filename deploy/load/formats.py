@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,11 +38,15 @@ def archive_kind(path: Path) -> str | None:
     """``"pt2"``, ``"torchscript"`` or ``"torch.save"`` for a zip archive written by torch, else None."""
     if not zipfile.is_zipfile(path):
         return None
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        fmt = next((n for n in names if n.endswith("/archive_format") or n == "archive_format"), None)
-        if fmt is not None and archive.read(fmt).strip() == b"pt2":
-            return "pt2"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            fmt = next((n for n in names if n.endswith("/archive_format") or n == "archive_format"), None)
+            if fmt is not None and archive.read(fmt).strip() == b"pt2":
+                return "pt2"
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+        raise BadInputError(f"{path} is a truncated or corrupt zip archive ({exc}): save it again "
+                            "(torch.save or torch.export.save)") from exc
     if any("/code/__torch__/" in n or n.endswith("/constants.pkl") for n in names):
         return "torchscript"
     return "torch.save"
