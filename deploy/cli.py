@@ -40,6 +40,8 @@ COMMANDS: dict[str, CommandEntry] = {
                              "computes: training form vs folded vs ONNX Runtime."),
     "eval": CommandEntry("deploy.commands.eval", "eval_command", "Accuracy of an artifact on your images: top-1/top-5 "
                          "with 95 % intervals, images/s; --vs compares two."),
+    "quantize": CommandEntry("deploy.commands.quantize", "quantize_command", "INT8 Q/DQ ONNX calibrated on your "
+                             "images and gated on its accuracy against the fp32 model."),
     "inspect": CommandEntry("deploy.commands.inspect", "inspect", "What a file holds: .onnx interface, dtypes, ops, "
                             "params, MACs, verdict (--layers: every node); .pt arch, conv, params."),
     "bench": CommandEntry("deploy.commands.bench", "bench", "Time an artifact (or two, interleaved) and print latency "

@@ -165,3 +165,29 @@ def sigterm_raises():
     terminate_on_sigterm()
     yield
     signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, deploy_cli):
+    """(checkpoint, its folded ONNX export, the digits test split as PNGs, the checkpoint's meta): a digits
+    ResNet-20 trained once per session and worker. Tests must not modify these files."""
+    import torch
+
+    from tests.digits_data import write_digits_folder
+
+    root = tmp_path_factory.mktemp("trained")
+    ckpt, onnx_path = root / "m.pt", root / "m.onnx"
+    run = deploy_cli("zoo", "train", "resnet20", "--conv", "plain", "--data", "digits", "--epochs", 2, "-o", ckpt)
+    assert run.exit_code == 0, run.stderr
+    run = deploy_cli("export", ckpt, "-o", onnx_path, "--samples", 1, "--exporter", "torchscript", "--no-rewrite-diff")
+    assert run.exit_code == 0, run.stderr
+    meta = torch.load(ckpt, weights_only=True)["meta"]
+    return ckpt, onnx_path, write_digits_folder(root / "digits_png"), meta
+
+
+@pytest.fixture(scope="session")
+def digits_train_pngs(tmp_path_factory) -> Path:
+    """The digits' training split as an image folder of PNGs (1438 images)."""
+    from tests.digits_data import write_digits_folder
+
+    return write_digits_folder(tmp_path_factory.mktemp("digits_train") / "train", "train")

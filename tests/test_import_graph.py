@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("exporters / checks", ("exporters", "exporters.*", "validators.*")),
     ("pipeline", ("deploy.pipeline", "deploy.pipeline.*")),
     ("bench / evaluate", ("deploy.bench", "deploy.bench.*", "deploy.evaluation", "deploy.evaluation.*")),
+    ("quantize", ("deploy.quantize", "deploy.quantize.*")),
     ("claims", ("deploy.claims", "deploy.claims.*")),
     ("CLI / API", ("deploy", "deploy.api", "deploy.cli", "deploy.commands", "deploy.commands.*")),
 ]

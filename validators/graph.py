@@ -44,6 +44,7 @@ import onnx
 
 from deploy.core.errors import GraphCheckError
 from validators.macs import RUN_BUDGET, graph_macs
+from validators.qdq import qdq_findings
 from validators.tensorrt_ops import load_tensorrt_ops
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -65,6 +66,7 @@ class GraphReport:
     custom_domain_nodes: list[dict[str, str]] = field(default_factory=list)
     unsupported_ops: list[dict[str, Any]] = field(default_factory=list)
     dynamic_conv_weights: list[dict[str, str]] = field(default_factory=list)
+    qdq_findings: list[str] = field(default_factory=list)
     einsum_nodes: list[str] = field(default_factory=list)
     trt_restrictions: dict[str, str] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
@@ -179,8 +181,8 @@ def dynamic_conv_weights(graph: onnx.GraphProto) -> list[dict[str, str]]:
             if len(node.input) <= slot or not node.input[slot]:
                 continue
             src = node.input[slot]
-            while src in producer and producer[src].op_type == "Identity":
-                src = producer[src].input[0]
+            while src in producer and producer[src].op_type in ("Identity", "DequantizeLinear"):
+                src = producer[src].input[0]  # an alias, or an int8 weight dequantized (an INT8 graph's constant)
             if src in consts:
                 continue
             by = producer.get(src)
@@ -244,6 +246,10 @@ def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None
         reasons.append(f"dynamic conv weights in {len(dynamic)} Conv node(s) (computed at run time, not folded): " +
                        ", ".join(f"{_where(d['node'], d.get('module'))} {d['input']} <- {d['computed_by']}"
                                  for d in dynamic[:6]) + more)
+    qdq = qdq_findings(model)
+    if qdq:
+        more = f" (+{len(qdq) - 3} more)" if len(qdq) > 3 else ""
+        reasons.append(f"Q/DQ that TensorRT refuses: {'; '.join(qdq[:3])}{more}")
     einsum_at = [(n.name, node_module(n)) for n in nodes if n.op_type == "Einsum"]
     einsum = [name for name, _ in einsum_at]
     if einsum and not allow_einsum:
@@ -260,7 +266,7 @@ def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None
     return GraphReport(
         opset=opset, nodes=len(nodes), op_histogram=dict(sorted(hist.items())), params=graph_params(model),
         macs=macs, macs_by_op=macs_by_op, input_shape=shape, custom_domain_nodes=custom,
-        unsupported_ops=unsupported, dynamic_conv_weights=dynamic, einsum_nodes=einsum,
+        unsupported_ops=unsupported, dynamic_conv_weights=dynamic, qdq_findings=qdq, einsum_nodes=einsum,
         trt_restrictions=restrictions,
         tensorrt={"version": table.tensorrt_version, "opsets": [table.opset_min, table.opset_max], "source": table.source},
         reasons=reasons,

@@ -58,6 +58,10 @@ FLAGS = {
     "trust_pickle": "--trust-pickle", "warmup": "--warmup", "workspace": "--workspace", "report": "--report",
     "engine": "--engine", "json_file": "--json-file", "vs": "--vs",
     "include_copies": "--include-copies", "seed": "--seed", "opset": "--opset", "output_dir": "--output",
+    "preprocess": "--preprocess", "classes": "--classes", "limit": "--limit", "sample": "--sample",
+    "calib": "--calib", "eval": "--eval", "target": "--target", "method": "--method", "max_drop": "--max-drop",
+    "keep_float": "--keep-float", "auto_keep": "--keep-float auto", "max_kept": "--keep-float-max",
+    "calib_limit": "--calib-limit", "eval_limit": "--eval-limit", "allow_unfolded": "--allow-unfolded",
 }
 _PARAM = re.compile(r"`([a-z_0-9]+)`")
 

@@ -128,7 +128,8 @@ def _fixed_batch(runtime: Any, kind: str) -> int | None:
     return profile.min[0] if profile is not None and profile.min[0] == profile.max[0] else None
 
 
-def _open(path: Path, opts: EvalOptions, size: tuple[int, int] | None) -> tuple[Runtime, str, Recipe | None]:
+def open_artifact(path: Path, opts: EvalOptions, size: tuple[int, int] | None) -> tuple[Runtime, str, Recipe | None]:
+    """The runtime of ``path`` (a fixed-batch graph wrapped in ``FixedBatch``), its kind and the recipe it records."""
     kind = artifact_kind(path)
     if kind == "torch":
         timed, loaded = load_torch_runtime(path, TorchBenchOptions(device=opts.device, fold=opts.fold, seed=opts.seed),
@@ -140,7 +141,8 @@ def _open(path: Path, opts: EvalOptions, size: tuple[int, int] | None) -> tuple[
     return (FixedBatch(runtime, fixed) if fixed is not None else runtime), kind, recipe
 
 
-def _recipe(recorded: Recipe | None, given: str | None, source: DataSource) -> Recipe | None:
+def resolve_recipe(recorded: Recipe | None, given: str | None, source: DataSource) -> Recipe | None:
+    """The recipe to feed ``source`` with: ``given`` over ``recorded``; BadInputError when images need one and none is known."""
     if given is not None:
         return parse_recipe(given, base=recorded)
     if recorded is None and source.arrays is None:
@@ -173,11 +175,11 @@ def evaluate(artifact: str | Path, data: str | Path, *, vs: str | Path | None = 
         raise BadInputError(f"`batch` must be an integer in [1, 4096], got {opts.batch!r}")
     source = open_data(data, opts.classes).subset(opts.limit, opts.sample, opts.seed)
     given = parse_recipe(opts.preprocess) if opts.preprocess else None
-    first, kind, recorded = _open(Path(artifact), opts, given.output_hw if given else None)
-    recipe = _recipe(recorded, opts.preprocess, source)
+    first, kind, recorded = open_artifact(Path(artifact), opts, given.output_hw if given else None)
+    recipe = resolve_recipe(recorded, opts.preprocess, source)
     runtimes = [first]
     if vs is not None:
-        runtimes.append(_open(Path(vs), opts, recipe.output_hw if recipe else None)[0])
+        runtimes.append(open_artifact(Path(vs), opts, recipe.output_hw if recipe else None)[0])
     results = score(runtimes, batches(source, recipe, opts.batch, skip_bad=opts.skip_bad), progress=progress,
                     total=len(source.items))
     if not results[0].images:
