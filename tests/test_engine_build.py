@@ -20,6 +20,7 @@ from exporters.tensorrt.precision import (
     FP16_FLAG,
     FP16_ONNX,
     FP32,
+    INT8_QDQ,
     TF32,
     config_options,
     fp16_parity_batches,
@@ -87,6 +88,8 @@ def test_precision_routes_per_major() -> None:
     assert [precision_route(10, *f) for f in ((False, False), (True, False), (False, True))] == [FP32, FP16_FLAG, TF32]
     assert [precision_route(11, *f) for f in ((False, False), (True, False), (False, True))] == [FP32, FP16_ONNX, TF32]
     assert network_options(10) == {} and network_options(11) == {"strongly_typed": True}
+    assert precision_route(10, False, qdq=True) == precision_route(11, False, qdq=True) == INT8_QDQ
+    assert network_options(10, qdq=True) == network_options(11, qdq=True) == {"strongly_typed": True}
     assert (tensorrt_major("10.13.3.9"), tensorrt_major("11.4.0.106")) == (10, 11)
     assert fp16_parity_batches(PROFILE) == (1, 4)
     assert fp16_parity_batches(BatchProfile("x", (2, 3, 8, 8), (2, 3, 8, 8), (2, 3, 8, 8))) == (2,)

@@ -262,13 +262,13 @@ PROFILE = BatchProfile("input", (1, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32))
 
 @pytest.mark.parametrize("major", SUPPORTED_MAJORS)
 def test_polygraphy_keywords_lead_to_names_of_that_major(major: int, tmp_path: Path) -> None:
-    combos = itertools.product((False, True), (False, True), (None, 2.0))
+    combos = itertools.product((False, True), (False, True), (None, 2.0), (False, True))
     seen = set()
-    for fp16, tf32, workspace in combos:
-        if fp16 and tf32:
+    for fp16, tf32, workspace, qdq in combos:
+        if (fp16 and tf32) or (qdq and (fp16 or tf32)):
             continue
         opts = BuildOptions(tmp_path / "m.onnx", tmp_path / "e.plan", fp16=fp16, tf32=tf32, workspace_gib=workspace)
-        kwargs = {**config_options(major, opts, PROFILE, "WORKSPACE"), **network_options(major)}
+        kwargs = {**config_options(major, opts, PROFILE, "WORKSPACE", qdq), **network_options(major, qdq)}
         unknown = set(kwargs) - set(POLYGRAPHY_NAMES)
         assert not unknown, f"add what polygraphy reads for {unknown} to POLYGRAPHY_NAMES"
         for key in kwargs:
@@ -276,7 +276,8 @@ def test_polygraphy_keywords_lead_to_names_of_that_major(major: int, tmp_path: P
                 continue  # polygraphy clears TF32 only where the flag exists (contextlib.suppress)
             gone = [n for n in POLYGRAPHY_NAMES[key] if not exists(n, major)]
             assert not gone, f"TensorRT {RELEASES[major]} lacks {gone}, read by polygraphy for {key}={kwargs[key]!r}"
-        seen.add((precision_route(major, fp16, tf32), "fp16" in kwargs, kwargs.get("strongly_typed", False)))
+        seen.add((precision_route(major, fp16, tf32, qdq), "fp16" in kwargs, kwargs.get("strongly_typed", False)))
     fp16_routes = {s for s in seen if s[0].startswith("fp16")}
     assert fp16_routes == ({("fp16 (builder flag)", True, False)} if major == 10 else
                            {("fp16 (fp16 ONNX, strongly typed)", False, True)})
+    assert {s for s in seen if s[0].startswith("int8")} == {("int8 (explicit Q/DQ, strongly typed)", False, True)}

@@ -51,6 +51,11 @@ def _zero_point_finding(proto: onnx.ModelProto, node: onnx.NodeProto) -> str | N
     return None
 
 
+def has_qdq(proto: onnx.ModelProto) -> bool:
+    """Whether ``proto`` is explicitly quantized (holds QuantizeLinear/DequantizeLinear nodes)."""
+    return any(n.op_type in QDQ_OPS for n in proto.graph.node)
+
+
 def qdq_findings(proto: onnx.ModelProto) -> list[str]:
     """Why TensorRT would refuse the Q/DQ nodes of ``proto`` (empty: it takes them, or there are none)."""
     nodes = [n for n in proto.graph.node if n.op_type in QDQ_OPS]

@@ -34,6 +34,7 @@ from exporters.tensorrt.options import BuildOptions, compute_profile
 from exporters.tensorrt.precision import (
     FP16_ONNX,
     FP32,
+    INT8_QDQ,
     BuildFacts,
     config_options,
     fp16_parity_batches,
@@ -41,7 +42,8 @@ from exporters.tensorrt.precision import (
     precision_route,
 )
 from exporters.tensorrt.timing_cache import TimingCachePlan, plan_timing_cache, refused_note, save_timing_cache
-from validators.onnx_file import onnx_input
+from validators.onnx_file import load_onnx, onnx_input
+from validators.qdq import has_qdq
 from validators.runtimes.tensorrt_env import (
     ENGINE_FORMAT,
     BatchProfile,
@@ -71,7 +73,7 @@ def engine_metadata(opts: BuildOptions, profile: BatchProfile, env: dict[str, An
         "tensorrt_version": env["tensorrt_version"],
         "gpu_name": env["gpu_name"],
         "compute_capability": env["compute_capability"],
-        "precision": opts.precision,
+        "precision": "int8" if facts.route == INT8_QDQ else opts.precision,
         "profile": profile.to_dict(),
         "workspace_gib": opts.workspace_gib,
         "timing_cache": str(opts.timing_cache) if opts.timing_cache else None,
@@ -122,7 +124,7 @@ def _offer_timing_cache(config: Any, data: bytes) -> bool:
 
 
 def _build_with_polygraphy(trt: Any, source: Path, opts: BuildOptions, profile: BatchProfile,
-                           cache: TimingCachePlan) -> tuple[bytes, bytes | None, bool]:
+                           cache: TimingCachePlan, qdq: bool) -> tuple[bytes, bytes | None, bool]:
     """(engine bytes, timing cache bytes to save or None, whether TensorRT refused the cache)."""
     from polygraphy.exception import PolygraphyException  # noqa: PLC0415 - optional (the trt extra): engine builds only
 
@@ -135,9 +137,9 @@ def _build_with_polygraphy(trt: Any, source: Path, opts: BuildOptions, profile: 
         if cache.data:
             held["refused"] = not _offer_timing_cache(config, cache.data)
 
-    network_loader = poly.NetworkFromOnnxPath(str(source), **network_options(major))
+    network_loader = poly.NetworkFromOnnxPath(str(source), **network_options(major, qdq))
     config_loader = poly.PostprocessConfig(
-        poly.CreateConfig(**config_options(major, opts, profile, trt.MemoryPoolType.WORKSPACE)), attach_cache)
+        poly.CreateConfig(**config_options(major, opts, profile, trt.MemoryPoolType.WORKSPACE, qdq)), attach_cache)
     try:
         with _polygraphy_warnings_only():
             engine = poly.EngineBytesFromNetwork(network_loader, config_loader)()
@@ -181,7 +183,11 @@ def build_engine(opts: BuildOptions) -> dict[str, Any]:
                               opts.min_size, opts.opt_size, opts.max_size)
     trt = require_engine_builder(opts.fp16)
     env = running_environment()
-    facts = BuildFacts(route=precision_route(tensorrt_major(str(trt.__version__)), opts.fp16, opts.tf32))
+    qdq = has_qdq(load_onnx(opts.onnx_path))
+    if qdq and (opts.fp16 or opts.tf32):
+        raise BadInputError(f"{opts.onnx_path} is an INT8 Q/DQ model: it builds in the precision its Q/DQ nodes say; "
+                            "drop `fp16` and `tf32`")
+    facts = BuildFacts(route=precision_route(tensorrt_major(str(trt.__version__)), opts.fp16, opts.tf32, qdq))
     cache = plan_timing_cache(opts.timing_cache, env)
     facts.notes += [cache.note] if cache.note else []
     with tempfile.TemporaryDirectory(prefix=".convdeploy-", dir=opts.engine_path.parent) as tmp:
@@ -192,7 +198,7 @@ def build_engine(opts: BuildOptions) -> dict[str, Any]:
             facts.fp16_check = {"parity": check.summary(), "top1_excluded": check.candidates[0].top1_excluded,
                                 "max_rel_err": check.candidates[0].max_rel_err, "fp32_ops": list(fp32_ops())}
         t0 = time.perf_counter()
-        engine, timing, refused = _build_with_polygraphy(trt, source, opts, profile, cache)
+        engine, timing, refused = _build_with_polygraphy(trt, source, opts, profile, cache, qdq)
         build_s = time.perf_counter() - t0
     facts.notes += [refused_note(opts.timing_cache)] if refused else []
     if opts.timing_cache is not None and timing is not None:
