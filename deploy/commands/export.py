@@ -36,6 +36,17 @@ from deploy.commands.options import (
     WORKSPACE,
 )
 from deploy.commands.printing import RichProgress, parity_table, print_accuracy, print_fold_coverage, print_graph
+from deploy.commands.quantize import (
+    CALIB,
+    EVAL,
+    KEEP_FLOAT,
+    KEEP_FLOAT_MAX,
+    MAX_DROP,
+    METHOD,
+    TARGET,
+    parse_keep_float,
+    print_quantize,
+)
 from deploy.commands.source_options import (
     ARCH,
     CONV,
@@ -47,9 +58,11 @@ from deploy.commands.source_options import (
     TRUST_PICKLE,
     model_source,
 )
+from deploy.core.errors import BadInputError
 from deploy.core.progress import StepLog
 from deploy.pipeline.export import ExportResult, run_export
 from deploy.pipeline.options import ExportOptions
+from deploy.quantize.run import QuantizeGateError, QuantizeOptions, check_options, int8_path_for, run_quantize
 
 
 def export(
@@ -91,14 +104,29 @@ def export(
     max_batch: Optional[int] = MAX_BATCH,
     workspace: Optional[float] = WORKSPACE,
     timing_cache: Optional[Path] = TIMING_CACHE,
+    int8: bool = typer.Option(False, "--int8", rich_help_panel="INT8", help="Also write OUT.int8.onnx: explicit "
+                              "Q/DQ calibrated on --calib, written only if its top-1 on --eval (default: --data) is "
+                              "within --max-drop of the fp32 file's (as `deploy quantize`)."),
+    calib: Optional[str] = CALIB,
+    eval_data: Optional[str] = EVAL,
+    target: str = TARGET,
+    method: str = METHOD,
+    max_drop: float = MAX_DROP,
+    keep_float: Optional[str] = KEEP_FLOAT,
+    keep_float_max: int = KEEP_FLOAT_MAX,
 ) -> None:
     """Fold MODEL.pt, export ONNX, simplify, check the graph, prove parity; write OUT.onnx + report.
 
     OUT.onnx and OUT.report.json are written together at the end, or neither is.
 
     Every output of the model is compared by name. Exit codes: 2 bad input, 3 parity failed (names the
-    output and the first diverging layer), 4 graph check failed (or, with --strict-fold, fold coverage).
+    output and the first diverging layer) or, with --int8, the INT8 gate failed (OUT.onnx is written, OUT.int8.onnx
+    is not), 4 graph check failed (or, with --strict-fold, fold coverage).
     """
+    if not int8 and (calib or eval_data):
+        raise BadInputError("--calib and --eval apply to --int8: add --int8")
+    int8_opts = _int8_options(int8, calib, eval_data or data, target, method, max_drop, keep_float, keep_float_max,
+                              preprocess)
     source = model_source(model, arch=arch, conv=conv, conv_opt=conv_opt, ratio=ratio, model_class=model_class,
                           model_args=model_args, trust_pickle=trust_pickle)
     opts = ExportOptions(
@@ -114,6 +142,37 @@ def export(
             result = run_export(opts, StepLog(progress))
         _print_export(result)
         out.emit(result.record)  # the record the pair holds
+        if int8_opts is not None:
+            _export_int8(result, int8_opts)
+
+
+def _int8_options(int8: bool, calib: Optional[str], eval_data: Optional[str], target: str, method: str, max_drop: float,
+                  keep_float: Optional[str], keep_float_max: int, preprocess: Optional[str]) -> Optional[QuantizeOptions]:
+    """The INT8 step's options, checked before the export starts; None without --int8."""
+    if not int8:
+        return None
+    if not calib or not eval_data:
+        raise BadInputError("--int8 needs --calib DATA and --eval DATA (or --data): calibration images and "
+                            "held-out labelled images for the gate")
+    names, auto = parse_keep_float(keep_float)
+    opts = QuantizeOptions(calib=calib, eval=eval_data, target=target, method=method, max_drop=max_drop,
+                           keep_float=names, auto_keep=auto, max_kept=keep_float_max, preprocess=preprocess)
+    check_options(opts)
+    return opts
+
+
+def _export_int8(result: ExportResult, opts: QuantizeOptions) -> None:
+    """Quantize the ONNX file just written (``deploy quantize``) into OUT.int8.onnx."""
+    target = int8_path_for(result.onnx_path)
+    console.print(f"[bold]INT8[/] {result.onnx_path} -> {target} (--target {opts.target}, --method {opts.method})")
+    try:
+        with RichProgress(transient=True) as progress:
+            report = run_quantize(result.onnx_path, target, opts, progress=progress)
+    except QuantizeGateError as exc:
+        print_quantize(exc.report)
+        raise
+    print_quantize(report)
+    console.print(f"wrote {target} and {report.outputs['report']['path']}")
 
 
 def _print_export(result: ExportResult) -> None:

@@ -11,6 +11,7 @@ from rich.table import Table
 from deploy.commands.common import console, finite, machine_output, warn
 from deploy.commands.options import JSON, JSON_FILE
 from deploy.commands.printing import RichProgress
+from deploy.core.errors import BadInputError
 from deploy.quantize.recipes import METHODS, TARGETS
 from deploy.quantize.report import QuantizeReport
 from deploy.quantize.run import QuantizeGateError, QuantizeOptions, run_quantize
@@ -99,7 +100,7 @@ def quantize_command(
     options, 3 the gate failed (the most sensitive layers are named).
     """
     if not calib or not eval_data:
-        raise typer.BadParameter("give --calib DATA and --eval DATA (held-out, labelled images for the gate)")
+        raise BadInputError("give --calib DATA and --eval DATA (held-out, labelled images for the gate)")
     names, auto = parse_keep_float(keep_float)
     opts = QuantizeOptions(calib=calib, eval=eval_data, target=target, method=method, max_drop=max_drop,
                            keep_float=names, auto_keep=auto, max_kept=keep_float_max, preprocess=preprocess,

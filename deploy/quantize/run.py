@@ -75,7 +75,8 @@ class QuantizeOptions:
     report: Path | None = None
 
 
-def _check_options(opts: QuantizeOptions) -> QuantRecipe:
+def check_options(opts: QuantizeOptions) -> QuantRecipe:
+    """The target's recipe; BadInputError for an option out of its range (before any work)."""
     recipe = recipe_for(opts.target)
     method_of(opts.method)
     if not (isinstance(opts.max_drop, (int, float)) and math.isfinite(opts.max_drop) and 0 <= opts.max_drop <= 100):
@@ -85,6 +86,11 @@ def _check_options(opts: QuantizeOptions) -> QuantRecipe:
     if isinstance(opts.batch, bool) or not isinstance(opts.batch, int) or not 1 <= opts.batch <= 4096:
         raise BadInputError(f"`batch` must be an integer in [1, 4096], got {opts.batch!r}")
     return recipe
+
+
+def int8_path_for(onnx_path: Path) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx`` (what `deploy export --int8` writes)."""
+    return onnx_path.with_name(onnx_path.name[: -len(".onnx")] + ".int8.onnx")
 
 
 def _data_path(spec: str) -> Path | None:
@@ -223,7 +229,7 @@ def _write(proto: onnx.ModelProto, output: Path, report_path: Path, report: Quan
 def run_quantize(model: str | Path, output: str | Path, opts: QuantizeOptions, progress: Progress = SILENT) -> QuantizeReport:
     """Quantize ``model`` into ``output`` behind the accuracy gate (module docstring)."""
     model, output = Path(model), Path(output)
-    recipe = _check_options(opts)
+    recipe = check_options(opts)
     report_path = _paths(model, output, opts)
     fp32_graph, recorded = _read_model(model, opts.allow_unfolded)
     calib, held_out, preprocess_recipe = _open_sources(opts, fp32_graph, recorded)

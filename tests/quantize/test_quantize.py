@@ -169,3 +169,22 @@ def test_bad_calibration_data_is_one_line_and_writes_nothing(case, trained, depl
     assert run.exit_code == 2, run.stdout + run.stderr
     assert run.one_error_line()
     assert not out.exists() and not (tmp_path / "q.report.json").exists()
+
+
+def test_export_int8_writes_both_pairs_and_checks_its_options_first(trained, deploy_cli, tmp_path) -> None:
+    ckpt, _, test_pngs, _ = trained
+    out = tmp_path / "e.onnx"
+    for args, needle in (((), "--int8 needs --calib"), (("--calib", "digits:train"), None)):
+        run = deploy_cli("export", ckpt, "-o", out, "--int8", *args, "--samples", 1, "--exporter", "torchscript")
+        assert run.exit_code == 2 and (needle is None or needle in run.stderr), run.stderr
+    run = deploy_cli("export", ckpt, "-o", out, "--calib", "digits:train", "--samples", 1)
+    assert run.exit_code == 2 and "add --int8" in run.stderr
+    assert not list(tmp_path.iterdir())  # refused before any work
+    run = deploy_cli("export", ckpt, "-o", out, "--int8", "--calib", "digits:train", "--eval", test_pngs,
+                     "--target", "cpu", "--samples", 1, "--exporter", "torchscript", "--no-rewrite-diff")
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.int8.onnx", "e.int8.report.json", "e.onnx", "e.report.json"]
+    rep = json.loads((tmp_path / "e.int8.report.json").read_text())
+    assert rep["target"] == "cpu" and rep["gate"]["passed"] and rep["model"] == str(out)
+    proto = onnx.load(str(tmp_path / "e.int8.onnx"))
+    assert any("uint8" in f for f in qdq_findings(proto))  # the CPU flavour: what TensorRT would refuse, said so
