@@ -57,6 +57,8 @@ FLAGS = {
     "strict_fold": "--strict-fold", "tf32": "--tf32", "threads": "--threads", "timing_cache": "--timing-cache",
     "trust_pickle": "--trust-pickle", "warmup": "--warmup", "workspace": "--workspace", "report": "--report",
     "engine": "--engine", "json_file": "--json-file", "vs": "--vs",
+    "name": "--name", "instances": "--instances", "kind": "--kind", "preferred_batch": "--preferred-batch",
+    "queue_delay_us": "--queue-delay-us", "ort_tensorrt": "--ort-trt", "port": "--port", "triton_env": "--triton-env",
     "include_copies": "--include-copies", "seed": "--seed", "opset": "--opset", "output_dir": "--output",
 }
 _PARAM = re.compile(r"`([a-z_0-9]+)`")
