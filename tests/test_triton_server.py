@@ -103,3 +103,79 @@ def test_find_triton_names_what_is_missing(tmp_path):
         find_triton(tmp_path)
     site = Path(TRITON_ENV)
     assert find_triton(site).server.name == "tritonserver"
+
+
+def _infer_json(http_url: str, model: str, name: str, x: np.ndarray) -> dict:
+    """One KServe v2 JSON request (no tritonclient needed on this side)."""
+    import urllib.request
+
+    body = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]}).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"http://{http_url}/v2/models/{model}/infer", data=body),
+                                timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_deploy_serve_serves_and_stops_cleanly_on_a_signal(folded_export, signum):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from deploy.serving.server import free_port
+
+    exported = folded_export("resnet20", "plain", 32)
+    http, grpc = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", str(exported.onnx_path), "--name", "r20",
+                             "--port", str(http), "--grpc-port", str(grpc), "--triton-env", str(TRITON_ENV),
+                             "--threads", "1", "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not any(line.startswith("infer:") for line in lines) and time.monotonic() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.25)
+        assert _ready(http), proc.stderr.read() if proc.poll() is not None else "not ready in 90 s"
+        art = read_artifact(exported.onnx_path)
+        x = np.random.default_rng(2).standard_normal((2, *art.input_shape)).astype(np.float32)
+        reply = _infer_json(f"127.0.0.1:{http}", "r20", art.inputs[0].name, x)
+        got = np.asarray(reply["outputs"][0]["data"], dtype=np.float32).reshape(reply["outputs"][0]["shape"])
+        ref = ort.InferenceSession(str(exported.onnx_path), providers=["CPUExecutionProvider"]).run(
+            None, {art.inputs[0].name: x})[0]
+        assert np.max(np.abs(got - ref)) <= 1e-5 * np.max(np.abs(ref))
+        os.kill(proc.pid, getattr(signal, signum))
+        assert proc.wait(45) == 0, proc.stderr.read()
+        reader.join(10)
+        out = "".join(lines)
+        assert f"stopped tritonserver ({signum})" in out and f"kill -TERM {proc.pid}" in out
+        assert _port_free(http) and _port_free(grpc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _ready(port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_deploy_serve_refuses_an_engine_and_a_missing_environment(tmp_path, deploy_cli):
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(b"engine")
+    run = deploy_cli("serve", engine, "--triton-env", TRITON_ENV)
+    assert run.exit_code == 2  # no engine.plan.json beside it, and an engine needs the Triton container anyway
+    run = deploy_cli("serve", engine, "--triton-env", tmp_path)
+    assert run.exit_code == 5 and "no tritonserver in the Python environment" in run.one_error_line()

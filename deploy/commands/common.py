@@ -59,6 +59,7 @@ FLAGS = {
     "engine": "--engine", "json_file": "--json-file", "vs": "--vs",
     "name": "--name", "instances": "--instances", "kind": "--kind", "preferred_batch": "--preferred-batch",
     "queue_delay_us": "--queue-delay-us", "ort_tensorrt": "--ort-trt", "port": "--port", "triton_env": "--triton-env",
+    "repository": "--repository",
     "include_copies": "--include-copies", "seed": "--seed", "opset": "--opset", "output_dir": "--output",
 }
 _PARAM = re.compile(r"`([a-z_0-9]+)`")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
+from deploy.core.atomic import deferred_signals
 from deploy.core.errors import BackendUnavailableError
 
 ENV_VAR = "CONVDEPLOY_TRITON_ENV"
@@ -149,16 +150,15 @@ class TritonServer:
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM (Triton's graceful shutdown), then SIGKILL of the whole process group; the exit status."""
-        if self.process.poll() is None:
+        with deferred_signals():  # a second Ctrl-C must not leave the server running
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout)
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # the backend stubs too, whatever became of the server
-        return self.process.wait(timeout)
+                os.killpg(self.process.pid, signal.SIGKILL)  # the backend stubs too, whatever became of the server
+            return self.process.wait(timeout)
 
 
 #: log lines of a model that failed to load (the Python backend may hang after its stub fails, never exiting)
