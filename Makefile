@@ -5,10 +5,22 @@ PY     := $(VENV)/bin/python
 DEPLOY := $(VENV)/bin/deploy
 STAMP  := $(VENV)/.installed-stamp
 OUT    := out
+# The Triton environment of the serving tests: nvidia-pytriton's tritonserver, tritonclient and ONNX
+# Runtime pin numpy<2 and protobuf<7, so they live beside the main venv (docs/serving.md).
+TRITON_VENV  := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: install demo test lint ci ci-gpu docker-test clean
+.PHONY: install triton-env demo test lint ci ci-gpu docker-test clean
 
 install: $(STAMP)
+
+triton-env: $(TRITON_STAMP)
+
+$(TRITON_STAMP): Makefile
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet 'nvidia-pytriton>=0.7,<0.8' 'tritonclient[grpc,http]>=2.50' onnxruntime 'numpy<2'
+	touch $(TRITON_STAMP)
 
 # torch is pinned and installed first so that pip takes the CPU wheel lying on the machine.
 $(STAMP): pyproject.toml
@@ -28,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check deploy exporters validators tests benchmarks
 	$(VENV)/bin/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) $(TRITON_STAMP) lint
 	$(PY) -m pytest -q -n 2
 
 # The parity suite the Docker images run (no $(STAMP): the image installs its own venv).

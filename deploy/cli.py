@@ -48,6 +48,10 @@ COMMANDS: dict[str, CommandEntry] = {
                           "statistics."),
     "build": CommandEntry("deploy.commands.build", "build", "Compile model.onnx into a TensorRT engine (GPU + "
                           "TensorRT 10 or 11 needed; built with polygraphy)."),
+    "triton": CommandEntry("deploy.commands.triton", "triton", "Write a Triton model repository for a checked .onnx "
+                           "or .plan: config.pbtxt + the model, both or neither."),
+    "serve": CommandEntry("deploy.commands.serve", "serve", "Serve a checked .onnx with a local tritonserver (Python "
+                          "backend, ONNX Runtime) until Ctrl-C or SIGTERM."),
     "claims": CommandEntry("deploy.commands.claims", "claims", "Verify the papers' efficiency claims on this machine: "
                            "verdicts in DIR/claims.md (exit 6 if any is refuted)."),
     "zoo": CommandEntry("deploy.commands.zoo", "app", "The model zoo: ResNet-18/34/50/101, CIFAR ResNet-20 and "

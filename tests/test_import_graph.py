@@ -39,7 +39,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtimes", ("validators", "validators.runtimes", "validators.runtimes.*")),
     ("exporters / checks", ("exporters", "exporters.*", "validators.*")),
     ("pipeline", ("deploy.pipeline", "deploy.pipeline.*")),
-    ("bench / evaluate", ("deploy.bench", "deploy.bench.*", "deploy.evaluation", "deploy.evaluation.*")),
+    ("bench / evaluate / serving", ("deploy.bench", "deploy.bench.*", "deploy.evaluation", "deploy.evaluation.*",
+                                    "deploy.serving", "deploy.serving.*")),
     ("quantize", ("deploy.quantize", "deploy.quantize.*")),
     ("claims", ("deploy.claims", "deploy.claims.*")),
     ("CLI / API", ("deploy", "deploy.api", "deploy.cli", "deploy.commands", "deploy.commands.*")),
@@ -52,7 +53,7 @@ LAZY_PROJECT_IMPORTS = (
     ("deploy.commands.bench", "_torch_options", "deploy.bench.torch_model"),
 )
 #: third-party modules a function may import lazily (heavy or optional backends)
-LAZY_OK = ("tensorrt", "polygraphy", "matplotlib", "onnxsim", "torch", "onnxconverter_common")
+LAZY_OK = ("tensorrt", "polygraphy", "matplotlib", "onnxsim", "torch", "onnxconverter_common", "tritonclient")
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:

@@ -80,6 +80,13 @@ def interface(model: onnx.ModelProto) -> tuple[list[TensorInfo], list[TensorInfo
     return inputs, [_value_info(v) for v in model.graph.output]
 
 
+def interface_record(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    """``interface`` as plain data: ``{"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}`` (an engine's
+    record keeps it, so a Triton config can be written from the record alone)."""
+    ins, outs = interface(model)
+    return {"inputs": [asdict(t) for t in ins], "outputs": [asdict(t) for t in outs]}
+
+
 def _known_tensors(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     """Every tensor shape inference can describe, plus the stored tensors (from their declarations)."""
     try:

@@ -43,6 +43,7 @@ from exporters.tensorrt.precision import (
 )
 from exporters.tensorrt.timing_cache import TimingCachePlan, plan_timing_cache, refused_note, save_timing_cache
 from validators.onnx_file import load_onnx, onnx_input
+from validators.onnx_summary import interface_record
 from validators.qdq import has_qdq
 from validators.runtimes.tensorrt_env import (
     ENGINE_FORMAT,
@@ -63,10 +64,18 @@ def onnx_facts(path: str | Path) -> tuple[list[str], str | None]:
     return [o.name for o in model.graph.output], recipe
 
 
+def onnx_io(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """The graph's inputs and outputs (name, dtype, shape; symbolic dims by name): the engine keeps them,
+    and `deploy triton` writes a Triton config from them without TensorRT."""
+    return interface_record(onnx.load(str(path), load_external_data=False))
+
+
 def engine_metadata(opts: BuildOptions, profile: BatchProfile, env: dict[str, Any], onnx_sha256: str,
                     engine_sha256: str, output_names: Sequence[str] = (), build_s: float | None = None,
-                    build: BuildFacts | None = None, preprocess: str | None = None) -> dict[str, Any]:
-    """The engine.plan.json record: what the engine is tied to and how it was built."""
+                    build: BuildFacts | None = None, preprocess: str | None = None,
+                    io: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The engine.plan.json record: what the engine is tied to and how it was built (``io``: its inputs
+    and outputs, ``onnx_io`` of the source)."""
     facts = build or BuildFacts(route=FP32)
     return {
         "format": ENGINE_FORMAT,
@@ -87,6 +96,7 @@ def engine_metadata(opts: BuildOptions, profile: BatchProfile, env: dict[str, An
         "fp16_onnx_check": facts.fp16_check,
         "notes": list(facts.notes),
         "preprocess": preprocess,
+        **({"io": io} if io is not None else {}),
     }
 
 
@@ -207,7 +217,7 @@ def build_engine(opts: BuildOptions) -> dict[str, Any]:
         engine_sha = txn.stage_bytes(opts.engine_path, engine)
         outputs, recipe = onnx_facts(opts.onnx_path)
         meta = engine_metadata(opts, profile, env, sha256_file(opts.onnx_path), engine_sha, outputs, build_s, facts,
-                               recipe)
+                               recipe, onnx_io(opts.onnx_path))
         txn.stage_bytes(metadata_path(opts.engine_path), json_bytes(meta))
         txn.commit()
     return meta

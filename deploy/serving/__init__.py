@@ -1,0 +1,1 @@
+"""Serving: Triton Inference Server model repositories for checked artifacts, and a local server."""
