@@ -9,7 +9,8 @@ Sec. 3.3, CoC's deploy form) means exactly this: the folded graph is a plain CNN
 Params and MACs are computed from the graph itself so they can be compared with the torch
 counts (deploy/models/complexity.py) and between a folded model and its plain twin:
 
-* params: elements of the floating-point initializers / Constant tensors of rank >= 1,
+* params: elements of the floating-point initializers / Constant tensors of rank >= 1 (and the
+  quantized weights a DequantizeLinear reads, not their scales or zero points),
   counted once per consuming node input (seen through Identity aliases); excluded are
   integer/bool tensors (shapes, axes, pads, indices), rank-0 literals (``x * 0.5``,
   epsilons), BatchNormalization running mean/var (inputs 3 and 4: buffers in torch, not
@@ -43,8 +44,8 @@ from typing import Any, Iterator, Sequence
 import onnx
 
 from deploy.core.errors import GraphCheckError
-from validators.macs import RUN_BUDGET, graph_macs
-from validators.qdq import qdq_findings
+from validators.macs import RUN_BUDGET, macs_per_op, node_macs
+from validators.qdq import has_qdq, int8_share, qdq_findings
 from validators.tensorrt_ops import load_tensorrt_ops
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -67,6 +68,7 @@ class GraphReport:
     unsupported_ops: list[dict[str, Any]] = field(default_factory=list)
     dynamic_conv_weights: list[dict[str, str]] = field(default_factory=list)
     qdq_findings: list[str] = field(default_factory=list)
+    int8_mac_share: float | None = None  # a Q/DQ graph: the share of its MACs in nodes that read int8
     einsum_nodes: list[str] = field(default_factory=list)
     trt_restrictions: dict[str, str] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
@@ -135,6 +137,10 @@ def graph_params(model: onnx.ModelProto) -> int:
             while name in producer and producer[name].op_type == "Identity":
                 name = producer[name].input[0]
             t = consts.get(name)
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                if slot == 0 and t is not None and len(t.dims) > 0:
+                    total += math.prod(int(d) for d in t.dims)  # a quantized weight (int8); never its scales
+                continue
             if t is None or t.data_type not in _FLOAT_TYPES or len(t.dims) == 0:
                 continue
             if (node.op_type == "BatchNormalization" and slot in (3, 4)) or (node.op_type == "CastLike" and slot == 1):
@@ -257,8 +263,11 @@ def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None
         reasons.append(f"{len(einsum)} Einsum node(s) {', '.join(_where(*e) for e in einsum_at[:6])}{more}: "
                        "a weight-computing or unfused einsum subgraph")
 
+    share = None
     try:
-        macs, macs_by_op = graph_macs(model, input_shape, run_budget=run_budget)
+        per_node = node_macs(model, input_shape, run_budget=run_budget)
+        macs, macs_by_op = macs_per_op(model, per_node)
+        share = int8_share(model, per_node).fraction if has_qdq(model) else None
     except GraphCheckError as exc:
         macs, macs_by_op = None, {}
         reasons.append(str(exc))
@@ -266,7 +275,7 @@ def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None
     return GraphReport(
         opset=opset, nodes=len(nodes), op_histogram=dict(sorted(hist.items())), params=graph_params(model),
         macs=macs, macs_by_op=macs_by_op, input_shape=shape, custom_domain_nodes=custom,
-        unsupported_ops=unsupported, dynamic_conv_weights=dynamic, qdq_findings=qdq, einsum_nodes=einsum,
+        unsupported_ops=unsupported, dynamic_conv_weights=dynamic, qdq_findings=qdq, int8_mac_share=share, einsum_nodes=einsum,
         trt_restrictions=restrictions,
         tensorrt={"version": table.tensorrt_version, "opsets": [table.opset_min, table.opset_max], "source": table.source},
         reasons=reasons,

@@ -108,12 +108,12 @@ def _shapes_by_running(probe: onnx.ModelProto, fixed: tuple[int, ...]) -> dict[s
     return {n: tuple(v.shape) for n, v in values.items()}
 
 
-def graph_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None, *,
-               run_budget: int | None = RUN_BUDGET) -> tuple[int, dict[str, int]]:
-    """MACs at batch 1 of Conv, Gemm and MatMul nodes, total and per op type (shapes: module docstring)."""
+def node_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None, *,
+              run_budget: int | None = RUN_BUDGET) -> dict[str, int]:
+    """MACs at batch 1 of each Conv, Gemm and MatMul node, by node name (shapes: module docstring)."""
     shapes = _shapes(model, input_shape, run_budget)
-    by_op: Counter[str] = Counter()
-    for node in model.graph.node:
+    macs: dict[str, int] = {}
+    for i, node in enumerate(model.graph.node):
         if node.op_type not in ("Conv", "Gemm", "MatMul"):
             continue
         out, w = shapes.get(node.output[0]), shapes.get(node.input[1])
@@ -128,7 +128,20 @@ def graph_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None,
             k = w[1] if trans_b else w[0]
         else:
             k = a[-1]
-        by_op[node.op_type] += math.prod(out) * int(k)
+        macs[node.name or f"{node.op_type}_{i}"] = math.prod(out) * int(k)
+    return macs
+
+
+def macs_per_op(model: onnx.ModelProto, per_node: dict[str, int]) -> tuple[int, dict[str, int]]:
+    """Total MACs and MACs per op type of ``node_macs``' result."""
+    op_of = {node.name or f"{node.op_type}_{i}": node.op_type for i, node in enumerate(model.graph.node)}
+    by_op: Counter[str] = Counter()
+    for name, macs in per_node.items():
+        by_op[op_of[name]] += macs
     return int(sum(by_op.values())), dict(sorted(by_op.items()))
 
 
+def graph_macs(model: onnx.ModelProto, input_shape: Sequence[int] | None = None, *,
+               run_budget: int | None = RUN_BUDGET) -> tuple[int, dict[str, int]]:
+    """MACs at batch 1 of Conv, Gemm and MatMul nodes, total and per op type (shapes: module docstring)."""
+    return macs_per_op(model, node_macs(model, input_shape, run_budget=run_budget))

@@ -17,6 +17,7 @@ import onnx
 
 from validators.graph import constants
 from validators.macs import declarations_only
+from validators.qdq import has_qdq, node_precisions
 
 #: a list attribute longer than this is shown by its length only
 _MAX_LIST = 16
@@ -44,6 +45,7 @@ class LayerRow:
     outputs: list[TensorInfo]
     attributes: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, list[int]] = field(default_factory=dict)
+    precision: str | None = None  # a Q/DQ graph: "int8" (reads a DequantizeLinear output) or "float"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +122,7 @@ def layer_rows(model: onnx.ModelProto) -> list[LayerRow]:
     """One row per node of the top-level graph, in graph order (subgraphs are shown as attributes)."""
     known = _known_tensors(model)
     stored = constants(model.graph)
+    precision = {p.name: p.precision for p in node_precisions(model)} if has_qdq(model) else {}
     rows = []
     for i, node in enumerate(model.graph.node):
         def info(name: str) -> TensorInfo:
@@ -132,5 +135,6 @@ def layer_rows(model: onnx.ModelProto) -> list[LayerRow]:
             outputs=[info(n) for n in node.output if n],
             attributes={a.name: _attribute(a) for a in node.attribute},
             weights={n: [int(d) for d in stored[n].dims] for n in node.input if n in stored},
+            precision=precision.get(node.name),
         ))
     return rows

@@ -58,7 +58,7 @@ def _print_layers(rows: list[LayerRow]) -> None:
     """polygraphy's ``--show layers attrs weights`` layout: a header line per node, then its tensors."""
     console.print(f"layers ({len(rows)}):", highlight=False)
     for i, row in enumerate(rows):
-        lines = [f"[{i}] {row.op} {row.name}"]
+        lines = [f"[{i}] {row.op} {row.name}" + (f" ({row.precision})" if row.precision else "")]
         data = [t.text() for t in row.inputs if t.name not in row.weights]
         lines.append(f"    in:    {', '.join(data) or '-'}")
         if row.weights:

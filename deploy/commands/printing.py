@@ -90,6 +90,8 @@ def print_graph(graph: GraphReport, coverage: FoldCoverageReport | None = None) 
     console.print(f"  params {graph.params / 1e6:.4f} M, MACs {macs} (from the ONNX graph), "
                   f"TensorRT {graph.tensorrt.get('version')} parser: "
                   + ("all ops supported" if not graph.unsupported_ops else "unsupported ops present"))
+    if graph.int8_mac_share is not None:
+        console.print(f"  INT8 (Q/DQ): {100 * graph.int8_mac_share:.1f} % of the MACs read int8 inputs")
 
 
 def parity_title(parity: ParityReport) -> str:

@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from validators.fold_coverage import check_fold_coverage
 from validators.graph import check_graph
 from validators.qdq import qdq_findings
 
@@ -56,7 +57,13 @@ def test_png_folders_gate_passes_with_symmetric_int8(trained, digits_train_pngs,
     producers = {o: n.op_type for n in proto.graph.node for o in n.output}
     assert all(producers.get(c.input[0]) == "DequantizeLinear" and producers.get(c.input[1]) == "DequantizeLinear"
                for c in convs)
-    assert check_graph(proto).ok  # the graph check takes Q/DQ
+    graph, fp32_graph = check_graph(proto), check_graph(onnx.load(str(onnx_path)))
+    assert graph.ok and graph.int8_mac_share == 1.0 and fp32_graph.int8_mac_share is None  # Q/DQ taken, all MACs int8
+    assert graph.params == fp32_graph.params and graph.macs == fp32_graph.macs  # int8 weights counted, scales not
+    assert check_fold_coverage(proto).clean  # int8 weights behind DequantizeLinear are constants
+    layers = json.loads(deploy_cli("inspect", out, "--layers", "--json").stdout)["layers"]
+    assert {r["precision"] for r in layers if r["op"] == "Conv"} == {"int8"}
+    assert {r["precision"] for r in layers if r["op"] == "Relu"} == {"float"}
     meta_props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta_props["convdeploy.preprocess"])["color"] == "gray"
     assert json.loads(meta_props["convdeploy.quantization"])["target"] == "tensorrt"
