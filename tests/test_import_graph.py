@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("exporters / checks", ("exporters", "exporters.*", "validators.*")),
     ("pipeline", ("deploy.pipeline", "deploy.pipeline.*")),
     ("bench / evaluate", ("deploy.bench", "deploy.bench.*", "deploy.evaluation", "deploy.evaluation.*")),
-    ("claims", ("deploy.claims", "deploy.claims.*")),
+    ("claims / matrix", ("deploy.claims", "deploy.claims.*", "deploy.matrix", "deploy.matrix.*")),
     ("CLI / API", ("deploy", "deploy.api", "deploy.cli", "deploy.commands", "deploy.commands.*")),
 ]
 #: the function-level project imports allowed: (module, function, imported module)

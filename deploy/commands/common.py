@@ -58,6 +58,8 @@ FLAGS = {
     "trust_pickle": "--trust-pickle", "warmup": "--warmup", "workspace": "--workspace", "report": "--report",
     "engine": "--engine", "json_file": "--json-file", "vs": "--vs",
     "include_copies": "--include-copies", "seed": "--seed", "opset": "--opset", "output_dir": "--output",
+    "max_drop": "--max-drop", "formats": "--formats", "margin": "--margin", "calib": "--calib",
+    "eval_batch": "--eval-batch",
 }
 _PARAM = re.compile(r"`([a-z_0-9]+)`")
 
