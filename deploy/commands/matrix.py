@@ -41,8 +41,11 @@ def _print(report: MatrixReport) -> None:
         table.add_column(col, justify="right" if col in ("size", "median ms", "p99 ms", "images/s") else "left")
     for row in report.rows:
         style = _STYLE.get(row.status, "red")
-        table.add_row(*cells(row), style=style)
+        table.add_row(*cells(row, reason=False), style=style)
     console.print(table)
+    for row in report.rows:
+        if row.reason:
+            console.print(f"{row.spec.key}: {row.status}: {row.reason}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"data: {report.data or 'none (give --data for accuracy)'}; parity and ratios are against the "
                   "training form on PyTorch eager (its own ratio is an A/A)", highlight=False, soft_wrap=True)
     for name, path in report.outputs.items():

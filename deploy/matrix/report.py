@@ -66,9 +66,9 @@ def _size(n: Optional[int]) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
-def cells(row: MatrixRow) -> list[str]:
-    """The row's cells, in ``COLUMNS`` order (the status cell carries the reason)."""
-    status = f"{ICONS[row.status]} {row.status}" + (f": {row.reason}" if row.reason else "")
+def cells(row: MatrixRow, reason: bool = True) -> list[str]:
+    """The row's cells, in ``COLUMNS`` order (with ``reason``, the status cell carries it)."""
+    status = f"{ICONS[row.status]} {row.status}" + (f": {row.reason}" if row.reason and reason else "")
     p = row.parity
     parity = "-" if p is None else f"{p.max_abs_err:.2g}" + {True: " ok", False: " FAILED", None: ""}[p.passed]
     acc = "-" if row.accuracy is None else row.accuracy.text()

@@ -133,11 +133,9 @@ def open_row(spec: FormatSpec, ctx: Context) -> tuple[Runtime, Path]:
         rt, _ = load_torch_runtime(ctx.model, opts, (int(size[0]), int(size[1])), ctx.threads)
         return rt, ctx.model
     onnx_path = fp32_onnx(ctx)
-    if spec.precision == "int8":
+    if spec.precision == "int8":  # TensorRT builds its INT8 engine from the same QDQ model
         assert ctx.quantizer is not None and ctx.calib is not None  # formats.availability said so
         onnx_path = ctx.quantizer(onnx_path, ctx.calib, ctx.out_dir / f"{onnx_path.stem}.int8.onnx")
-        if spec.runtime == "onnx":
-            return open_runtime(onnx_path, "onnx", threads=ctx.threads, spin=False), onnx_path
     if spec.runtime == "onnx":
         return open_runtime(onnx_path, "onnx", threads=ctx.threads, spin=False), onnx_path
     engine = ctx.out_dir / f"{ctx.model.stem}.{spec.precision}.plan"
