@@ -52,7 +52,7 @@ def _cell(m: Optional[RatioMeasure]) -> str:
 def _summary(run: ClaimsRun) -> Table:
     shape = "x".join(map(str, run.input_shape))
     table = Table(title=f"deploy claims — {run.date}, {run.backend_text}, input {shape}", show_lines=True)
-    table.add_column("#", no_wrap=True)
+    table.add_column("#", no_wrap=True, min_width=1)
     table.add_column("model", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     for b in run.batches:
