@@ -181,10 +181,15 @@ def _model_doc(rec: ModelRecord) -> dict[str, Any]:
             "parity_detail": rec.parity_detail, **rec.extra}
 
 
+#: which evidence decides which claim
+NOTE_JUDGED = ("Claim 1 is judged on structure (latency agrees, stays undecided or is a machine effect); claim 3 on "
+               "latency (its counts are shown beside the paper's); claims 4 and 5 on the counts the papers claim "
+               "(their latency is reported). Claim 2 has no verdict.")
+
+
 def _notes(settings: ClaimsSettings, backend: str, records: dict[str, ModelRecord], shape: tuple[int, ...]) -> list[str]:
     notes = [
-        "Claims 1 and 3 are judged on latency as well as structure; claims 4 and 5 on the counts the papers claim "
-        "(their latency is reported). Claim 2 has no verdict.",
+        NOTE_JUDGED,
         "Counts held against the papers are at the papers' input 3x224x224 (trainable params with BatchNorm kept; "
         "Conv/Linear MACs at batch 1, `deploy zoo list`); twin comparisons and MAC-ratio floors come from the "
         f"exported graphs at {shape[1]}x{shape[2]}.",
