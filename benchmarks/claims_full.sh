@@ -9,8 +9,11 @@
 # Artifacts (checkpoints, ONNX exports, ~2 GB) go to $WORK (default out/claims-full,
 # git-ignored); claims.md, claims.png and claims.json are copied to $DOCS
 # (default docs/claims).
-# Timing budget (the command's full-size defaults): 15 s per A/B comparison at batch 1
-# and 60 s at batch 64, warm-up included; about 20 minutes in all on 2 cores.
+# Timing budget (the command's full-size defaults): at most 20 s per comparison at batch 1
+# and 120 s at batch 64, warm-up included; each comparison times the model, the baseline and
+# a second baseline session (the A/A control) in rotating rounds and stops early once its
+# corrected interval is decisive; at most about 25 minutes in all on 2 cores. Run it on a
+# quiet machine: on a loaded one the A/A band widens and more comparisons stay undecided.
 # THREADS=1 (default here): ONNX Runtime with 1 intra-op thread and torch with 1 OpenMP
 # thread. On the shared 2-core machine the table was measured on, 2 threads under
 # oversubscription were 3-5x slower and 2x noisier (spinning barriers wait for

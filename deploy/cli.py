@@ -54,6 +54,8 @@ COMMANDS: dict[str, CommandEntry] = {
                           "backend, ONNX Runtime) until Ctrl-C or SIGTERM."),
     "claims": CommandEntry("deploy.commands.claims", "claims", "Verify the papers' efficiency claims on this machine: "
                            "verdicts in DIR/claims.md (exit 6 if any is refuted)."),
+    "matrix": CommandEntry("deploy.commands.matrix", "matrix", "One model in every format this machine can run: "
+                           "status, size, parity, accuracy, latency (exit 3 if a row fails its gate)."),
     "zoo": CommandEntry("deploy.commands.zoo", "app", "The model zoo: ResNet-18/34/50/101, CIFAR ResNet-20 and "
                         "SCNet-50/101 with each paper's layer."),
 }

@@ -13,10 +13,11 @@
 # 3. `deploy claims --quick --backend torch --device cuda`;
 # 4. where `import tensorrt` works (TensorRT 10 or 11, with polygraphy and onnxconverter-common):
 #    a zoo model exported with `--engine` in fp32 and fp16 (build, run, parity against ONNX
-#    Runtime), then `deploy bench` of the engines and of the checkpoint on PyTorch CUDA.
+#    Runtime), then `deploy bench` of the engines and of the checkpoint on PyTorch CUDA;
+#    `deploy matrix` of the zoo model (its CUDA rows, and its TensorRT rows where TensorRT imports).
 #
 # Everything goes to OUT_DIR: gpu-check.log (all output), pytest.xml, claims-torch/ (claims.json,
-# .md, .png), bench-*.json, and summary.json (each step's exit code and seconds, the versions).
+# .md, .png), matrix/ (matrix.md, .json, .png), bench-*.json, and summary.json (each step's exit code and seconds, the versions).
 # Exit code: 0 when every step that ran passed (exit 6 of claims, a refuted claim, counts as ran).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +85,8 @@ step "claims --backend torch --device cuda" 240 \
 WORK="$OUT/trt"
 mkdir -p "$WORK"
 step "zoo create resnet20 (doconv)" 60 "${DEPLOY[@]}" zoo create resnet20 --conv doconv -o "$WORK/r20.pt"
+step "matrix r20.pt (every format)" 300 "${DEPLOY[@]}" matrix "$WORK/r20.pt" --exporter torchscript --duration 1 \
+    --samples 4 -o "$OUT/matrix"
 step "bench r20.pt on torch cuda (CUDA graph)" 60 "${DEPLOY[@]}" bench "$WORK/r20.pt" --backend torch --device cuda \
     --cuda-graph --batch 8 --iters 200 --json-file "$OUT/bench-torch-cuda.json"
 if [[ $TRT == yes* ]]; then

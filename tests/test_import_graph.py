@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("bench / evaluate / serving", ("deploy.bench", "deploy.bench.*", "deploy.evaluation", "deploy.evaluation.*",
                                     "deploy.serving", "deploy.serving.*")),
     ("quantize", ("deploy.quantize", "deploy.quantize.*")),
-    ("claims", ("deploy.claims", "deploy.claims.*")),
+    ("claims / matrix", ("deploy.claims", "deploy.claims.*", "deploy.matrix", "deploy.matrix.*")),
     ("CLI / API", ("deploy", "deploy.api", "deploy.cli", "deploy.commands", "deploy.commands.*")),
 ]
 #: the function-level project imports allowed: (module, function, imported module)

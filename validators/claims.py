@@ -8,18 +8,22 @@ parts into a verdict:
 * ``confirmed``    every decisive part passed;
 * ``refuted``      a decisive part failed (the reason names it: twin structure, parity,
                    graph check, a latency interval, a count outside its range);
-* ``inconclusive`` nothing failed but a latency interval straddles its band's edge while
-                   the timing noise (coefficient of variation) is above the limit or the
-                   ratio itself is inside the band, or a decisive measurement could not be
-                   taken (the reason says which);
+* ``inconclusive`` nothing failed but a decisive part could not decide: a latency
+                   comparison still undecided when its budget ended, or a measurement that
+                   could not be taken (the reason says which);
 * ``reported``     a claim with no verdict (numbers shown for contrast only).
 
-Latency verdicts stand on interleaved A/B runs (validators/latency.py): the 95 % bootstrap
-interval of the ratio of medians either lies inside the band (pass), lies wholly outside
-it (fail), or overlaps an edge: fail when CoV <= limit and the ratio of medians itself lies
-outside the band (the effect is measured and too large or too small); inconclusive when
-CoV > limit (the machine was too noisy to tell) or when the ratio lies inside the band (too
-few runs to tell: a wide interval around an agreeing ratio refutes nothing).
+Latency stands on A/A-controlled, sequential comparisons (validators/sequential.py): the A/B
+ratio's interval, corrected by the A/A noise band (the baseline timed against itself in the
+same rounds, widened by a stated margin), lies inside the band (pass), wholly outside it (fail)
+or across an edge when the budget ended (inconclusive). A ratio is never judged against a fixed
+band alone: a measurement without its A/A control judges nothing.
+
+**Structure first.** Where a claim is structural — the candidate's graph equals its twin's op for
+op, params and MACs — the structure decides. Latency can then only agree (pass), be undecided
+(information), or disagree beyond the A/A band, which is reported as a *machine effect* worth
+investigating (with what was checked: subnormal float32 weights, drift between the first and
+the second half of the rounds), never as a refutation of two identical graphs.
 """
 
 from __future__ import annotations
@@ -27,9 +31,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
 from validators.graph import compare_reports
+from validators.sequential import FAIL as SEQ_FAIL
+from validators.sequential import MARGIN, NoiseBand, corrected, decide
+from validators.sequential import PASS as SEQ_PASS
 
 PASS, FAIL, INCONCLUSIVE, INFO = "pass", "fail", "inconclusive", "info"
+MACHINE = "machine effect"  # identical graphs timed apart beyond the A/A band: never decides
 CONFIRMED, REFUTED, REPORTED = "confirmed", "refuted", "reported"
 COV_LIMIT = 0.05  # docs/architecture.md: warn above 5 %
 
@@ -62,7 +74,7 @@ class ClaimResult:
 
 @dataclass
 class RatioMeasure:
-    """An interleaved A/B latency comparison reduced to what a verdict needs."""
+    """An A/A-controlled A/B latency comparison reduced to what a verdict needs."""
 
     batch: int
     ratio: float
@@ -73,19 +85,46 @@ class RatioMeasure:
     pairs: int
     median_a_ms: float
     median_b_ms: float
+    aa_ratio: Optional[float] = None  # the baseline against itself (None: no control was timed)
+    aa_low: Optional[float] = None
+    aa_high: Optional[float] = None
+    margin: float = MARGIN
+    stopped: str = "budget"  # decisive | budget
+    first_half: Optional[float] = None  # the A/B ratio over the first and second half of the rounds
+    second_half: Optional[float] = None
 
     @property
     def cov(self) -> float:
         return max(self.cov_a, self.cov_b)
 
+    @property
+    def noise(self) -> Optional[NoiseBand]:
+        if self.aa_ratio is None or self.aa_low is None or self.aa_high is None:
+            return None
+        return NoiseBand(self.aa_ratio, self.aa_low, self.aa_high, self.margin)
+
     @classmethod
-    def from_ab(cls, ab: Any) -> "RatioMeasure":
-        """From a ``validators.latency.ABResult``."""
+    def from_controlled(cls, cr: Any) -> "RatioMeasure":
+        """From a ``validators.sequential.ControlledResult``."""
+        ab, noise = cr.ab, cr.noise
+        first, second = cr.half_ratios()
         return cls(batch=ab.a.batch, ratio=ab.ratio, ci_low=ab.ci_low, ci_high=ab.ci_high, cov_a=ab.a.cov,
-                   cov_b=ab.b.cov, pairs=ab.a.n, median_a_ms=ab.a.median_ms, median_b_ms=ab.b.median_ms)
+                   cov_b=ab.b.cov, pairs=ab.a.n, median_a_ms=ab.a.median_ms, median_b_ms=ab.b.median_ms,
+                   aa_ratio=noise.ratio, aa_low=noise.ci_low, aa_high=noise.ci_high, margin=noise.margin,
+                   stopped=cr.stopped, first_half=first, second_half=second)
 
     def text(self) -> str:
         return f"{self.ratio:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
+
+    def aa_text(self) -> str:
+        """The A/A control and its band, or that there was none."""
+        n = self.noise
+        if n is None:
+            return "no A/A control"
+        return f"A/A {n.ratio:.3f} [{n.ci_low:.3f}, {n.ci_high:.3f}], band {n.text()} (±{100 * n.margin:g} %)"
+
+    def pairs_text(self) -> str:
+        return f"{self.pairs} pairs" + (", stopped when decisive" if self.stopped == "decisive" else "")
 
 
 # ---------------------------------------------------------------- parts
@@ -121,35 +160,89 @@ def _band_text(band: tuple[float, float]) -> str:
     return f"({lo:g}, {hi:g})" if lo <= 0 else f"[{lo:g}, {hi:g}]"
 
 
-def interval_status(m: RatioMeasure, band: tuple[float, float], cov_limit: float = COV_LIMIT) -> tuple[str, str]:
-    """(status, why) of a ratio interval against ``band`` (see module docstring)."""
-    lo, hi = band
-    b, cov = _band_text(band), f"CoV {100 * m.cov:.1f} %"
-    if lo <= m.ci_low and m.ci_high <= hi:
-        return PASS, f"inside {b} ({cov})"
-    if m.ci_high < lo or m.ci_low > hi:
-        return FAIL, f"wholly outside {b} ({cov})"
-    if m.cov > cov_limit:
-        return INCONCLUSIVE, f"crosses an edge of {b} at {cov} > {100 * cov_limit:.0f} %: too noisy to tell"
-    if lo <= m.ratio <= hi:
-        return INCONCLUSIVE, (f"crosses an edge of {b} with the ratio itself inside it ({cov}, {m.pairs} pairs): "
-                              "too few runs to tell; give it more time")
-    return FAIL, f"not inside {b}, the ratio itself outside it, at {cov} <= {100 * cov_limit:.0f} %: the difference is real"
+def interval_status(m: RatioMeasure, band: tuple[float, float]) -> tuple[str, str]:
+    """(status, why) of a ratio against ``band``, corrected by its A/A control (module docstring)."""
+    b, noise = _band_text(band), m.noise
+    if noise is None:
+        return INCONCLUSIVE, f"not judged against {b}: no A/A control was timed beside it"
+    c_lo, c_hi = corrected(m.ci_low, m.ci_high, noise)
+    ctext = f"corrected by the A/A band {noise.text()} to [{c_lo:.3f}, {c_hi:.3f}]"
+    status = decide(m.ci_low, m.ci_high, noise, band)
+    if status == SEQ_PASS:
+        return PASS, f"{ctext}, inside {b}"
+    if status == SEQ_FAIL:
+        return FAIL, f"{ctext}, wholly outside {b}"
+    return INCONCLUSIVE, f"{ctext}, across an edge of {b} when the budget ended: give it more time"
 
 
-def latency_part(m: Optional[RatioMeasure], band: Optional[tuple[float, float]], cov_limit: float = COV_LIMIT, *,
-                 missing: str = "not measured", decisive: bool = True) -> Part:
+def _latency_detail(m: RatioMeasure, why: str) -> str:
+    noisy = " (noisy)" if m.cov > COV_LIMIT else ""
+    return f"ratio {m.text()} {why}; {m.aa_text()}; CoV {100 * m.cov:.1f} %{noisy}; {m.pairs_text()}"
+
+
+def latency_part(m: Optional[RatioMeasure], band: Optional[tuple[float, float]], *, missing: str = "not measured",
+                 decisive: bool = True) -> Part:
     """The A/B ratio at one batch judged against ``band`` (None or ``decisive=False``: reported only)."""
     if m is None:
         return Part("latency", INCONCLUSIVE if decisive and band else INFO, missing)
     name = f"latency batch {m.batch}"
     data = asdict(m)
     if band is None or not decisive:
-        noisy = " (noisy)" if m.cov > cov_limit else ""
-        return Part(name, INFO, f"ratio {m.text()}, CoV {100 * m.cov:.1f} %{noisy}, {m.pairs} pairs", data)
-    status, why = interval_status(m, band, cov_limit)
-    data.update(band=list(band), cov_limit=cov_limit)
-    return Part(name, status, f"ratio {m.text()} {why}, {m.pairs} pairs", data)
+        noise = m.noise
+        if noise is None:
+            return Part(name, INFO, _latency_detail(m, ""), data)
+        differs = decide(m.ci_low, m.ci_high, noise, None) == SEQ_FAIL
+        return Part(name, INFO, _latency_detail(m, "differs from 1 beyond the A/A band" if differs
+                                                else "within the A/A band of 1"), data)
+    status, why = interval_status(m, band)
+    data.update(band=list(band))
+    return Part(name, status, _latency_detail(m, why), data)
+
+
+@dataclass(frozen=True)
+class MachineProbes:
+    """What was checked when identical graphs time apart: subnormal float32 weights of each."""
+
+    subnormal_candidate: Optional[int] = None
+    subnormal_twin: Optional[int] = None
+
+    def text(self) -> str:
+        if self.subnormal_candidate is None or self.subnormal_twin is None:
+            return "subnormal weights not counted"
+        cause = ("the candidate has more: denormal arithmetic is slow on many CPUs" if
+                 self.subnormal_candidate > self.subnormal_twin else "not the cause")
+        return f"subnormal float32 weights {self.subnormal_candidate:,} vs the twin's {self.subnormal_twin:,} ({cause})"
+
+
+def count_subnormals(model: onnx.ModelProto) -> int:
+    """Nonzero float32 initializer values below float32's smallest normal (denormals)."""
+    tiny = np.finfo(np.float32).tiny
+    count = 0
+    for init in model.graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        arr = numpy_helper.to_array(init)
+        count += int(np.count_nonzero((arr != 0) & (np.abs(arr) < tiny)))
+    return count
+
+
+def structural_latency_part(m: Optional[RatioMeasure], band: tuple[float, float], probes: MachineProbes, *,
+                            missing: str = "not measured") -> Part:
+    """Latency beside a structure that decided: agree (pass), undecided (info), or a machine effect."""
+    if m is None:
+        return Part("latency", INFO, f"{missing}; the structure decides")
+    part = latency_part(m, band)
+    if part.status == PASS:
+        return Part(part.name, PASS, "agrees: " + part.detail, part.data)
+    if part.status == FAIL:
+        halves = ""
+        if m.first_half is not None and m.second_half is not None:
+            halves = (f"; ratio {m.first_half:.3f} over the first half of the rounds, {m.second_half:.3f} over the "
+                      "second (a difference means drift or caches still warming)")
+        detail = (f"identical graphs timed apart: {part.detail}. A machine effect worth investigating, not a cost of "
+                  f"the model: {probes.text()}{halves}")
+        return Part(part.name, MACHINE, detail, {**part.data, **asdict(probes)})
+    return Part(part.name, INFO, part.detail + "; the structure decides", part.data)
 
 
 def range_part(name: str, value: float, lo: float, hi: float, detail: str, *, decisive: bool = True,
@@ -179,7 +272,8 @@ def verdict_from(parts: Iterable[Part]) -> tuple[str, str]:
     decisive = [p for p in parts if p.status == PASS]
     if not decisive:
         return INCONCLUSIVE, "nothing decisive was measured"
-    return CONFIRMED, "; ".join(f"{p.name}: {p.detail}" for p in decisive)
+    shown = decisive + [p for p in parts if p.status == MACHINE]
+    return CONFIRMED, "; ".join(f"{p.name}: {p.detail}" for p in shown)
 
 
 def make_claim(claim: str, title: str, subject: str, parts: list[Part], summary: str = "") -> ClaimResult:
@@ -194,14 +288,19 @@ def reported_claim(claim: str, title: str, subject: str, parts: list[Part], summ
     return ClaimResult(claim, title, subject, REPORTED, reason, shown, summary)
 
 
+_LATENCY_WORD = {PASS: "agrees", INFO: "undecided", MACHINE: "machine effect (see its part)"}
+
+
 def zero_overhead_claim(claim: str, title: str, subject: str, candidate: Any, twin: Any, *,
                         parity_passed: Optional[bool], parity_detail: str, graph_reasons: Sequence[str],
                         latencies: Sequence[Optional[RatioMeasure]], band: tuple[float, float],
-                        cov_limit: float = COV_LIMIT, missing: str = "not measured",
-                        twin_name: str = "plain twin") -> ClaimResult:
-    """A folded model is its twin: same graph numbers, parity, latency ratio inside ``band``.
+                        missing: str = "not measured", twin_name: str = "plain twin",
+                        probes: Optional[MachineProbes] = None) -> ClaimResult:
+    """A folded model is its twin: same graph numbers, graph check, parity; latency inside ``band``.
 
-    ``candidate``/``twin`` are ``GraphReport``s (None when the export did not happen).
+    ``candidate``/``twin`` are ``GraphReport``s (None when the export did not happen). Structure
+    first: when the graphs are equal op for op, the structure decides and latency can only agree
+    or be reported (``structural_latency_part``); otherwise latency is judged as any ratio.
     """
     parts = []
     if candidate is None or twin is None:
@@ -210,14 +309,20 @@ def zero_overhead_claim(claim: str, title: str, subject: str, candidate: Any, tw
         parts.append(twin_part(candidate, twin, twin_name))
         parts.append(graph_part(graph_reasons))
     parts.append(parity_part(parity_passed, parity_detail))
-    parts.extend(latency_part(m, band, cov_limit, missing=missing) for m in (latencies or [None]))
+    structural = parts[0].status == PASS
+    if structural:
+        lat = [structural_latency_part(m, band, probes or MachineProbes(), missing=missing)
+               for m in (latencies or [None])]
+    else:
+        lat = [latency_part(m, band, missing=missing) for m in (latencies or [None])]
+    parts.extend(lat)
     summary = ""
-    if candidate is not None and twin is not None and not compare_reports(candidate, twin):
+    if structural:
+        said = "; ".join(f"{p.name} {_LATENCY_WORD.get(p.status, p.status)}" for p in lat)
         summary = (f"graph = {twin_name} (params {candidate.params:,}, MACs {candidate.macs:,}, "
-                   f"{sum(candidate.op_histogram.values())} ops); parity {'ok' if parity_passed else 'FAILED'}; "
-                   f"every latency interval inside {_band_text(band)}")
+                   f"{sum(candidate.op_histogram.values())} ops): the structure decides; parity "
+                   f"{'ok' if parity_passed else 'FAILED'}; {said}")
     return make_claim(claim, title, subject, parts, summary)
-
 
 
 def exit_code_for(claims: Iterable[ClaimResult]) -> int:

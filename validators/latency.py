@@ -32,7 +32,7 @@ AUTO_ITERS = 100
 AUTO_DURATION_S = 30.0
 
 
-def _timer(runtime: Any) -> tuple[Callable[[np.ndarray], float], str]:
+def timer(runtime: Any) -> tuple[Callable[[np.ndarray], float], str]:
     """Return (one_run -> milliseconds, clock name) for ``runtime``."""
     own = getattr(runtime, "timed_run", None)
     if callable(own):
@@ -165,7 +165,7 @@ class LatencyStats:
         return fresh
 
 
-class _Budget:
+class Budget:
     """Stop rule: a run count, a time budget, or both (whichever comes first)."""
 
     def __init__(self, iters: int | None, duration: float | None, started_ns: int):
@@ -194,7 +194,7 @@ class _Budget:
         return float(n_done) if self.iters is not None else min(self.elapsed_s(), float(self.duration or 0.0))
 
 
-def _warm(steps: Sequence[Callable[[], float]], warm: Warmup, deadline_s: float | None, started_ns: int) -> int:
+def warm_up(steps: Sequence[Callable[[], float]], warm: Warmup, deadline_s: float | None, started_ns: int) -> int:
     """Run every step in turn during warm-up; return warm-up rounds done (at least one)."""
     done = 0
     while True:
@@ -222,11 +222,11 @@ def benchmark(runtime: Runtime, x: np.ndarray, warmup: Warmup | int | float | st
     least 3 timed runs always happen. With neither, up to 100 runs or 30 s.
     """
     warm = Warmup.parse(warmup)
-    one, clock = _timer(runtime)
+    one, clock = timer(runtime)
     batch = int(x.shape[0])
     t0 = time.perf_counter_ns()
-    done_warm = _warm([lambda: one(x)], warm, duration, t0) if (warm.runs or warm.seconds) else 0
-    budget = _Budget(iters, duration, t0)
+    done_warm = warm_up([lambda: one(x)], warm, duration, t0) if (warm.runs or warm.seconds) else 0
+    budget = Budget(iters, duration, t0)
     samples: list[float] = []
     total, unit = budget.progress_total()
     progress.task(f"{description} ({unit})", total)
@@ -304,13 +304,13 @@ def interleaved(a: Runtime, b: Runtime, x: np.ndarray, warmup: Warmup | int | fl
     artifacts need different input shapes (default: the very same array).
     """
     warm = Warmup.parse(warmup)
-    one_a, clock_a = _timer(a)
-    one_b, clock_b = _timer(b)
+    one_a, clock_a = timer(a)
+    one_b, clock_b = timer(b)
     xb = x if x_b is None else x_b
     t0 = time.perf_counter_ns()
-    done_warm = (_warm([lambda: one_a(x), lambda: one_b(xb)], warm, duration, t0)
+    done_warm = (warm_up([lambda: one_a(x), lambda: one_b(xb)], warm, duration, t0)
                  if (warm.runs or warm.seconds) else 0)
-    budget = _Budget(iters, duration, t0)
+    budget = Budget(iters, duration, t0)
     sa: list[float] = []
     sb: list[float] = []
     total, unit = budget.progress_total()

@@ -27,6 +27,7 @@ from deploy.layers.registry import ConvKind, baseline_kind, conv_kind, conv_kind
 from deploy.models.zoo import paper_target
 from validators.claims import (
     ClaimResult,
+    MachineProbes,
     Part,
     RatioMeasure,
     graph_part,
@@ -74,6 +75,11 @@ class MatrixEntry:
     def checkpoint_stem(self) -> str:
         """Folded and unfolded exports of one model share its checkpoint."""
         return self.stem.removesuffix("-unfolded")
+
+    @property
+    def band(self) -> tuple[float, float] | None:
+        """The band its latency ratio is judged against (None: the ratio is only reported)."""
+        return {ClaimCheck.ZERO_OVERHEAD: ZERO_OVERHEAD_BAND, ClaimCheck.FASTER: FASTER_BAND}.get(self.check)
 
     @property
     def facts(self) -> ClaimFacts:
@@ -176,7 +182,6 @@ class Context:
     base: ModelRecord
     latency: Latency
     batches: list[int]
-    cov_limit: float
 
     def measures(self, rec: ModelRecord) -> list[RatioMeasure | None]:
         return [self.latency.get((rec.entry.key, b)) for b in self.batches]
@@ -219,7 +224,8 @@ def _zero_overhead(rec: ModelRecord, ctx: Context) -> ClaimResult:
         _NUMBER[ClaimCheck.ZERO_OVERHEAD], ClaimCheck.ZERO_OVERHEAD.value, rec.entry.label, rec.graph, ctx.base.graph,
         parity_passed=rec.parity_passed, parity_detail=rec.parity_detail or rec.missing,
         graph_reasons=rec.graph.reasons if rec.graph else [], latencies=ctx.measures(rec), band=ZERO_OVERHEAD_BAND,
-        cov_limit=ctx.cov_limit, missing=rec.missing)
+        missing=rec.missing, probes=MachineProbes(rec.extra.get("subnormal_weights"),
+                                                  ctx.base.extra.get("subnormal_weights")))
 
 
 def _unfolded_contrast(rec: ModelRecord, ctx: Context) -> ClaimResult:
@@ -269,7 +275,7 @@ def _faster(rec: ModelRecord, ctx: Context) -> ClaimResult:
     ms = fig["gpu_ms"]
     parts.append(info_part("reference ratios", f"paper GPU ratio {ratio:.3f} ({ms[rec.entry.variant]}/{ms['baseline']} ms, "
                            f"{fig['gpu_note']}); MAC-ratio floor {floor_text}", paper_ratio=ratio, mac_floor=floor))
-    parts.extend(latency_part(m, FASTER_BAND, ctx.cov_limit, missing=rec.missing) for m in ctx.measures(rec))
+    parts.extend(latency_part(m, FASTER_BAND, missing=rec.missing) for m in ctx.measures(rec))
     summary.append(f"paper GPU ratio {ratio:.3f}, MAC floor {floor_text}")
     return make_claim(_NUMBER[ClaimCheck.FASTER], facts.title, rec.entry.label, parts, "; ".join(summary))
 
@@ -314,9 +320,9 @@ CHECKS: dict[ClaimCheck, Callable[[ModelRecord, Context], ClaimResult]] = {
 }
 
 
-def evaluate(records: dict[str, ModelRecord], latency: Latency, batches: list[int], cov_limit: float) -> list[ClaimResult]:
+def evaluate(records: dict[str, ModelRecord], latency: Latency, batches: list[int]) -> list[ClaimResult]:
     """Every claim the selected matrix entries can speak to, in claim order."""
-    ctx = Context(records[baseline_entry().key], latency, batches, cov_limit)
+    ctx = Context(records[baseline_entry().key], latency, batches)
     out = [CHECKS[rec.entry.check](rec, ctx) for rec in records.values() if rec.entry.check in CHECKS]
     return sorted(out, key=lambda c: int(c.claim))
 

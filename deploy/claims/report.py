@@ -24,8 +24,15 @@ def _short(text: str, limit: int = 220) -> str:
 
 
 def _cell(row: dict[str, Any], batch: int) -> str:
+    """The ratio with its interval, the A/A band it was judged beside, and the pairs it took."""
     m = row["by_batch"].get(str(batch))
-    return "-" if m is None else f"{m['ratio']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+    if m is None:
+        return "-"
+    text = f"{m['ratio']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+    if m.get("aa_low") is not None:
+        margin = m.get("margin", 0.0)
+        text += f"<br>A/A [{m['aa_low'] - margin:.3f}, {m['aa_high'] + margin:.3f}]"
+    return text + f"<br>{m['pairs']} pairs"
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
@@ -41,7 +48,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines = [f"# {doc.get('title', 'Claims')}", "",
              f"Measured {doc['date']} on {doc['device_text']} with {doc['backend']['text']}; input {shape}, "
              f"batches {', '.join(map(str, batches))}{' (quick mode)' if s.get('quick') else ''}. "
-             f"Ratios are latency / baseline (median of interleaved A/B runs, 95 % bootstrap interval).", "",
+             f"Ratios are latency / baseline (median of interleaved rounds, 95 % bootstrap interval), each beside its "
+             f"A/A band (the baseline against itself in the same rounds, widened by "
+             f"{100 * s.get('aa_margin', 0.01):g} %) and the pairs it took.", "",
              "| # | claim | model | verdict | " + " | ".join(f"ratio b={b}" for b in batches) + " | why |",
              "|---" * (5 + len(batches)) + "|"]
     by_label = {r["label"]: r for r in doc.get("latency_rows", [])}
@@ -112,6 +121,10 @@ def write_claims_png(path: str | Path, doc: dict[str, Any]) -> Path:
             if m is not None:
                 ax.errorbar(m["ratio"], y, xerr=[[m["ratio"] - m["ci_low"]], [m["ci_high"] - m["ratio"]]],
                             fmt="o", color="tab:blue", capsize=3, label="measured (95 % CI)" if y == 0 else None)
+                if m.get("aa_low") is not None:
+                    lo, hi = m["aa_low"] - m.get("margin", 0.0), m["aa_high"] + m.get("margin", 0.0)
+                    ax.plot([lo, hi], [y + 0.25, y + 0.25], color="grey", lw=3, alpha=0.6,
+                            label="A/A band" if y == 0 else None)
             for k, name in enumerate(names):
                 if name in r.get("marks", {}):
                     ax.plot(r["marks"][name], y, symbols[k % len(symbols)], color=f"C{k + 1}", ms=7,

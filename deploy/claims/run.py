@@ -4,7 +4,8 @@ Every model of the matrix (deploy/claims/matrix.py) gets a checkpoint with seede
 weights and non-trivial BatchNorm statistics (what `deploy zoo create` writes), goes
 through the export pipeline (deploy/pipeline.run_export: fold, ONNX, onnxsim, graph
 checks, parity), and is timed against the plain ResNet-50 export with interleaved A/B
-runs (validators/latency.interleaved) on the chosen backend: ONNX Runtime or TensorRT on the
+runs with an A/A control, sampled until decisive (validators/sequential.controlled), on the chosen
+backend: ONNX Runtime or TensorRT on the
 exports, or PyTorch on the checkpoints themselves (deploy/torch_bench: folded where the
 entry folds, the training form where it does not). The verdicts come from
 validators/claims.py; claims.json, claims.md and claims.png are written atomically.
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 
@@ -49,10 +52,10 @@ from deploy.pipeline.options import ExportOptions
 from deploy.version import __version__
 from exporters.tensorrt.build import build_engine, engine_builder_available
 from exporters.tensorrt.options import validate_build_options
-from validators.claims import RatioMeasure, exit_code_for, tally
-from validators.latency import interleaved
+from validators.claims import ClaimResult, RatioMeasure, count_subnormals, exit_code_for, tally
 from validators.runtimes.base import Runtime
 from validators.runtimes.tensorrt_env import running_environment
+from validators.sequential import controlled
 
 
 @contextlib.contextmanager
@@ -81,9 +84,11 @@ def resolve_backend(name: str, device: str = "cpu") -> tuple[str, str]:
     return "ort", f"ONNX Runtime {onnxruntime.__version__} CPU"
 
 
-def claim_runtime(rec: ModelRecord, backend: str, settings: ClaimsSettings, max_batch: int) -> Runtime:
-    """The record's export on ONNX Runtime or as a TensorRT engine (built here, profile 1..max_batch), or
-    its checkpoint on PyTorch (folded when the entry folds), opened by ``deploy.bench.runtime``."""
+def claim_runtime(rec: ModelRecord, backend: str, settings: ClaimsSettings, max_batch: int,
+                  build: bool = True) -> Runtime:
+    """The record's export on ONNX Runtime or as a TensorRT engine (built here unless ``build`` is False,
+    profile 1..max_batch), or its checkpoint on PyTorch (folded when the entry folds), opened by
+    ``deploy.bench.runtime``."""
     onnx_path = Path(rec.extra["onnx"])
     if backend == "torch":
         opts = TorchBenchOptions(device=settings.device, fold=rec.entry.fold, seed=settings.seed)
@@ -91,7 +96,8 @@ def claim_runtime(rec: ModelRecord, backend: str, settings: ClaimsSettings, max_
     if backend == "ort":  # sessions take turns: no spinning
         return open_runtime(onnx_path, "onnx", threads=settings.threads, spin=False)
     engine = onnx_path.with_suffix(".plan")
-    build_engine(validate_build_options(onnx_path, engine, min_batch=1, opt_batch=max_batch, max_batch=max_batch))
+    if build:
+        build_engine(validate_build_options(onnx_path, engine, min_batch=1, opt_batch=max_batch, max_batch=max_batch))
     return open_runtime(engine, "engine")
 
 
@@ -125,12 +131,13 @@ def export_entry(entry: MatrixEntry, ckpt: Path, out_dir: Path, settings: Claims
     rec.parity_detail = "; ".join(outcome.parity.summary().splitlines())
     fold = outcome.report.fold.to_dict() if outcome.report.fold else {}
     rec.extra.update(onnx=str(outcome.onnx_path), onnx_sha256=sha256_file(outcome.onnx_path),
-                     export_seconds=time.perf_counter() - start, fold=fold, report=str(outcome.report_path))
+                     export_seconds=time.perf_counter() - start, fold=fold, report=str(outcome.report_path),
+                     subnormal_weights=count_subnormals(onnx.load(str(outcome.onnx_path))))
 
 
 def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, backend: str, input_shape: tuple[int, ...],
                  progress: Progress) -> tuple[dict[tuple[str, int], RatioMeasure], list[dict[str, Any]]]:
-    """Interleaved A/B of every exported model against the baseline, at every batch."""
+    """Every exported model against the baseline, at every batch: A/A-controlled, sequential rounds."""
     batches = settings.batch_list()
     baseline = baseline_entry()
     base = records[baseline.key]
@@ -139,6 +146,7 @@ def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, back
     start = time.perf_counter()
     base_rt = claim_runtime(base, backend, settings, max(batches))
     base.extra["session_load_s"] = time.perf_counter() - start
+    base_twin = claim_runtime(base, backend, settings, max(batches), build=False)  # the A/A control's B'
     inputs = {b: np.random.default_rng(settings.seed).standard_normal((b, *input_shape)).astype(np.float32)
               for b in batches}
     measures: dict[tuple[str, int], RatioMeasure] = {}
@@ -150,14 +158,15 @@ def time_entries(records: dict[str, ModelRecord], settings: ClaimsSettings, back
         rec.extra["session_load_s"] = time.perf_counter() - start
         for b in batches:
             budget = settings.seconds_for(b)
-            progress.update(text=f"timing {rec.entry.label} vs {baseline.label}, batch {b} (~{budget:.0f} s)")
+            progress.update(text=f"timing {rec.entry.label} vs {baseline.label} and its A/A, batch {b} "
+                                 f"(<= {budget:.0f} s)")
             with _elapsed(progress, budget):
-                ab = interleaved(rt, base_rt, inputs[b], warmup=warmup, iters=settings.iters, duration=budget,
-                                 seed=settings.seed)
-            m = RatioMeasure.from_ab(ab)
+                cr = controlled(rt, base_rt, inputs[b], twin=base_twin, band=rec.entry.band, warmup=warmup,
+                                iters=settings.iters, duration=budget, margin=settings.margin, seed=settings.seed)
+            m = RatioMeasure.from_controlled(cr)
             measures[(rec.entry.key, b)] = m
-            raw.append({"model": rec.entry.key, "baseline": baseline.key, "batch": b, **ab.to_dict()})
-            progress.log(f"{rec.entry.label}, batch {b}: ratio {m.text()}, CoV {100 * m.cov:.1f} %, {m.pairs} pairs")
+            raw.append({"model": rec.entry.key, "baseline": baseline.key, "batch": b, **cr.to_dict()})
+            progress.log(f"{rec.entry.label}, batch {b}: ratio {m.text()}, {m.aa_text()}, {m.pairs_text()}")
         del rt
     return measures, raw
 
@@ -172,16 +181,26 @@ def _model_doc(rec: ModelRecord) -> dict[str, Any]:
             "parity_detail": rec.parity_detail, **rec.extra}
 
 
+#: which evidence decides which claim
+NOTE_JUDGED = ("Claim 1 is judged on structure (latency agrees, stays undecided or is a machine effect); claim 3 on "
+               "latency (its counts are shown beside the paper's); claims 4 and 5 on the counts the papers claim "
+               "(their latency is reported). Claim 2 has no verdict.")
+
+
 def _notes(settings: ClaimsSettings, backend: str, records: dict[str, ModelRecord], shape: tuple[int, ...]) -> list[str]:
     notes = [
-        "Claims 1 and 3 are judged on latency as well as structure; claims 4 and 5 on the counts the papers claim "
-        "(their latency is reported). Claim 2 has no verdict.",
+        NOTE_JUDGED,
         "Counts held against the papers are at the papers' input 3x224x224 (trainable params with BatchNorm kept; "
         "Conv/Linear MACs at batch 1, `deploy zoo list`); twin comparisons and MAC-ratio floors come from the "
         f"exported graphs at {shape[1]}x{shape[2]}.",
-        f"A latency interval inside its band passes; wholly outside fails; across an edge it fails when the "
-        f"coefficient of variation is <= {100 * settings.cov_limit:.0f} % and the ratio itself is outside the band, "
-        "and is inconclusive otherwise (too noisy, or too few runs to tell).",
+        "Every comparison times the baseline against a second instance of itself in the same rotating rounds "
+        f"(the A/A control). Its interval widened by {100 * settings.margin:g} % on each side is the noise band; the "
+        "A/B interval divided by it is the corrected interval, judged against the claim's band: inside passes, "
+        "wholly outside fails, across an edge when the budget ends is inconclusive. Rounds are added until the "
+        "corrected interval is decisive or the budget ends; the pairs each verdict took are shown.",
+        "Structure first: where the folded graph equals its plain twin op for op (claim 1), the structure decides; "
+        "latency can agree, stay undecided, or be reported as a machine effect (with the subnormal-weight count and "
+        "the drift between the halves of the rounds), never refute two identical graphs.",
     ]
     if backend == "torch":
         notes.append("PyTorch runs each checkpoint as the entry says: folded models in their deploy form, unfolded "
@@ -264,7 +283,7 @@ def _settings_doc(settings: ClaimsSettings, input_shape: tuple[int, ...], entrie
     batches = settings.batch_list()
     d = settings.defaults()
     return {"quick": settings.quick, "input_shape": list(input_shape), "batches": batches,
-            "band": list(ZERO_OVERHEAD_BAND), "faster_band": list(FASTER_BAND), "cov_limit": settings.cov_limit,
+            "band": list(ZERO_OVERHEAD_BAND), "faster_band": list(FASTER_BAND), "aa_margin": settings.margin,
             "parity_samples": settings.parity_samples or d.parity_samples,
             "warmup": settings.warmup or d.warmup, "iters": settings.iters,
             "exporter": settings.exporter or d.exporter,
@@ -290,8 +309,36 @@ def _environment_doc(settings: ClaimsSettings, backend: str, backend_text: str) 
                         "threads": settings.threads if settings.threads else "runtime default"}}
 
 
-def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], progress: Progress = SILENT) -> dict[str, Any]:
-    """Do the whole run and write DIR/claims.{json,md,png}; returns the document."""
+@dataclass
+class ClaimsRun:
+    """What `deploy claims` did: the verdicts and measures, typed, and the document written as claims.json."""
+
+    claims: list[ClaimResult]
+    measures: dict[tuple[str, int], RatioMeasure]
+    records: dict[str, ModelRecord]
+    batches: list[int]
+    input_shape: tuple[int, ...]
+    backend_text: str
+    date: str
+    seconds: float
+    output_dir: Path
+    doc: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code_for(self.claims)
+
+    def measure(self, subject: str, batch: int) -> Optional[RatioMeasure]:
+        """The latency measure of the model a claim is about, at ``batch``."""
+        key = next((k for k, r in self.records.items() if r.entry.label == subject), None)
+        return self.measures.get((key, batch)) if key is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.doc
+
+
+def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], progress: Progress = SILENT) -> ClaimsRun:
+    """Do the whole run and write DIR/claims.{json,md,png}."""
     t0 = time.perf_counter()
     settings.check()
     batches = settings.batch_list()
@@ -302,12 +349,13 @@ def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], progress: P
     input_shape = make_checkpoints(records, settings, out, progress)
     export_all(records, settings, out, progress)
     measures, raw = time_entries(records, settings, backend, input_shape, progress)
-    claims = evaluate(records, measures, batches, settings.cov_limit)
+    claims = evaluate(records, measures, batches)
     now = time.gmtime()
+    env = _environment_doc(settings, backend, backend_text)
     doc: dict[str, Any] = {
-        "format": "convdeploy-claims/1", "title": "convdeploy claims",
+        "format": "convdeploy-claims/2", "title": "convdeploy claims",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now), "date": time.strftime("%Y-%m-%d", now),
-        **_environment_doc(settings, backend, backend_text),
+        **env,
         "settings": _settings_doc(settings, input_shape, [e.key for e in entries]),
         "paper": paper_figures(),
         "models": [_model_doc(r) for r in records.values()],
@@ -323,4 +371,5 @@ def run_claims(settings: ClaimsSettings, entries: list[MatrixEntry], progress: P
     doc["outputs"] = {name: {"path": str(out / name), "sha256": sha256_file(out / name)}
                       for name in ("claims.md", "claims.png")}
     write_claims_json(out / "claims.json", doc)
-    return doc
+    return ClaimsRun(claims, measures, records, batches, tuple(input_shape), env["backend"]["text"], doc["date"],
+                     doc["seconds"], out, doc)

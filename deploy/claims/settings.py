@@ -9,7 +9,7 @@ from typing import Optional
 from deploy.core.errors import BadInputError
 from deploy.core.limits import check_finite, check_input_size, check_seed
 from exporters.onnx import check_exporter
-from validators.claims import COV_LIMIT
+from validators.sequential import MARGIN
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class ClaimsProfile:
 
 
 QUICK = ClaimsProfile((64, 64), (1, 8), 2, "0.5s", (2.0, 3.0), "torchscript")
-FULL = ClaimsProfile(None, (1, 64), 4, "2s", (15.0, 60.0), "dynamo")
+FULL = ClaimsProfile(None, (1, 64), 4, "2s", (20.0, 120.0), "dynamo")
 
 
 @dataclass
@@ -46,7 +46,7 @@ class ClaimsSettings:
     threads: Optional[int] = None
     seed: int = 0
     exporter: Optional[str] = None  # dynamo | torchscript (default: dynamo; quick mode: torchscript, faster)
-    cov_limit: float = COV_LIMIT
+    margin: float = MARGIN  # the A/A interval is widened by this ratio on each side
 
     def defaults(self) -> ClaimsProfile:
         return QUICK if self.quick else FULL
@@ -66,6 +66,9 @@ class ClaimsSettings:
 
     def check(self) -> None:
         check_finite("duration", self.duration, positive=True)
+        check_finite("margin", self.margin)
+        if not 0 <= self.margin <= 0.5:
+            raise BadInputError(f"`margin` {self.margin}: give a ratio in [0, 0.5] (0.01 widens the A/A band by 1 %)")
         check_seed(self.seed)
         if self.input_size is not None:
             check_input_size("input_size", self.input_size)

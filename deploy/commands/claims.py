@@ -14,13 +14,15 @@ import typer
 from rich.table import Table
 
 from deploy.claims.matrix import model_choices, select_entries
-from deploy.claims.run import run_claims
+from deploy.claims.run import ClaimsRun, run_claims
 from deploy.claims.settings import ClaimsSettings
 from deploy.commands.common import console, finite, machine_output, warn
 from deploy.commands.options import JSON
 from deploy.commands.printing import RichProgress
 from deploy.core.errors import BadInputError, ClaimRefutedError
 from deploy.core.shapes import parse_input_size
+from validators.claims import MACHINE, RatioMeasure
+from validators.sequential import MARGIN
 
 _STYLE = {"confirmed": "green", "refuted": "bold red", "inconclusive": "yellow", "reported": "cyan"}
 
@@ -39,23 +41,26 @@ def _batches(values: Optional[list[str]]) -> Optional[tuple[int, ...]]:
     return tuple(out)
 
 
-def _summary(doc: dict) -> Table:
-    batches = doc["settings"]["batches"]
-    rows = {r["label"]: r for r in doc["latency_rows"]}
-    table = Table(title=f"deploy claims — {doc['date']}, {doc['backend']['text']}, input "
-                        f"{'x'.join(map(str, doc['settings']['input_shape']))}", show_lines=False)
-    table.add_column("#", no_wrap=True)
+def _cell(m: Optional[RatioMeasure]) -> str:
+    if m is None:
+        return "-"
+    noise = m.noise
+    aa = f"\nA/A {noise.text()}" if noise is not None else ""
+    return f"{m.text()}{aa}\n{m.pairs} pairs"
+
+
+def _summary(run: ClaimsRun) -> Table:
+    shape = "x".join(map(str, run.input_shape))
+    table = Table(title=f"deploy claims — {run.date}, {run.backend_text}, input {shape}", show_lines=True)
+    table.add_column("#", no_wrap=True, min_width=1)
     table.add_column("model", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
-    for b in batches:
-        table.add_column(f"ratio b={b} [95 % CI]", no_wrap=False)
-    for c in doc["claims"]:
-        cells = []
-        for b in batches:
-            m = rows.get(c["subject"], {}).get("by_batch", {}).get(str(b))
-            cells.append("-" if m is None else f"{m['ratio']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
-        style = _STYLE.get(c["verdict"], "")
-        table.add_row(c["claim"], c["subject"], f"[{style}]{c['verdict']}[/]", *cells)
+    for b in run.batches:
+        table.add_column(f"ratio b={b} [95 % CI]", no_wrap=True)
+    for c in run.claims:
+        style = _STYLE.get(c.verdict, "")
+        table.add_row(c.claim, c.subject, f"[{style}]{c.verdict}[/]", *(_cell(run.measure(c.subject, b))
+                                                                      for b in run.batches))
     return table
 
 
@@ -84,6 +89,9 @@ def claims(
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: runtime's)."),
     exporter: Optional[str] = typer.Option(None, "--exporter", help="dynamo (default) or torchscript "
                                            "(default with --quick: faster)."),
+    margin: float = typer.Option(MARGIN, "--margin", callback=finite,
+                                 help="Widen the A/A interval by this ratio on each side (0.01: 1 %) to make the "
+                                      "noise band every ratio is judged beside."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights, parity inputs, timing input and bootstrap."),
     as_json: bool = JSON,
 ) -> None:
@@ -93,27 +101,31 @@ def claims(
     settings = ClaimsSettings(output_dir=output_dir, backend=backend, device=device,
                               batches=_batches((batches or []) + (batch or [])), quick=quick,
                               input_size=parse_input_size(input_size), warmup=warmup, iters=iters, duration=duration,
-                              threads=threads, seed=seed, exporter=exporter)
+                              threads=threads, seed=seed, exporter=exporter, margin=margin)
     entries = select_entries(models)
     settings.check()
     with machine_output(as_json, None) as machine:  # DIR/claims.json is always written; --json also prints it
         with RichProgress() as progress:
-            doc = run_claims(settings, entries, progress)
-        machine.emit(doc)
-        _print_claims(doc, output_dir)
-    refuted = [c for c in doc["claims"] if c["verdict"] == "refuted"]
+            run = run_claims(settings, entries, progress)
+        machine.emit(run.to_dict())
+        _print_claims(run)
+    refuted = [c for c in run.claims if c.verdict == "refuted"]
     if refuted:
-        names = ", ".join(f"claim {c['claim']} ({c['subject']})" for c in refuted)
+        names = ", ".join(f"claim {c.claim} ({c.subject})" for c in refuted)
         raise ClaimRefutedError(f"{len(refuted)} claim(s) refuted: {names}; the reasons are in "
                                 f"{Path(output_dir) / 'claims.md'}")
 
 
-def _print_claims(doc: dict, output_dir: Path) -> None:
-    console.print(_summary(doc))
-    for c in doc["claims"]:
-        if c["verdict"] in ("refuted", "inconclusive"):
-            console.print(f"[{_STYLE[c['verdict']]}]{c['verdict']}[/] {c['claim']}. {c['subject']}: {c['reason']}",
+def _print_claims(run: ClaimsRun) -> None:
+    console.print(_summary(run))
+    for c in run.claims:
+        if c.verdict in ("refuted", "inconclusive"):
+            console.print(f"[{_STYLE[c.verdict]}]{c.verdict}[/] {c.claim}. {c.subject}: {c.reason}",
                           highlight=False, soft_wrap=True)
-    out = Path(output_dir)
+        for p in c.parts:
+            if p.status == MACHINE:
+                console.print(f"[magenta]machine effect[/] {c.claim}. {c.subject}, {p.name}: {p.detail}",
+                              highlight=False, soft_wrap=True)
+    out = run.output_dir
     console.print(f"wrote {out / 'claims.json'}, {out / 'claims.md'}, {out / 'claims.png'} "
-                  f"in {doc['seconds']:.0f} s", highlight=False)
+                  f"in {run.seconds:.0f} s", highlight=False)

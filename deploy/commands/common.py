@@ -65,6 +65,7 @@ FLAGS = {
     "calib": "--calib", "eval": "--eval", "target": "--target", "method": "--method", "max_drop": "--max-drop",
     "keep_float": "--keep-float", "auto_keep": "--keep-float auto", "max_kept": "--keep-float-max",
     "calib_limit": "--calib-limit", "eval_limit": "--eval-limit", "allow_unfolded": "--allow-unfolded",
+    "formats": "--formats", "margin": "--margin", "eval_batch": "--eval-batch",
 }
 _PARAM = re.compile(r"`([a-z_0-9]+)`")
 

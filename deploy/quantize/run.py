@@ -267,3 +267,25 @@ def run_quantize(model: str | Path, output: str | Path, opts: QuantizeOptions, p
 def _external_bytes(model: Path) -> int:
     data = model.with_name(model.name + ".data")
     return data.stat().st_size if data.exists() else 0
+
+
+def quantize_ungated(model: str | Path, calib: str, output: str | Path, target: str = "tensorrt",
+                     method: str = "minmax") -> Path:
+    """The INT8 file of ``model`` calibrated on ``calib`` for ``target``, written without a gate: for callers
+    that gate it themselves (`deploy matrix` scores every format on the same images). Returns ``output``."""
+    model, output = Path(model), Path(output)
+    recipe = check_options(QuantizeOptions(calib=calib, eval=calib, target=target, method=method))
+    fp32_graph, recorded = _read_model(model, allow_unfolded=False)
+    source = open_data(calib)
+    preprocess_recipe = resolve_recipe(recorded, None, source)
+    _check_shape(fp32_graph, source, preprocess_recipe, "calib")
+    with tempfile.TemporaryDirectory(prefix="convdeploy-int8.") as tmp:
+        prepared = preprocess(model, Path(tmp) / "prepared.onnx")
+        cache = calibrate(prepared, source, preprocess_recipe, recipe, method, Path(tmp) / "ranges.cache")
+        proto = quantize(prepared, cache, recipe, method)
+    record = {"target": target, "method": method, "calib": source.description, "calib_images": len(source.items),
+              "kept_float": [], "gated": False}
+    with output_lock(output), Transaction() as txn:
+        stage_onnx(txn, _with_metadata(proto, fp32_graph, record), output)
+        txn.commit()
+    return output
