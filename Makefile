@@ -10,7 +10,7 @@ OUT    := out
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: install triton-env demo test lint ci ci-gpu docker-test clean
+.PHONY: install triton-env demo test test-fast lint ci ci-gpu docker-test clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: $(STAMP)
 	@mkdir -p $(OUT)
 	$(DEPLOY) zoo train resnet20 --conv doconv --data digits --epochs 5 -o $(OUT)/model.pt
 	$(DEPLOY) export $(OUT)/model.pt --fold -o $(OUT)/model.onnx
+
+# The inner loop (CONTRIBUTING.md): the suite without the end-to-end and full-size tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not e2e and not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile

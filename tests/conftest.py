@@ -37,7 +37,15 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+#: fixtures that train, export or serve a whole model: a test using one is end to end (marked ``e2e``)
+E2E_FIXTURES = {"trained", "digits_train_pngs", "folded_export", "model_files", "digits_model"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the e2e mark is given here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("triton") is not None:
+            item.add_marker(pytest.mark.e2e)
     for marker, ready in (("gpu", _cuda_ready), ("tensorrt", _tensorrt_ready)):
         marked = [item for item in items if item.get_closest_marker(marker) is not None]
         if not marked:
