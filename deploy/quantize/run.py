@@ -59,7 +59,7 @@ class QuantizeOptions:
     calib: str
     eval: str
     target: str = "tensorrt"
-    method: str = "entropy"
+    method: str = "minmax"
     max_drop: float = 1.0  # percentage points of top-1 (module docstring of deploy.quantize.gate)
     keep_float: tuple[str, ...] = ()
     auto_keep: bool = False
