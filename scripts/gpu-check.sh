@@ -75,7 +75,7 @@ say "TensorRT: $TRT"
 
 # ---------------------------------------------------------------- 2. gpu-marked tests
 step "pytest -m gpu" 240 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu --junitxml="$OUT/pytest.xml" \
-    tests/test_torch_bench.py tests/test_claims_torch.py tests/test_tensorrt.py
+    tests/bench/test_torch_bench.py tests/claims/test_claims_torch.py tests/tensorrt/test_tensorrt.py
 
 # ---------------------------------------------------------------- 3. the claims on PyTorch CUDA
 step "claims --backend torch --device cuda" 240 \

@@ -15,7 +15,7 @@ functions the bindings link against (they are only called when a Builder or Runt
 created, which the child never does). Registering the classes, methods and enum members
 is pybind11 code inside ``tensorrt.so`` itself, so every name recorded is the real one.
 
-tests/test_tensorrt_api.py reads the file (committed; no network at test time) and checks
+tests/tensorrt/test_tensorrt_api.py reads the file (committed; no network at test time) and checks
 every TensorRT name the project uses against the releases it is used with. Needs network
 to PyPI, ``cc`` and ``nm``, and a Python for which the wheels exist (3.8-3.13).
 """

@@ -58,7 +58,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-# --- end-to-end CLI helpers (tests/test_export_cli.py, test_export_bad_input.py, test_reference_checkpoints.py)
+# --- end-to-end CLI helpers (tests/export/test_export_cli.py, test_export_bad_input.py, test_reference_checkpoints.py)
 
 
 class CliRun:

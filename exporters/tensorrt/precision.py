@@ -5,7 +5,7 @@ is gone): ``fp16`` there builds from an fp16 copy of the ONNX (``exporters.tenso
 checked on ONNX Runtime first); TensorRT 10 sets the builder's fp16 flag. An INT8 ONNX with explicit
 QuantizeLinear/DequantizeLinear (`deploy quantize`) builds strongly typed on both majors, with no
 precision flag: the Q/DQ nodes say where int8 runs (TensorRT's guide to explicit quantization asks
-for strong typing and no precision flags; TensorRT 11 has no INT8 flag at all). tests/test_tensorrt_api.py
+for strong typing and no precision flags; TensorRT 11 has no INT8 flag at all). tests/tensorrt/test_tensorrt_api.py
 checks every TensorRT name these lead to against both releases. Plain Python, tested on CPU.
 """
 

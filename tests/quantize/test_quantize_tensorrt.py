@@ -1,7 +1,7 @@
 """The INT8 Q/DQ ONNX builds into a TensorRT engine (strongly typed on 10 and 11, no precision flag) that
 predicts what ONNX Runtime predicts from the same file; a Q/DQ model asked for fp16 is refused. Needs a GPU
-and TensorRT: the CPU parts (routes, polygraphy keywords) are in tests/test_engine_build.py and
-tests/test_tensorrt_api.py."""
+and TensorRT: the CPU parts (routes, polygraphy keywords) are in tests/tensorrt/test_engine_build.py and
+tests/tensorrt/test_tensorrt_api.py."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from deploy.core.errors import BackendUnavailableError, BadInputError
 ENGINE_FORMAT = "convdeploy-engine/1"
 ENGINE_SUFFIXES = (".plan", ".engine")
 CPU_HINT = "`deploy bench model.onnx` runs on CPU"
-#: the TensorRT majors whose Python API the code is checked against (tests/test_tensorrt_api.py)
+#: the TensorRT majors whose Python API the code is checked against (tests/tensorrt/test_tensorrt_api.py)
 SUPPORTED_MAJORS = (10, 11)
 INSTALL_HINT = "pip install 'tensorrt>=10,<12' on a machine with an NVIDIA GPU"
 

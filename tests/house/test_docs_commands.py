@@ -18,7 +18,7 @@ import typer
 
 from deploy import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([ROOT / "README.md", ROOT / "CONTRIBUTING.md", *(ROOT / "docs").glob("*.md")])
 _FENCE = re.compile(r"^```.*?$(.*?)^```", re.S | re.M)
 _INLINE = re.compile(r"(?<!`)`(deploy\s[^`]+)`(?!`)")

@@ -21,7 +21,7 @@ import pytest
 
 from deploy.core.atomic import HOOK_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: the cheapest full export: TorchScript, no onnxsim, one parity input per batch
 FAST = ["--exporter", "torchscript", "--no-simplify", "--samples", "1", "--no-rewrite-diff"]
 

@@ -3,7 +3,7 @@ hostile user gives, the exit code is never 1 (a bug), no traceback is shown with
 a failed run leaves no new file and no run changes its inputs.
 
 Each test runs ``FUZZ_EXAMPLES`` cases in `make test`; the `slow` soak runs many more
-(``pytest -m slow tests/test_robustness_fuzz.py``).
+(``pytest -m slow tests/robustness/test_robustness_fuzz.py``).
 """
 
 from __future__ import annotations

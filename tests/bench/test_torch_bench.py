@@ -56,7 +56,7 @@ def test_bench_checkpoint_json(r20: Path, tmp_path: Path) -> None:
 
 def test_vs_itself_contains_one(r20: Path, tmp_path: Path) -> None:
     outs = []
-    for seed in (0, 1):  # two tries, as tests/test_latency.py explains
+    for seed in (0, 1):  # two tries, as tests/bench/test_latency.py explains
         out = tmp_path / f"self{seed}.json"
         res = invoke("bench", r20, "--vs", r20, "--iters", "120", "--warmup", "5", "--seed", seed, "--json-file", out)
         assert res.exit_code == 0, res.output

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from deploy import cli
 from tests.helpers import PORTABLE_IR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROBE = ("import atexit, json, sys\n"
          "atexit.register(lambda: print('MODULES=' + json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
          "('torch', 'deploy'))), file=sys.stderr))\n"

@@ -18,7 +18,7 @@ from deploy.core.errors import BadInputError
 from tests import usermodels
 from tests.helpers import PORTABLE_IR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _export_module(model, tmp_path, **options):

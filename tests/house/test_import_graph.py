@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("deploy", "exporters", "validators")
 
 #: lowest first, in the order data flows; a module may import from its own layer or any layer below it.

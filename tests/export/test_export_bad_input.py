@@ -243,7 +243,7 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(deploy_cli, tmp_path)
 def _subprocess(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "80"}
     return subprocess.run([sys.executable, "-m", "deploy.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+                          timeout=300, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_real_process_one_line_then_traceback_with_debug(tmp_path) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from deploy import ExportResult, export
 from deploy.core.errors import BadInputError, ParityError
 
-API_DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
+API_DOC = Path(__file__).resolve().parents[2] / "docs" / "python-api.md"
 
 
 def readme_example() -> str:

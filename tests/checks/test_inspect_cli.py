@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import PORTABLE_IR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:

@@ -32,7 +32,7 @@ from exporters.tensorrt.options import BuildOptions
 from exporters.tensorrt.precision import config_options, network_options, precision_route
 from validators.runtimes.tensorrt_env import SUPPORTED_MAJORS, BatchProfile
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "tensorrt_names.json.gz"
 RELEASES = {10: "10.13.3.9", 11: "11.4.0.106"}
 MODULE_NAMES = {"trt", "_trt"}  # `trt = require_tensorrt()`, `self._trt`
