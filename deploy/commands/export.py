@@ -121,8 +121,10 @@ def _print_export(result: ExportResult) -> None:
     if rep.fold is not None:
         rewrites = len(rep.fold.rewrites)
         whole = f" (whole model {rep.fold.end_to_end[1]:.2e})" if rep.fold.end_to_end else ""
-        console.print(f"fold: {len(rep.fold.rows) - rewrites} layers folded, {rewrites} rewritten, worst float64 rel "
-                      f"error {rep.fold.worst_rel_error:.2e}{whole}")
+        console.print(f"fold: {len(rep.fold.rows) - rewrites} layers folded, {rewrites} rewritten, worst "
+                      f"{rep.fold.precision} rel error {rep.fold.worst_rel_error:.2e}{whole}")
+        if rep.fold.precision_reason:
+            detail(f"  fold precision: {rep.fold.precision_reason}")
     if rep.rewrites is not None:
         console.print(f"rewrites: {rep.rewrites.summary()}")
     if rep.simplify is not None:
