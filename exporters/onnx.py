@@ -33,6 +33,7 @@ from torch import nn
 
 from deploy.core.atomic import Transaction, check_output_path
 from deploy.core.errors import BadInputError, GraphCheckError, first_line
+from exporters.failures import explain_export_failure
 from exporters.interface import Axes, check_output_names, name_dynamic_dims, output_names
 from exporters.opset import OPSET_RANGE, check_exporter, choose_opset
 
@@ -150,7 +151,7 @@ def export_onnx_detailed(
         hint = "try the `exporter` torchscript" if exporter == "dynamo" else "try the `exporter` dynamo"
         if dynamic_batch or dynamic_hw:
             hint += " or fixed sizes (`batch` N, `dynamic` batch)"
-        raise BadInputError(f"{exporter} export failed ({first_line(exc)}): {hint}") from exc
+        raise BadInputError(explain_export_failure(model, x, exc, exporter, hint)) from exc
     seconds = time.perf_counter() - start
     written = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if written != opset:
