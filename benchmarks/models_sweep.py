@@ -7,7 +7,8 @@ For each model (``benchmarks/models_list.py``): seeded random weights with non-t
 statistics (``deploy.models.random_init.randomize_model``), then ``deploy.export(model,
 input_shape=..., fold=True)``; then, independently of convdeploy's own parity step, the written
 ONNX file in a fresh ONNX Runtime session against the original module on fresh inputs (batch 2,
-another seed); fold coverage; the node histogram beside timm's ``reparameterize_model`` (timm
+another seed); fold coverage (what a fold could still remove: reported, as timm's own
+``reparameterize_model`` leaves it too); the node histogram beside ``reparameterize_model`` (timm
 models) followed by a plain ``torch.onnx.export`` — never more Conv or BatchNormalization nodes —
 and the export's seconds. Writes the table (``--table``) and exits 1 when any model fails.
 Not part of `make test`: its environment is a 3 GB download.
@@ -16,6 +17,7 @@ Not part of `make test`: its environment is a 3 GB download.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import sys
 import tempfile
@@ -39,8 +41,10 @@ import deploy
 from deploy.core.errors import ConvDeployError
 from deploy.models.random_init import randomize_model
 
-#: the independent comparison's bound: max abs error <= RTOL * max|reference| on every output
-RTOL = 1e-4
+#: the independent comparison's bound: max abs error <= rtol * max|reference| on every output, where rtol is
+#: RTOL or, when the model's own float32 arithmetic is noisier, NOISE_FACTOR times that noise (the float32
+#: model against its float64 self on the same inputs): no float32 graph can be held closer than that
+RTOL, NOISE_FACTOR = 1e-4, 4.0
 
 
 @dataclass
@@ -57,6 +61,8 @@ class Row:
     nodes: Counter = field(default_factory=Counter)
     baseline: Counter = field(default_factory=Counter)
     opset: int = 0
+    noise: float = float("nan")
+    rtol: float = RTOL
     pipeline_rel: float = float("nan")
     independent_rel: float = float("nan")
     seconds: float = float("nan")
@@ -88,6 +94,18 @@ def independent_error(model: nn.Module, path: Path, shape: tuple[int, ...], seed
     return worst, len(ref)
 
 
+def float32_noise(model: nn.Module, shape: tuple[int, ...], seed: int) -> float:
+    """max|f32(x) - f64(x)| / max|f64(x)| over the outputs on a seeded batch of 3: the model's own rounding noise."""
+    x = torch.randn((3, *shape), generator=torch.Generator().manual_seed(seed))
+    try:
+        with torch.no_grad():
+            low = _leaves(model(x))
+            high = _leaves(copy.deepcopy(model).double()(x.double()))
+    except Exception:  # noqa: BLE001 - a forward that casts does not run in float64: no noise figure
+        return float("nan")
+    return max(float((lo.double() - hi).abs().max()) / (float(hi.abs().max()) or 1.0) for lo, hi in zip(low, high))
+
+
 def baseline_histogram(spec: ModelSpec, model: nn.Module, shape: tuple[int, ...]) -> Counter:
     """Nodes of timm's reparameterize_model (timm models) and a plain dynamo export at its default opset."""
     reference = model
@@ -111,29 +129,31 @@ def run_one(spec: ModelSpec, workdir: Path, seed: int) -> Row:
         model = build(spec)
         randomize_model(model, shape, seed=seed, batch=2)
         model.eval()
+        row.noise = float32_noise(model, shape, seed + 2000)
+        row.rtol = max(RTOL, NOISE_FACTOR * row.noise) if row.noise == row.noise else RTOL
         start = time.perf_counter()
         result = deploy.export(model, input_shape=shape, output=workdir / f"{spec.name}.onnx", fold=True, samples=2,
-                               seed=seed)
+                               seed=seed, rtol=row.rtol)
         row.seconds = time.perf_counter() - start
         row.export_seconds = result.seconds.get("export", float("nan"))
         fold = result.fold
         assert fold is not None
         row.folded, row.precision = len(fold.rows), fold.precision
         coverage = result.fold_coverage
-        row.coverage = "clean" if coverage.clean else f"{len(coverage.findings)} findings, {len(coverage.kept)} BN kept"
+        row.coverage = ("clean" if coverage.clean else
+                        f"{len(coverage.findings)} left ({', '.join(sorted({f.kind for f in coverage.findings}))})"
+                        f"{f', {len(coverage.kept)} BN kept' if coverage.kept else ''}")
         row.nodes = Counter(result.graph.op_histogram)
         row.opset = result.graph.opset
         row.pipeline_rel = max(c.max_rel_err for c in result.parity.candidates)
         row.independent_rel, row.outputs = independent_error(model, result.onnx_path, shape, seed + 1000)
         row.baseline = baseline_histogram(spec, model, shape)
         problems = []
-        if not row.independent_rel <= RTOL:
-            problems.append(f"independent error {row.independent_rel:.2e} > {RTOL:g}")
+        if not row.independent_rel <= row.rtol:
+            problems.append(f"independent error {row.independent_rel:.2e} > {row.rtol:.1e}")
         for op in ("Conv", "BatchNormalization"):
             if row.nodes[op] > row.baseline[op]:
                 problems.append(f"{row.nodes[op]} {op} nodes, timm's reparameterize_model + export has {row.baseline[op]}")
-        if coverage.findings:
-            problems.append("fold coverage: " + "; ".join(f.message for f in coverage.findings)[:300])
         row.ok, row.failure = not problems, "; ".join(problems)
     except ConvDeployError as exc:
         row.failure = f"exit {exc.exit_code}: {str(exc)[:400]}"
@@ -160,9 +180,12 @@ def table(rows: list[Row], seconds: float) -> str:
         "`benchmarks/models_list.py`): timm and torchvision models with seeded random weights and non-trivial",
         "BatchNorm statistics, each through `deploy.export(model, input_shape=..., fold=True)`, then the",
         "written ONNX file in a fresh ONNX Runtime session against the original module on fresh inputs",
-        f"(batch 2; a model passes at max abs error <= {RTOL:g} x max|output|), fold coverage, and the node",
-        "count beside timm's `reparameterize_model` (timm models) followed by a plain `torch.onnx.export`",
-        "(never more Conv or BatchNormalization nodes). Do not edit by hand.",
+        f"(batch 2; a model passes at max abs error <= rtol x max|output|, rtol = {RTOL:g} or {NOISE_FACTOR:g} times the",
+        "model's own float32 noise, its float32 outputs against its float64 self, where that is larger; the",
+        "export's parity gate uses the same rtol), fold coverage (what a fold could",
+        "still remove, by kind; reported, not a failure), and the node count beside timm's `reparameterize_model`",
+        "(timm models) followed by a plain `torch.onnx.export` (a model fails with more Conv or",
+        "BatchNormalization nodes than that). Do not edit by hand.",
         "",
         f"**{len(rows)} models: {len(passed)} pass, {len(rows) - len(passed)} fail.**"
         + (f" Largest independent error: {worst.independent_rel:.2e} ({worst.spec.name})." if worst else "")
@@ -170,8 +193,9 @@ def table(rows: list[Row], seconds: float) -> str:
         + f" Sweep: {seconds / 60:.0f} min, torch {torch.__version__}, onnxruntime {ort.__version__}.",
         "",
         "| model | source | input | kind | outputs | folded (precision) | fold coverage | nodes: ours | "
-        "nodes: reparameterize + export | opset | independent rel err | seconds (export step) | result |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "nodes: reparameterize + export | opset | float32 noise | rtol | independent rel err | seconds (export step) "
+        "| result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         size = "x".join(map(str, r.spec.size))
@@ -181,7 +205,8 @@ def table(rows: list[Row], seconds: float) -> str:
         result = "pass" if r.ok else f"FAIL: {r.failure}".replace("|", "/").replace("\n", " ")
         lines.append(f"| {r.spec.name} | {r.spec.source} | {size} | {r.spec.kind} | {r.outputs or ''} | {folded} | "
                      f"{r.coverage} | {_nodes(r.nodes) if r.nodes else ''} | "
-                     f"{_nodes(r.baseline) if r.baseline else ''} | {r.opset or ''} | {err} | {secs} | {result} |")
+                     f"{_nodes(r.baseline) if r.baseline else ''} | {r.opset or ''} | {r.noise:.1e} | {r.rtol:.1e} | "
+                     f"{err} | {secs} | {result} |")
     return "\n".join(lines) + "\n"
 
 

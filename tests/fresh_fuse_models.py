@@ -33,7 +33,7 @@ class ConvNorm(nn.Module):
         c, bn = self.c, self.bn
         w = bn.weight / (bn.running_var + bn.eps) ** 0.5
         b = bn.bias - bn.running_mean * w
-        m = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, groups=c.groups)
+        m = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups)
         m.weight.data.copy_(c.weight * w[:, None, None, None])
         m.bias.data.copy_(b)
         return m
@@ -141,3 +141,28 @@ class FreshNet(nn.Module):
 def fresh_net(seed: int = 0, **options: bool) -> FreshNet:
     torch.manual_seed(seed)
     return randomise_bn(FreshNet(**options), torch.Generator().manual_seed(seed)).eval()
+
+
+class ResidualDrop(nn.Module):
+    """timm's EfficientViT (MSRA) residual: ``x + m(x)`` (the drop only in training), no fold method."""
+
+    def __init__(self, m: nn.Module, drop: float = 0.1) -> None:
+        super().__init__()
+        self.m = m
+        self.drop = drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.drop > 0:
+            return x + self.m(x) * torch.rand(x.size(0), 1, 1, 1).ge_(self.drop).div(1 - self.drop)
+        return x + self.m(x)
+
+
+def residual_net(seed: int = 0) -> nn.Module:
+    """A stem, two depthwise residuals (3x3, dilated 3x3) and a grouped 1x1 one, around fresh-fuse ConvNorms."""
+    torch.manual_seed(seed)
+    dilated = ConvNorm(8, 8, 3, groups=8)
+    dilated.c = nn.Conv2d(8, 8, 3, 1, 2, dilation=2, groups=8, bias=False)
+    model = nn.Sequential(ConvNorm(3, 8, 3, stride=2), nn.ReLU(), ResidualDrop(ConvNorm(8, 8, 3, groups=8)),
+                          ResidualDrop(dilated), ResidualDrop(ConvNorm(8, 8, 1, groups=2)),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    return randomise_bn(model, torch.Generator().manual_seed(seed)).eval()

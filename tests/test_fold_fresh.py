@@ -90,3 +90,36 @@ def test_inplace_fold_of_a_casting_forward() -> None:
     folded, report = fold_model(model, probe_shape=SHAPE, inplace=True)
     assert folded is model and report.precision == LAYER_LOCAL and len(report.rows) == 4
     assert all(p.dtype == torch.float32 for p in folded.parameters())
+
+
+def test_identity_residuals_around_one_conv_fold_into_it(tmp_path) -> None:
+    from tests.fresh_fuse_models import residual_net
+
+    model = residual_net()
+    _, report = fold_model(model, probe_shape=SHAPE)
+    rows = [r for r in report.rows if r.kind == "ResidualDrop (x + conv(x))->Conv2d"]
+    assert [r.name for r in rows] == ["2", "3", "4"] and all(r.max_rel_error < 1e-12 for r in rows), report.rows
+    result = export(model, input_size="32x24", output=tmp_path / "m.onnx", samples=2)
+    counts = _ops(onnx.load(str(result.onnx_path)))
+    assert counts["Conv"] == 4 and "Add" not in counts and "BatchNormalization" not in counts, counts
+    assert result.parity.passed and result.fold_coverage.clean
+
+
+def test_a_fold_method_that_builds_the_wrong_module_is_exit_2() -> None:
+    from deploy.core.errors import BadInputError
+
+    class LosesDilation(ConvNorm):
+        @torch.no_grad()
+        def fuse(self) -> nn.Conv2d:  # forgets the dilation: a module of another output size
+            fused = super().fuse()
+            return nn.Conv2d(fused.in_channels, fused.out_channels, 3, padding=2, groups=fused.groups)
+
+    layer = LosesDilation(4, 4, 3, groups=4)
+    layer.c = nn.Conv2d(4, 4, 3, 1, 2, dilation=2, groups=4, bias=False)
+    for cast in (False, True):  # the whole model in float64, and layer-local
+        model = nn.Sequential(nn.Conv2d(3, 4, 1), layer).eval()
+        if cast:
+            model.insert(0, nn.Identity()).register_forward_pre_hook(lambda _m, args: (args[0].float(),))
+        model.eval()
+        with pytest.raises(BadInputError, match=r"^1: the module its fold put in place does not run|^2: the module"):
+            fold_model(model, probe_shape=SHAPE)

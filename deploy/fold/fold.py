@@ -44,6 +44,7 @@ from deploy.fold.probe import (
     probe_outputs,
 )
 from deploy.fold.reparam import apply_convention, convention_of, post_norm
+from deploy.fold.residual import absorb_identity, residual_convs
 from deploy.fold.rewrite import RewriteRow, absorb_batchnorms, rewrite_layers
 from deploy.layers.conv_bn import fuse_conv_bn
 from deploy.load.module import check_eval_mode
@@ -129,7 +130,7 @@ def _fold_paper_convs(model: nn.Module, bench: Workbench, probe: torch.Tensor | 
     inputs = capture_inputs(model, set(names), probe)
     for name in names:
         layer = model.get_submodule(name)
-        folded = bench.fold_one(layer, _to_conv2d, inputs.get(name))
+        folded = bench.fold_one(layer, _to_conv2d, inputs.get(name), name)
         model.set_submodule(name, folded.module)
         report.rows.append(_row(name, f"{type(layer).__name__}->Conv2d", folded))
 
@@ -149,7 +150,7 @@ def _walk_conventions(parent: nn.Module, prefix: str, bench: Workbench, inputs: 
         if method is not None:
             kind = f"{type(child).__name__}.{method}()"
             folded = bench.fold_one(child, functools.partial(apply_convention, method=method, where=name),
-                                    inputs.get(name))
+                                    inputs.get(name), name)
             child = folded.module
             setattr(parent, child_name, child)
             if not folded.unchanged:  # an idempotent call on an already folded layer is no fold
@@ -244,7 +245,7 @@ def _fuse_conv_bn_pairs(model: nn.Module, bench: Workbench, probe: torch.Tensor 
                                "its child modules, so it cannot be split exactly)")
             refused.add(bn_name)
             continue
-        folded = bench.fold_one(nn.Sequential(conv, bn), _fused_pair, inputs.get(conv_name))
+        folded = bench.fold_one(nn.Sequential(conv, bn), _fused_pair, inputs.get(conv_name), conv_name)
         fused, after = list(folded.module.children())
         model.set_submodule(conv_name, fused)
         model.set_submodule(bn_name, after)
@@ -255,6 +256,17 @@ def _fuse_conv_bn_pairs(model: nn.Module, bench: Workbench, probe: torch.Tensor 
     for name, module in model.named_modules():
         if isinstance(module, nn.BatchNorm2d) and name not in fused_bns | refused:
             report.kept.append(f"{name}: {type(module).__name__} kept (its input is not a Conv2d output used only by it)")
+
+
+def _fold_residuals(model: nn.Module, bench: Workbench, probe: torch.Tensor | None, report: FoldReport) -> None:
+    """Pass 3b: every module ``x + conv(x)`` becomes one conv (``deploy.fold.residual``)."""
+    names = residual_convs(model)
+    inputs = capture_inputs(model, set(names), probe)
+    for name in names:
+        module = model.get_submodule(name)
+        folded = bench.fold_one(module, absorb_identity, inputs.get(name), name)
+        model.set_submodule(name, folded.module)
+        report.rows.append(_row(name, f"{type(module).__name__} (x + conv(x))->Conv2d", folded))
 
 
 def _add_rewrites(report: FoldReport, bench: Workbench, found: tuple[list[RewriteRow], list[str]]) -> None:
@@ -292,6 +304,7 @@ def _run_passes(target: nn.Module, bench: Workbench, probe: torch.Tensor | None,
         if passes.rewrite:
             _add_rewrites(report, bench, absorb_batchnorms(target, probe))
         _fuse_conv_bn_pairs(target, bench, probe, report)
+        _fold_residuals(target, bench, probe, report)
         if passes.rewrite:
             _add_rewrites(report, bench, rewrite_layers(target, probe))
     if before is not None and report.rows:

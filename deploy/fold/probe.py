@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from deploy.core.errors import BadInputError, first_line
 from deploy.core.outputs import flatten_outputs
 
 FLOAT64 = "float64"
@@ -174,21 +175,29 @@ class Workbench:
     device: torch.device
     layer_local: bool = False
 
-    def fold_one(self, module: nn.Module, make: Callable[[nn.Module], nn.Module], inp: Any) -> Folded:
-        """``make(module)`` (it may change ``module`` in place) and its errors against ``module`` on ``inp``."""
+    def fold_one(self, module: nn.Module, make: Callable[[nn.Module], nn.Module], inp: Any, where: str) -> Folded:
+        """``make(module)`` (it may change ``module`` in place) and its errors against ``module`` on ``inp``;
+        ``where`` names the layer in errors."""
         if self.layer_local and self.dtype != torch.float64:
             try:
-                return self._fold(copy.deepcopy(module).to(torch.float64), make, inp, torch.float64, LAYER_LOCAL,
-                                  back=self.dtype)
+                return self._fold(copy.deepcopy(module).to(torch.float64), make, inp, where, torch.float64,
+                                  LAYER_LOCAL, back=self.dtype)
             except Exception:  # noqa: BLE001 - the layer itself casts or builds float32 tensors: fold it as it is
                 pass
-        return self._fold(module, make, inp, self.dtype, FLOAT64 if self.dtype == torch.float64 else FLOAT32)
+        return self._fold(module, make, inp, where, self.dtype, FLOAT64 if self.dtype == torch.float64 else FLOAT32)
 
-    def _fold(self, module: nn.Module, make: Callable[[nn.Module], nn.Module], inp: Any, dtype: torch.dtype,
-              precision: str, back: torch.dtype | None = None) -> Folded:
+    def _fold(self, module: nn.Module, make: Callable[[nn.Module], nn.Module], inp: Any, where: str,
+              dtype: torch.dtype, precision: str, back: torch.dtype | None = None) -> Folded:
         before = copy.deepcopy(module)
         with working_dtype(dtype, self.device), torch.no_grad():
             after = make(module).to(dtype=dtype, device=self.device)
         unchanged = same_module(before, after)
-        err = replacement_error(before, after, None if inp is None else _to_dtype(inp, dtype))
+        try:
+            err = replacement_error(before, after, None if inp is None else _to_dtype(inp, dtype))
+        except Exception as exc:  # noqa: BLE001 - what the user's fold method made may raise anything
+            if precision != FLOAT32:
+                raise  # the layer-local float64 try falls back to float32; a float64 fold of the whole model restarts
+            raise BadInputError(f"{where}: the module its fold put in place does not run on the layer's input "
+                                f"({type(exc).__name__}: {first_line(exc, 200)}): fix the fold method or export "
+                                "without `fold`") from exc
         return Folded(after.to(back) if back is not None else after, *err, precision, unchanged)
