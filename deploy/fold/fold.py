@@ -295,9 +295,9 @@ class _Passes:
 
 
 def _run_passes(target: nn.Module, bench: Workbench, probe: torch.Tensor | None, passes: _Passes,
-                report: FoldReport) -> None:
-    """The three passes (module docstring) in place on ``target``, and the whole model's error."""
-    before = probe_outputs(target, probe)
+                report: FoldReport, before: list[torch.Tensor] | None) -> None:
+    """The three passes (module docstring) in place on ``target``, and the whole model's error against its
+    outputs on the probe (``before``)."""
     _fold_paper_convs(target, bench, probe, report)
     if passes.fuse_bn:
         _apply_conventions(target, bench, probe, report)
@@ -311,14 +311,13 @@ def _run_passes(target: nn.Module, bench: Workbench, probe: torch.Tensor | None,
         report.end_to_end = outputs_error(before, probe_outputs(target, probe))
 
 
-def _runs_in_float64(target: nn.Module, probe: torch.Tensor | None) -> str:
-    """Cast ``target`` to float64; why the float64 model fails on the probe, or "" when it runs."""
+def _runs_in_float64(target: nn.Module, probe: torch.Tensor | None) -> tuple[str, list[torch.Tensor] | None]:
+    """Cast ``target`` to float64: ("", its outputs on the probe), or why the float64 model fails on it."""
     target.to(torch.float64)
     try:
-        probe_outputs(target, probe)
+        return "", probe_outputs(target, probe)
     except Exception as exc:  # noqa: BLE001 - a forward that casts (x.float()) fails in float64 with many types
-        return f"{type(exc).__name__}: {first_line(exc, 200)}"
-    return ""
+        return f"{type(exc).__name__}: {first_line(exc, 200)}", None
 
 
 def _fold_layer_local(target: nn.Module, dtype: torch.dtype, device: torch.device, probe: torch.Tensor,
@@ -329,11 +328,11 @@ def _fold_layer_local(target: nn.Module, dtype: torch.dtype, device: torch.devic
     target.to(dtype)
     probe = probe.to(dtype)
     try:
-        probe_outputs(target, probe)
+        before = probe_outputs(target, probe)
     except Exception as exc:  # noqa: BLE001 - the user's forward may raise anything: name it
         raise BadInputError(f"the model does not run on a {'x'.join(map(str, probe.shape))} {dtype} input "
                             f"({type(exc).__name__}: {first_line(exc, 200)}): check `probe_shape`") from exc
-    _run_passes(target, Workbench(dtype, device, layer_local=True), probe, passes, report)
+    _run_passes(target, Workbench(dtype, device, layer_local=True), probe, passes, report, before)
     return report
 
 
@@ -369,13 +368,13 @@ def fold_model(
     probe = probe_input(target, probe_shape, seed, probe_batch) if measure else None
     probe = probe.to(device) if probe is not None else None
     passes = _Passes(fuse_bn, rewrite)
-    failed = _runs_in_float64(target, probe) if dtype != torch.float64 else ""
-    if probe is not None and failed:
+    failed, before = _runs_in_float64(target, probe)
+    if probe is not None and failed and dtype != torch.float64:
         report = _fold_layer_local(target, dtype, device, probe, passes, failed)
     else:
         report = FoldReport(probe_shape=tuple(probe.shape[1:]) if probe is not None else None)
         try:
-            _run_passes(target, Workbench(torch.float64, device), probe, passes, report)
+            _run_passes(target, Workbench(torch.float64, device), probe, passes, report, before)
         except Exception as exc:  # noqa: BLE001 - a replacement that casts fails in float64 with many types
             if probe is None or dtype == torch.float64:
                 raise
