@@ -133,6 +133,7 @@ def _print_export(result: ExportResult) -> None:
         else:
             warn(f"onnxsim NOT applied, the unsimplified graph is kept: {rep.simplify.reason}")
     if rep.export is not None:
+        detail(f"  opset {rep.export.opset}: {rep.export.opset_reason}")
         for line in rep.export.captured_warnings + rep.export.captured_stdout.splitlines():
             detail(f"  exporter: {line}")
     print_graph(result.graph, result.fold_coverage)
