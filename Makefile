@@ -10,7 +10,7 @@ OUT    := out
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: install triton-env demo test test-fast lint ci ci-gpu docker-test clean
+.PHONY: install triton-env demo test test-fast test-models lint ci ci-gpu docker-test clean
 
 install: $(STAMP)
 
@@ -29,6 +29,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The real-model sweep's own environment: the CUDA build of torch (about 3 GB with its nvidia-*
+# wheels; it runs on CPU-only machines too), torchvision and timm beside the project.
+MODELS_VENV  := .venv-models
+MODELS_STAMP := $(MODELS_VENV)/.installed-stamp
+
+$(MODELS_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(MODELS_VENV)
+	$(MODELS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MODELS_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 timm
+	$(MODELS_VENV)/bin/python -m pip install --quiet -e .
+	touch $(MODELS_STAMP)
+
+# Not part of `make test`: exports every model of benchmarks/models_sweep.py, compares each with
+# ONNX Runtime and rewrites docs/models.md; exits non-zero on any failure.
+test-models: $(MODELS_STAMP)
+	$(MODELS_VENV)/bin/python benchmarks/models_sweep.py --table docs/models.md
 
 demo: $(STAMP)
 	@mkdir -p $(OUT)

@@ -33,14 +33,10 @@ from torch import nn
 
 from deploy.core.atomic import Transaction, check_output_path
 from deploy.core.errors import BadInputError, GraphCheckError, first_line
+from exporters.failures import explain_export_failure
 from exporters.interface import Axes, check_output_names, name_dynamic_dims, output_names
+from exporters.opset import OPSET_RANGE, check_exporter, choose_opset
 
-DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
-#: the opsets each exporter writes as asked (also checked on the written graph): the dynamo
-#: exporter writes 18 instead when its version converter cannot go below 18 (a ResNet's
-#: Squeeze/Unsqueeze) and silently above its newest; TorchScript stops at 20 and fails on
-#: today's CNNs (BatchNorm, pooling) below 9
-OPSET_RANGE = {"dynamo": (18, 23), "torchscript": (9, 20)}
 #: Protobuf cannot serialize a message of 2 GiB or more; above this, weights go to ``<name>.data``.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
@@ -60,6 +56,7 @@ class OnnxExport:
     captured_warnings: list[str] = field(default_factory=list)
     dynamic_hw: bool = False
     output_names: list[str] = field(default_factory=list)
+    opset_reason: str = ""  # why this opset (``exporters.opset.choose_opset``)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "model"}
@@ -124,9 +121,11 @@ def export_onnx_detailed(
 ) -> OnnxExport:
     """Export ``model`` (eval mode) and run ``onnx.checker`` with ``full_check=True``.
 
-    ``exporter="dynamo"`` (default, opset 18) uses ``torch.export``; its ONNX optimizer
+    ``exporter="dynamo"`` (default) uses ``torch.export``; its ONNX optimizer
     (``optimize=True``) already folds BatchNorm into Conv and constant-folds small
-    weight-only subgraphs (inputs up to 8192 elements). ``"torchscript"`` (opset 17) traces.
+    weight-only subgraphs (inputs up to 8192 elements). ``"torchscript"`` traces. Without
+    ``opset`` the targets choose it (``exporters.opset.choose_opset``: 20 where they all take
+    ``Gelu``, else the exporter's default, 18 or 17).
     With ``dynamic_batch`` the graph is traced at batch 2 (torch.export specializes size 1);
     ``dynamic_hw`` makes H and W symbolic too (whether the graph really generalises to other
     sizes is for parity at a second size to prove). Every model output becomes one graph
@@ -136,7 +135,8 @@ def export_onnx_detailed(
     shape = _check_model_ready(model, input_shape)
     if not dynamic_batch and batch_size < 1:
         raise BadInputError(f"batch size must be >= 1, got {batch_size}")
-    opset = check_opset(exporter, opset)
+    choice = choose_opset(exporter, opset)
+    opset = choice.opset
     n = 2 if dynamic_batch else batch_size
     x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
     names = output_names(model, x[:1] if dynamic_batch else x, shape)
@@ -151,7 +151,7 @@ def export_onnx_detailed(
         hint = "try the `exporter` torchscript" if exporter == "dynamo" else "try the `exporter` dynamo"
         if dynamic_batch or dynamic_hw:
             hint += " or fixed sizes (`batch` N, `dynamic` batch)"
-        raise BadInputError(f"{exporter} export failed ({first_line(exc)}): {hint}") from exc
+        raise BadInputError(explain_export_failure(model, x, exc, exporter, hint)) from exc
     seconds = time.perf_counter() - start
     written = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if written != opset:
@@ -165,25 +165,7 @@ def export_onnx_detailed(
     check_onnx(proto)
     return OnnxExport(proto, exporter, opset, dynamic_batch, None if dynamic_batch else n, seconds,
                         weight_bytes(proto), captured.get("stdout", ""), captured.get("warnings", []),
-                        dynamic_hw=dynamic_hw, output_names=names)
-
-
-def check_exporter(exporter: object) -> None:
-    """BadInputError unless ``exporter`` names one of the exporters (``DEFAULT_OPSET``)."""
-    if exporter not in DEFAULT_OPSET:
-        raise BadInputError(f"`exporter` must be {' or '.join(DEFAULT_OPSET)} (unknown exporter {exporter!r})")
-
-
-def check_opset(exporter: str, opset: int | None) -> int:
-    """The opset to export with: the exporter's default, or ``opset`` when the exporter writes it."""
-    check_exporter(exporter)
-    if opset is None:
-        return DEFAULT_OPSET[exporter]
-    low, high = OPSET_RANGE[exporter]
-    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
-        raise BadInputError(f"`opset` {opset!r} is not one the {exporter} exporter writes: choose {low}..{high}"
-                            f" (or the `exporter` {'torchscript' if exporter == 'dynamo' else 'dynamo'})")
-    return opset
+                        dynamic_hw=dynamic_hw, output_names=names, opset_reason=choice.reason)
 
 
 def export_onnx(

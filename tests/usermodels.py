@@ -48,3 +48,51 @@ class Embedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x).sum(-1)
+
+
+class BranchOnMean(nn.Module):
+    """Data-dependent control flow: which conv runs depends on the input's values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 4, 1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:
+            return self.a(x)
+        return self.b(x)
+
+
+class EigenHead(nn.Module):
+    """An operator no exporter converts to ONNX (a symmetric eigendecomposition)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gram = x.flatten(2) @ x.flatten(2).transpose(1, 2)
+        return torch.linalg.eigvalsh(gram)
+
+
+def data_dependent() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), BranchOnMean())
+
+
+def unconvertible() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), EigenHead())
+
+
+class DictInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.conv(batch["image"]) * batch["scale"]
+
+
+class ListInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, views: list) -> torch.Tensor:
+        return self.conv(views[0]) - self.conv(views[1])

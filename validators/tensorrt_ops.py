@@ -1,7 +1,7 @@
 """TensorRT ONNX-parser operator support matrix, shipped as package data.
 
 ``validators/data/tensorrt_onnx_ops.json`` is the table of onnx/onnx-tensorrt
-``docs/operators.md`` (TensorRT 10.0, opsets 9-20) converted once to JSON: for every
+``docs/operators.md`` (TensorRT 10.0, updated to 10.15: opsets 9-24) converted to JSON: for every
 operator, whether the parser supports it, the supported types and the documented
 restrictions. It is read from inside the installed package, never from ../shared.
 """

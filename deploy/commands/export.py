@@ -180,8 +180,10 @@ def _print_export(result: ExportResult) -> None:
     if rep.fold is not None:
         rewrites = len(rep.fold.rewrites)
         whole = f" (whole model {rep.fold.end_to_end[1]:.2e})" if rep.fold.end_to_end else ""
-        console.print(f"fold: {len(rep.fold.rows) - rewrites} layers folded, {rewrites} rewritten, worst float64 rel "
-                      f"error {rep.fold.worst_rel_error:.2e}{whole}")
+        console.print(f"fold: {len(rep.fold.rows) - rewrites} layers folded, {rewrites} rewritten, worst "
+                      f"{rep.fold.precision} rel error {rep.fold.worst_rel_error:.2e}{whole}")
+        if rep.fold.precision_reason:
+            detail(f"  fold precision: {rep.fold.precision_reason}")
     if rep.rewrites is not None:
         console.print(f"rewrites: {rep.rewrites.summary()}")
     if rep.simplify is not None:
@@ -190,6 +192,7 @@ def _print_export(result: ExportResult) -> None:
         else:
             warn(f"onnxsim NOT applied, the unsimplified graph is kept: {rep.simplify.reason}")
     if rep.export is not None:
+        detail(f"  opset {rep.export.opset}: {rep.export.opset_reason}")
         for line in rep.export.captured_warnings + rep.export.captured_stdout.splitlines():
             detail(f"  exporter: {line}")
     print_graph(result.graph, result.fold_coverage)

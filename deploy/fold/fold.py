@@ -24,17 +24,27 @@ measured on a float64 probe input and the float32 kernels are rounded only once.
 from __future__ import annotations
 
 import copy
-import math
+import functools
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.fx
 from torch import nn
 
-from deploy.core.errors import BadInputError
-from deploy.core.outputs import flatten_outputs
-from deploy.fold.probe import capture_inputs, output_error, replacement_error
-from deploy.fold.reparam import apply_convention, convention_of, post_norm, same_module
+from deploy.core.errors import BadInputError, first_line
+from deploy.fold.probe import (
+    FLOAT32,
+    FLOAT64,
+    LAYER_LOCAL,
+    Folded,
+    Workbench,
+    capture_inputs,
+    outputs_error,
+    probe_input,
+    probe_outputs,
+)
+from deploy.fold.reparam import apply_convention, convention_of, post_norm
+from deploy.fold.residual import absorb_identity, residual_convs
 from deploy.fold.rewrite import RewriteRow, absorb_batchnorms, rewrite_layers
 from deploy.layers.conv_bn import fuse_conv_bn
 from deploy.load.module import check_eval_mode
@@ -44,7 +54,9 @@ from deploy.load.module import check_eval_mode
 class FoldRow:
     """One folded layer: its qualified name, what became what, and the error it made.
 
-    Rewrites (``deploy.fold.rewrite``) have the kind ``rewrite`` and say what they did in ``detail``.
+    Rewrites (``deploy.fold.rewrite``) have the kind ``rewrite`` and say what they did in ``detail``;
+    ``precision`` is what the errors were measured in (``deploy.fold.probe``: ``float64``,
+    ``float64 layer-local`` or ``float32``).
     """
 
     name: str
@@ -52,6 +64,7 @@ class FoldRow:
     max_abs_error: float
     max_rel_error: float
     detail: str = ""
+    precision: str = FLOAT64
 
 
 @dataclass
@@ -64,6 +77,10 @@ class FoldReport:
     #: (max abs, max rel) error of the whole deploy form against the model on the float64 probe: what the
     #: deployed model computes, which each row's layer-local measure alone cannot show (tied weights)
     end_to_end: tuple[float, float] | None = None
+    #: how the folds were made and measured: ``float64`` (the whole model in float64) or ``float64 layer-local``
+    #: (the model does not run in float64: each fold on float64 copies of its layer, float32 where that fails)
+    precision: str = FLOAT64
+    precision_reason: str = ""
 
     @property
     def worst_rel_error(self) -> float:
@@ -80,6 +97,8 @@ class FoldReport:
             "rows": [asdict(r) for r in self.rows],
             "kept": list(self.kept),
             "end_to_end": list(self.end_to_end) if self.end_to_end else None,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
         }
 
 
@@ -98,36 +117,45 @@ class _PaperLayerTracer(torch.fx.Tracer):
         return _is_paper_layer(m) or isinstance(m, nn.BatchNorm2d) or super().is_leaf_module(m, qualname)
 
 
-def _fold_paper_convs(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
+def _row(name: str, kind: str, folded: Folded) -> FoldRow:
+    return FoldRow(name, kind, folded.max_abs_error, folded.max_rel_error, precision=folded.precision)
+
+
+def _to_conv2d(layer: nn.Module) -> nn.Module:
+    return layer.to_conv2d()  # type: ignore[operator]  # folds_to_conv layers have it
+
+
+def _fold_paper_convs(model: nn.Module, bench: Workbench, probe: torch.Tensor | None, report: FoldReport) -> None:
     names = [n for n, m in model.named_modules() if getattr(m, "folds_to_conv", False)]
     inputs = capture_inputs(model, set(names), probe)
     for name in names:
         layer = model.get_submodule(name)
-        conv = layer.to_conv2d()  # type: ignore[operator]  # folds_to_conv layers have it
-        err = replacement_error(layer, conv, inputs.get(name))
-        model.set_submodule(name, conv)
-        report.rows.append(FoldRow(name, f"{type(layer).__name__}->Conv2d", *err))
+        folded = bench.fold_one(layer, _to_conv2d, inputs.get(name), name)
+        model.set_submodule(name, folded.module)
+        report.rows.append(_row(name, f"{type(layer).__name__}->Conv2d", folded))
 
 
-def _apply_conventions(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
+def _apply_conventions(model: nn.Module, bench: Workbench, probe: torch.Tensor | None, report: FoldReport) -> None:
     """Pass 2: every module that folds itself by a convention, top-down (timm's walk), one row each."""
     names = {n for n, m in model.named_modules() if n and convention_of(m) is not None}
     if names:
-        _walk_conventions(model, "", capture_inputs(model, names, probe), report)
+        _walk_conventions(model, "", bench, capture_inputs(model, names, probe), report)
 
 
-def _walk_conventions(parent: nn.Module, prefix: str, inputs: dict[str, torch.Tensor], report: FoldReport) -> None:
+def _walk_conventions(parent: nn.Module, prefix: str, bench: Workbench, inputs: dict[str, torch.Tensor],
+                      report: FoldReport) -> None:
     for child_name, child in list(parent.named_children()):
         name = f"{prefix}.{child_name}" if prefix else child_name
         method = convention_of(child)
         if method is not None:
-            before = copy.deepcopy(child)
-            child = apply_convention(child, method, name)
+            kind = f"{type(child).__name__}.{method}()"
+            folded = bench.fold_one(child, functools.partial(apply_convention, method=method, where=name),
+                                    inputs.get(name), name)
+            child = folded.module
             setattr(parent, child_name, child)
-            if not same_module(before, child):  # an idempotent call on an already folded layer is no fold
-                err = replacement_error(before, child, inputs.get(name))
-                report.rows.append(FoldRow(name, f"{type(before).__name__}.{method}()", *err))
-        _walk_conventions(child, name, inputs, report)
+            if not folded.unchanged:  # an idempotent call on an already folded layer is no fold
+                report.rows.append(_row(name, kind, folded))
+        _walk_conventions(child, name, bench, inputs, report)
 
 
 def _shared_tensors(model: nn.Module) -> set[str]:
@@ -195,35 +223,56 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def _fuse_conv_bn_pairs(model: nn.Module, probe: torch.Tensor | None, report: FoldReport) -> None:
+def _fused_pair(pair: nn.Module) -> nn.Module:
+    """(conv, bn) -> (the fused conv, what the BN applies after normalising)."""
+    conv, bn = list(pair.children())
+    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # the pairs _conv_bn_pairs found
+    after = post_norm(bn)
+    if after is None:
+        raise ValueError(f"{type(bn).__name__} cannot be split at this precision")
+    return nn.Sequential(fuse_conv_bn(conv, bn), after)
+
+
+def _fuse_conv_bn_pairs(model: nn.Module, bench: Workbench, probe: torch.Tensor | None, report: FoldReport) -> None:
     pairs, refused = _conv_bn_pairs(model, report)
     inputs = capture_inputs(model, {c for c, _ in pairs}, probe)
     fused_bns: set[str] = set()
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # what _conv_bn_pairs found
-        after = post_norm(bn)
-        if after is None:
+        if post_norm(bn) is None:
             report.kept.append(f"{bn_name}: {type(bn).__name__} kept (its forward is not BatchNorm2d followed by "
                                "its child modules, so it cannot be split exactly)")
             refused.add(bn_name)
             continue
-        fused = fuse_conv_bn(conv, bn)
-        err = replacement_error(nn.Sequential(conv, bn), nn.Sequential(fused, after), inputs.get(conv_name))
+        folded = bench.fold_one(nn.Sequential(conv, bn), _fused_pair, inputs.get(conv_name), conv_name)
+        fused, after = list(folded.module.children())
         model.set_submodule(conv_name, fused)
         model.set_submodule(bn_name, after)
         fused_bns.add(bn_name)
         tail = [n for n, _ in after.named_children()]
         kept = f", {', '.join(tail)} kept" if tail else ""
-        report.rows.append(FoldRow(conv_name, f"Conv2d+{type(bn).__name__} ({bn_name}{kept})", *err))
+        report.rows.append(_row(conv_name, f"Conv2d+{type(bn).__name__} ({bn_name}{kept})", folded))
     for name, module in model.named_modules():
         if isinstance(module, nn.BatchNorm2d) and name not in fused_bns | refused:
             report.kept.append(f"{name}: {type(module).__name__} kept (its input is not a Conv2d output used only by it)")
 
 
-def _add_rewrites(report: FoldReport, found: tuple[list[RewriteRow], list[str]]) -> None:
+def _fold_residuals(model: nn.Module, bench: Workbench, probe: torch.Tensor | None, report: FoldReport) -> None:
+    """Pass 3b: every module ``x + conv(x)`` becomes one conv (``deploy.fold.residual``)."""
+    names = residual_convs(model)
+    inputs = capture_inputs(model, set(names), probe)
+    for name in names:
+        module = model.get_submodule(name)
+        folded = bench.fold_one(module, absorb_identity, inputs.get(name), name)
+        model.set_submodule(name, folded.module)
+        report.rows.append(_row(name, f"{type(module).__name__} (x + conv(x))->Conv2d", folded))
+
+
+def _add_rewrites(report: FoldReport, bench: Workbench, found: tuple[list[RewriteRow], list[str]]) -> None:
     rows, kept = found
-    report.rows.extend(FoldRow(r.name, "rewrite", r.max_abs_error, r.max_rel_error, r.detail) for r in rows)
+    precision = FLOAT64 if bench.dtype == torch.float64 else FLOAT32  # rewrites run on the model as it runs
+    report.rows.extend(FoldRow(r.name, "rewrite", r.max_abs_error, r.max_rel_error, r.detail, precision) for r in rows)
     report.kept.extend(kept)
 
 
@@ -237,28 +286,59 @@ def _copy(model: nn.Module) -> nn.Module:
                             "file handle, a generator) or fold in place with `inplace`") from exc
 
 
-@torch.no_grad()
-def _probe_outputs(model: nn.Module, probe: torch.Tensor | None) -> list[torch.Tensor] | None:
-    """Every tensor the model returns on the probe (tuples, lists and dicts flattened)."""
-    if probe is None:
-        return None
-    return [t for _, t in flatten_outputs(model(probe), lambda v: isinstance(v, torch.Tensor))]
+@dataclass
+class _Passes:
+    """What fold_model was asked to do."""
+
+    fuse_bn: bool
+    rewrite: bool
 
 
-def _outputs_error(before: list[torch.Tensor], after: list[torch.Tensor] | None) -> tuple[float, float]:
-    if after is None or len(after) != len(before) or any(a.shape != b.shape for a, b in zip(after, before)):
-        return math.inf, math.inf
-    errors = [output_error(b, a) for b, a in zip(before, after)]
-    return max(e[0] for e in errors), max(e[1] for e in errors)
+def _run_passes(target: nn.Module, bench: Workbench, probe: torch.Tensor | None, passes: _Passes,
+                report: FoldReport, before: list[torch.Tensor] | None) -> None:
+    """The three passes (module docstring) in place on ``target``, and the whole model's error against its
+    outputs on the probe (``before``)."""
+    _fold_paper_convs(target, bench, probe, report)
+    if passes.fuse_bn:
+        _apply_conventions(target, bench, probe, report)
+        if passes.rewrite:
+            _add_rewrites(report, bench, absorb_batchnorms(target, probe))
+        _fuse_conv_bn_pairs(target, bench, probe, report)
+        _fold_residuals(target, bench, probe, report)
+        if passes.rewrite:
+            _add_rewrites(report, bench, rewrite_layers(target, probe))
+    if before is not None and report.rows:
+        report.end_to_end = outputs_error(before, probe_outputs(target, probe))
 
 
-def _probe_input(model: nn.Module, probe_shape: tuple[int, ...] | None, seed: int,
-                 batch: int) -> torch.Tensor | None:
-    shape = probe_shape or getattr(model, "input_shape", None)
-    if shape is None:
-        return None
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn((batch, *shape), generator=gen, dtype=torch.float64)
+def _runs_in_float64(target: nn.Module, probe: torch.Tensor | None) -> tuple[str, list[torch.Tensor] | None]:
+    """Cast ``target`` to float64: ("", its outputs on the probe), or why the float64 model fails on it."""
+    target.to(torch.float64)
+    try:
+        return "", probe_outputs(target, probe)
+    except Exception as exc:  # noqa: BLE001 - a forward that casts (x.float()) fails in float64 with many types
+        return f"{type(exc).__name__}: {first_line(exc, 200)}", None
+
+
+def _fold_layer_local(target: nn.Module, dtype: torch.dtype, device: torch.device, probe: torch.Tensor,
+                      passes: _Passes, reason: str) -> FoldReport:
+    """The fold with the model in its own dtype, each fold made and measured on float64 copies of its layer."""
+    report = FoldReport(probe_shape=tuple(probe.shape[1:]), precision=LAYER_LOCAL,
+                        precision_reason=f"the model does not run in float64 ({reason})")
+    target.to(dtype)
+    probe = probe.to(dtype)
+    try:
+        before = probe_outputs(target, probe)
+    except Exception as exc:  # noqa: BLE001 - the user's forward may raise anything: name it
+        raise BadInputError(f"the model does not run on a {'x'.join(map(str, probe.shape))} {dtype} input "
+                            f"({type(exc).__name__}: {first_line(exc, 200)}): check `probe_shape`") from exc
+    _run_passes(target, Workbench(dtype, device, layer_local=True), probe, passes, report, before)
+    return report
+
+
+def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    param = next(model.parameters(), None)
+    return (param.dtype, param.device) if param is not None else (torch.float32, torch.device("cpu"))
 
 
 def fold_model(
@@ -284,24 +364,26 @@ def fold_model(
     """
     check_eval_mode(model, "the model")
     target = model if inplace else _copy(model)
-    param = next(target.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
-    device = param.device if param is not None else torch.device("cpu")
-    target.to(torch.float64)
-    probe = _probe_input(target, probe_shape, seed, probe_batch) if measure else None
+    dtype, device = _model_dtype_device(target)
+    probe = probe_input(target, probe_shape, seed, probe_batch) if measure else None
     probe = probe.to(device) if probe is not None else None
-    report = FoldReport(probe_shape=tuple(probe.shape[1:]) if probe is not None else None)
-    before = _probe_outputs(target, probe)
-    _fold_paper_convs(target, probe, report)
-    if fuse_bn:
-        _apply_conventions(target, probe, report)
-        if rewrite:
-            _add_rewrites(report, absorb_batchnorms(target, probe))
-        _fuse_conv_bn_pairs(target, probe, report)
-        if rewrite:
-            _add_rewrites(report, rewrite_layers(target, probe))
-    if before is not None and report.rows:
-        report.end_to_end = _outputs_error(before, _probe_outputs(target, probe))
+    passes = _Passes(fuse_bn, rewrite)
+    failed, before = _runs_in_float64(target, probe)
+    if probe is not None and failed and dtype != torch.float64:
+        report = _fold_layer_local(target, dtype, device, probe, passes, failed)
+    else:
+        report = FoldReport(probe_shape=tuple(probe.shape[1:]) if probe is not None else None)
+        try:
+            _run_passes(target, Workbench(torch.float64, device), probe, passes, report, before)
+        except Exception as exc:  # noqa: BLE001 - a replacement that casts fails in float64 with many types
+            if probe is None or dtype == torch.float64:
+                raise
+            if inplace:
+                raise BadInputError(f"a folded layer does not run in float64 ({first_line(exc, 200)}): fold a copy "
+                                    "(without `inplace`), which is then folded layer by layer") from exc
+            target = _copy(model)
+            report = _fold_layer_local(target, dtype, device, probe, passes,
+                                       f"once folded: {type(exc).__name__}: {first_line(exc, 200)}")
     target.to(dtype)
     target.eval()
     return target, report

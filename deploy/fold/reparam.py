@@ -69,14 +69,6 @@ def apply_convention(module: nn.Module, method: str, where: str) -> nn.Module:
     return result
 
 
-def same_module(before: nn.Module, after: nn.Module) -> bool:
-    """True when a convention call changed nothing (same type, keys and values): no fold to report."""
-    if type(before) is not type(after):
-        return False
-    a, b = before.state_dict(), after.state_dict()
-    return list(a) == list(b) and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
-
-
 class PostNorm(nn.Module):
     """What a BatchNorm subclass applies after normalising (its children, in registration order).
 

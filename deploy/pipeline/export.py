@@ -41,7 +41,8 @@ from deploy.pipeline.steps import (
     write_step,
     written_opset,
 )
-from exporters.onnx import OnnxExport, check_opset, export_onnx_detailed, save_onnx
+from exporters.onnx import OnnxExport, export_onnx_detailed, save_onnx
+from exporters.opset import check_opset
 from exporters.simplify import SimplifyResult, simplify_onnx
 from exporters.tensorrt.build import build_engine, require_engine_builder
 from exporters.tensorrt.options import validate_build_options
@@ -148,9 +149,10 @@ def build_checked_engine(proto: Any, opts: ExportOptions, input_shape: tuple[int
 
 
 def _options_record(opts: ExportOptions, opset: int, input_shape: tuple[int, ...], fixed_batch: int | None,
-                    dynamic_hw: bool) -> dict[str, Any]:
+                    dynamic_hw: bool, opset_reason: str = "") -> dict[str, Any]:
     axes = (["batch"] if fixed_batch is None else []) + (["height", "width"] if dynamic_hw else [])
     return {"fold": opts.fold, "rewrite": opts.rewrite and opts.fold, "exporter": opts.exporter, "opset": opset,
+            "opset_reason": opset_reason,
             "batch": str(fixed_batch or "dynamic"), "input_shape": list(input_shape), "dynamic_axes": axes,
             "parity_input_shapes": [list(input_shape)] + ([[input_shape[0], *second_size(input_shape)]]
                                                           if dynamic_hw else []),
@@ -205,7 +207,7 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportResult:
         accuracy = held_out_accuracy(loaded, runtimes, opts.data, recipe)
     report = RunReport("convdeploy export", {"path": opts.source.label, **loaded.describe()},
                        parity, opts.seed, options=_options_record(opts, written_opset(proto), input_shape, fixed_batch,
-                                                                  dynamic_hw),
+                                                                  dynamic_hw, exported.opset_reason),
                        fold=fold_report, export=exported, simplify=simplified, rewrites=rewrites, graph=graph,
                        fold_coverage=coverage, accuracy=accuracy, seconds=log.seconds)
     _gate(report, opts)

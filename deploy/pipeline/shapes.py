@@ -122,6 +122,39 @@ def _probe_failure(what: str, input_shape: Sequence[int], exc: BaseException) ->
     return f"{what} cannot take a {size} input ({reason}); choose another `input_size`"
 
 
+class _KeyRecorder(dict):
+    """A dict that hands ``tensor`` for every key it is asked for, and remembers the keys."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        super().__init__()
+        self.tensor = tensor
+        self.asked: list[str] = []
+
+    def __missing__(self, key: object) -> torch.Tensor:
+        self.asked.append(repr(key))
+        return self.tensor
+
+    def get(self, key: object, default: object = None) -> torch.Tensor:
+        return self[key]
+
+
+def _input_structure(model: nn.Module, x: torch.Tensor) -> str | None:
+    """How a forward that fails on one tensor reads its input: "a list of tensors" when it runs on one,
+    "a dict (keys 'image')" when it asks a dict for keys; None when neither."""
+    keys = _KeyRecorder(x)
+    for candidate in ([x, x], (x, x), keys):
+        try:
+            with torch.no_grad():
+                model(candidate)
+        except Exception:  # noqa: BLE001 - the user's forward on a guess of its input: any failure is a no
+            if candidate is not keys:
+                continue
+        if candidate is keys:  # it read keys (maybe failing later on what it got): it takes a dict
+            return f"a dict (keys {', '.join(keys.asked)})" if keys.asked else None
+        return f"a {type(candidate).__name__} of tensors"
+    return None
+
+
 def probe_forward(model: nn.Module, input_shape: Sequence[int], batch: int = 1, *, what: str = "the model") -> None:
     """Run one forward pass on a float32 zero input; what the model cannot take becomes a usable error
     (an ExportedProgram's guards raise AssertionError), and so does an output without elements."""
@@ -136,7 +169,12 @@ def probe_forward(model: nn.Module, input_shape: Sequence[int], batch: int = 1, 
     except MemoryError as exc:
         raise BadInputError(f"not enough memory to run {what} on a {size} input: choose a smaller `input_size`"
                             ) from exc
-    except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the user's forward may raise anything: it is the model that fails
+        structure = _input_structure(model, torch.zeros((batch, *input_shape)))
+        if structure is not None:
+            raise BadInputError(f"{what}'s forward ({type(model).__name__}) reads its input as {structure}, not one "
+                                "image tensor: convdeploy exports models of one NCHW image tensor; wrap the model in a "
+                                "module whose forward takes the image and builds what it needs") from exc
         raise BadInputError(_probe_failure(what, input_shape, exc)) from exc
     empty = [name for name, t in flatten_outputs(out, lambda v: isinstance(v, torch.Tensor)) if t.numel() == 0]
     if empty:

@@ -92,7 +92,7 @@ def test_standard_model_is_clean_and_counts_match_torch(plain_exports: dict, exp
     assert (rep.params, rep.macs) == (params, macs) == (3 * 8 * 9 + 8 + 16 * 4 * 9 + 16 + 160 + 10, macs)
     assert rep.macs_by_op == {"Conv": 221184 + 147456, "Gemm": 160}
     assert rep.op_histogram["Conv"] == 2 and rep.op_histogram["Relu"] == 2
-    assert rep.tensorrt["version"] == "10.0" and "MaxPool" in rep.trt_restrictions
+    assert rep.tensorrt["version"] == "10.15" and "MaxPool" in rep.trt_restrictions
     d = rep.to_dict()
     assert d["verdict"] == "ok" and d["params"] == params
     rep.raise_if_failed()  # no exception
@@ -190,8 +190,8 @@ def test_compare_reports_twins_and_differences(plain_exports: dict) -> None:
 
 def test_packaged_tensorrt_table() -> None:
     table = load_tensorrt_ops()
-    assert table.tensorrt_version == "10.0" and (table.opset_min, table.opset_max) == (9, 20)
-    assert len(table.ops) == 196
+    assert table.tensorrt_version == "10.15" and (table.opset_min, table.opset_max) == (9, 24)
+    assert len(table.ops) == 200 and table.lookup("Gelu").supported and table.lookup("HannWindow").supported
     assert table.lookup("Conv").supported and not table.lookup("Unique").supported
     assert "dilations" in table.lookup("MaxPool").restrictions
     assert table.lookup("NotAnOp") is None

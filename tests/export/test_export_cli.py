@@ -129,7 +129,8 @@ def test_folded_export_is_clean_equal_and_labelled(folded_export, case: tuple) -
         "exporter", "torch", "dynamic_axes", "version", "arch", "conv", "conv_kwargs", "folded", "rewrites",
         "source_sha256", "input_shape"))
     assert rep["outputs"]["onnx"]["sha256"] == sha256_file(exp.onnx_path)
-    assert rep["input"]["source"] == "convdeploy" and rep["options"]["opset"] == 18
+    assert rep["input"]["source"] == "convdeploy" and rep["options"]["opset"] == 20
+    assert rep["options"]["opset_reason"].startswith("opset 20 writes GELU as one Gelu node")
 
     # zero inference overhead: a folded CoC/DO-Conv graph is exactly its plain twin's graph
     if conv in ("coc", "doconv"):
@@ -188,8 +189,8 @@ def test_torchscript_exporter(zoo_checkpoint, deploy_cli, tmp_path) -> None:
     assert run.exit_code == 0, run.stderr
     rep = json.loads((tmp_path / "ts.report.json").read_text())
     proto = onnx.load(str(tmp_path / "ts.onnx"))
-    assert rep["options"]["exporter"] == "torchscript" and rep["options"]["opset"] == 17
-    assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 17
+    assert rep["options"]["exporter"] == "torchscript" and rep["options"]["opset"] == 20
+    assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 20
     assert rep["graph"]["verdict"] == "ok" and "Einsum" not in rep["graph"]["op_histogram"]
     assert all(c["max_rel_err"] < MAX_REL and c["top1_agreement"] == 1.0 for c in rep["parity"]["candidates"])
     assert {p.key: p.value for p in proto.metadata_props}["convdeploy.exporter"] == "torchscript"
@@ -323,7 +324,7 @@ def test_inspect_onnx_json(folded_export, deploy_cli) -> None:
     assert run.exit_code == 0, run.stderr
     info = json.loads(run.stdout)
     graph = exp.report["graph"]
-    assert info["verdict"] == "ok" and info["opset"] == 18
+    assert info["verdict"] == "ok" and info["opset"] == 20
     assert info["op_histogram"] == graph["op_histogram"] == {
         "Add": 9, "Conv": 21, "Gemm": 1, "ReduceMean": 1, "Relu": 19, "Reshape": 1}
     assert (info["params"], info["macs"]) == (graph["params"], graph["macs"])

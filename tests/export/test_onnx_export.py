@@ -53,7 +53,7 @@ def _dims(vi: onnx.ValueInfoProto) -> list:
     return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
 
 
-@pytest.mark.parametrize("name, opset", [("dynamo", 18), ("torchscript", 17)])
+@pytest.mark.parametrize("name, opset", [("dynamo", 20), ("torchscript", 20)])
 def test_interface_opset_and_metadata(exports: dict, name: str, opset: int) -> None:
     res = exports[name]
     proto = res.model
