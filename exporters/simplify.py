@@ -48,6 +48,19 @@ def graph_diff(before: onnx.ModelProto, after: onnx.ModelProto) -> GraphDiff:
     return GraphDiff(len(before.graph.node), len(after.graph.node), changes)
 
 
+def simplified_structure(model_proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxsim's graph of ``model_proto``, to count its nodes (the rewrite diff's graph without the
+    rewrites): neither the checker nor ONNX Runtime checks it, nothing ships it; the input graph when
+    onnxsim fails."""
+    import onnxsim  # noqa: PLC0415 - heavy (its own onnxruntime and protobuf stack): only simplifying needs it
+
+    try:
+        with captured_output({}):
+            candidate, _ok = onnxsim.simplify(model_proto, check_n=0)
+    except Exception:  # noqa: BLE001 - onnxsim raises plain RuntimeError/ValueError from C++: the graph stays as exported
+        return model_proto
+    return candidate
+
 
 @dataclass
 class SimplifyResult:

@@ -125,3 +125,17 @@ def test_torch_threads_are_put_back() -> None:
     with torch_threads(None):
         assert torch.get_num_threads() == before
     assert torch.get_num_threads() == before
+
+
+def test_a_stream_of_inputs_is_read_a_few_ahead() -> None:
+    read: list[int] = []
+
+    def inputs():
+        for x in _inputs(12):
+            read.append(int(x[0, 0, 0, 0]))
+            yield x
+
+    for index, (a, b) in SideBySide([_Probe("a", True), _Probe("b", True)], inputs(), slots=2, lead=2):
+        assert a.outputs is not None and b.outputs is not None and a.outputs["output"][0, 0] == 2 * index
+        assert len(read) <= index + 3  # the input handed back, and at most `lead` more
+    assert read == list(range(12))

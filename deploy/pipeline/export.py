@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 from torch import nn
@@ -44,7 +44,7 @@ from deploy.pipeline.steps import (
     written_opset,
 )
 from exporters.onnx import OnnxExport, check_opset, export_onnx_detailed, save_onnx
-from exporters.simplify import Simplified, simplify_checked
+from exporters.simplify import Simplified, simplified_structure, simplify_checked
 from exporters.tensorrt.build import build_engine, require_engine_builder
 from exporters.tensorrt.options import validate_build_options
 from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
@@ -211,7 +211,9 @@ def _run(opts: ExportOptions, log: StepLog, tol: Tolerance, plan: ThreadPlan, ou
     rewrites = None
     if fold_report is not None and fold_report.rewrites and opts.compare_rewrites:
         with log.step("rewrite diff"):
-            rewrites = rewrite_comparison(loaded, input_shape, proto, lambda m: _simplified_model(simplify, export(m)))
+            # the graph without the rewrites is only counted: onnxsim as the shipped graph had it, unchecked
+            simplify_too = simplified is not None and simplified.result.applied
+            rewrites = rewrite_comparison(loaded, input_shape, proto, lambda m: _comparison_graph(export(m), simplify_too))
     with log.step("graph checks"):
         graph, coverage = check_graph(proto, input_shape), check_fold_coverage(proto)
     with log.step("parity"):
@@ -220,7 +222,7 @@ def _run(opts: ExportOptions, log: StepLog, tol: Tolerance, plan: ThreadPlan, ou
         parity, runtimes = parity_step(loaded, deploy_model if opts.fold else None, ort, proto, input_shape,
                                        parity_batches(fixed_batch), opts.samples, opts.seed, tol, fold_report,
                                        extra_sizes=[second_size(input_shape)] if dynamic_hw else [], plan=plan)
-        accuracy = held_out_accuracy(loaded, runtimes, opts.data, recipe)
+        accuracy = held_out_accuracy(loaded, runtimes, opts.data, recipe, plan)
     report = RunReport("convdeploy export", {"path": opts.source.label, **loaded.describe()},
                        parity, opts.seed, options=_options_record(opts, written_opset(proto), input_shape, fixed_batch,
                                                                   dynamic_hw),
@@ -236,10 +238,9 @@ def _run(opts: ExportOptions, log: StepLog, tol: Tolerance, plan: ThreadPlan, ou
     return ExportResult(output, report_path, report, loaded, deploy_model, record)
 
 
-def _simplified_model(simplify: Callable[[onnx.ModelProto], Simplified | None], exported: OnnxExport) -> onnx.ModelProto:
-    """The graph ``simplify`` keeps of ``exported`` (the exported one when it does not simplify)."""
-    done = simplify(exported.model)
-    return done.model if done is not None else exported.model
+def _comparison_graph(exported: OnnxExport, simplify: bool) -> onnx.ModelProto:
+    """The graph the rewrite diff counts: ``exported``, through onnxsim when the shipped graph went through it."""
+    return simplified_structure(exported.model) if simplify else exported.model
 
 
 def _load(opts: ExportOptions) -> tuple[LoadedModel, tuple[int, ...], int | None, bool]:

@@ -158,16 +158,19 @@ def _first_divergence(parity: ParityReport, loaded: LoadedModel, folded: nn.Modu
 
 
 def held_out_accuracy(loaded: LoadedModel, runtimes: dict[str, Runtime], data: str | None = None,
-                      recipe: Recipe | None = None) -> HeldOutAccuracy | None:
+                      recipe: Recipe | None = None, plan: ThreadPlan | None = None) -> HeldOutAccuracy | None:
     """Top-1 accuracy (with its interval) of each runtime on ``data`` (``deploy.data``), or on the held-out
-    split of the data set the checkpoint names (the bundled digits); None when there is neither."""
+    split of the data set the checkpoint names (the bundled digits); None when there is neither. With a
+    ``plan`` the runtimes run side by side as in the parity step."""
     if data is None and loaded.meta.get("dataset") != "digits":
         return None
     start = time.perf_counter()
     source = open_data(data or "digits")
     if not source.labelled:
         raise BadInputError(f"{source.description} has no labels: held-out accuracy needs labelled `data`")
-    results = score(list(runtimes.values()), batches(source, recipe, 64), k=5)
+    threads, slots = parity_threads(plan, "folded" in runtimes)
+    with torch_threads(threads):
+        results = score(list(runtimes.values()), batches(source, recipe, 64), k=5, slots=slots)
     labels = np.asarray([i.label for i in source.items], dtype=np.int64)
     for result in results:
         if labels.size and labels.max() >= result.classes:

@@ -76,7 +76,7 @@ def _validate(source: ModelSource, onnx_path: Path, samples: int, seed: int, tol
                                    extra_sizes=[second_size(shape)] if dynamic_hw else [], plan=plan)
     runtimes.pop("folded")
     return RunReport("convdeploy validate", {"path": source.label, **loaded.describe()}, parity, seed,
-                     fold=fold_report, accuracy=held_out_accuracy(loaded, runtimes),
+                     fold=fold_report, accuracy=held_out_accuracy(loaded, runtimes, plan=plan),
                      onnx={"path": str(onnx_path), "sha256": sha256_file(onnx_path)}, threads=plan)
 
 

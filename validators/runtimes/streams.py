@@ -6,8 +6,9 @@ of its own, at most ``slots`` runs at once across the streams, while a runtime t
 ``concurrent`` runs in the caller's thread; with one slot everything runs in the caller's thread,
 in turn. Streams need no barrier between them, so a busy neighbour slows each run down, never
 all of them at every operator as an intra-op pool would. The caller receives every runtime's
-``Outcome`` for input 0, then 1, …; a stream runs at most ``lead`` inputs ahead of the caller,
-so the outputs held at once stay few. A runtime that raised on an input shape is not run again
+``Outcome`` for input 0, then 1, …; the inputs may be a stream themselves (batches decoded as
+they are read): the caller's thread reads them, and a stream runs at most ``lead`` inputs ahead
+of the caller, so the inputs and outputs held at once stay few. A runtime that raised on an input shape is not run again
 at that shape (its later outcomes there are ``skipped``). ``seconds`` adds up the time each
 runtime spent in its runs.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Generator, Sequence
+from typing import Generator, Iterable, Sequence
 
 import numpy as np
 
@@ -42,16 +43,19 @@ class SideBySide:
     ``k`` on ``inputs[index]``. Leaving the loop early stops the streams (each finishes the run it
     is in)."""
 
-    def __init__(self, runtimes: Sequence[Runtime], inputs: Sequence[np.ndarray], slots: int = 1,
+    def __init__(self, runtimes: Sequence[Runtime], inputs: Iterable[np.ndarray], slots: int = 1,
                  lead: int = LEAD) -> None:
-        self.runtimes, self.inputs = list(runtimes), list(inputs)
-        self.slots = max(1, int(slots))
+        self.runtimes, self._source = list(runtimes), iter(inputs)
+        self.slots, self.lead = max(1, int(slots)), max(1, int(lead))
         self.seconds = [0.0] * len(self.runtimes)
         self._gate = threading.BoundedSemaphore(self.slots)
         self._crashed: list[set[tuple[int, ...]]] = [set() for _ in self.runtimes]
         self._threaded = [k for k, rt in enumerate(self.runtimes)
                           if self.slots > 1 and getattr(rt, "concurrent", False)]
-        self._lead = {k: threading.Semaphore(max(1, lead)) for k in self._threaded}
+        self._lead = {k: threading.Semaphore(self.lead) for k in self._threaded}
+        self._inputs: dict[int, np.ndarray] = {}  # read and not yet handed back
+        self._read = 0  # inputs read so far
+        self._ended = False  # the inputs are all read
         self._done: dict[tuple[int, int], Outcome] = {}
         self._ready = threading.Condition()
         self._stop = False
@@ -63,20 +67,48 @@ class SideBySide:
             start = time.perf_counter()
             try:
                 return Outcome(outputs=self.runtimes[k].run_all(x))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who records or re-raises it
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who records or re-raises it
                 self._crashed[k].add(tuple(x.shape))
                 return Outcome(error=exc)
             finally:
                 self.seconds[k] += time.perf_counter() - start
 
     def _stream(self, k: int) -> None:
-        for i, x in enumerate(self.inputs):
+        i = 0
+        while True:
             self._lead[k].acquire()
-            if self._stop:
+            x = self._input(i)
+            if x is None:
                 return
-            outcome = self._run(k, x)
+            try:
+                outcome = self._run(k, x)
+            except BaseException as exc:  # noqa: BLE001 - a stream never dies silently: the caller re-raises it
+                outcome = Outcome(error=exc)
             with self._ready:
                 self._done[(k, i)] = outcome
+                self._ready.notify_all()
+            i += 1
+
+    def _input(self, i: int) -> np.ndarray | None:
+        """Input ``i`` once the caller has read it; None when there is none (or the caller left)."""
+        with self._ready:
+            while i not in self._inputs and not (self._stop or (self._ended and i >= self._read)):
+                self._ready.wait()
+            return None if self._stop else self._inputs.get(i)
+
+    def _read_ahead(self, upto: int) -> None:
+        """Read the inputs up to index ``upto`` (the caller's thread: a stream of batches is read here)."""
+        while not self._ended and self._read <= upto:
+            try:
+                x = next(self._source)
+            except StopIteration:
+                x = None
+            with self._ready:
+                if x is None:
+                    self._ended = True
+                else:
+                    self._inputs[self._read] = x
+                    self._read += 1
                 self._ready.notify_all()
 
     def _take(self, k: int, i: int) -> Outcome:
@@ -91,13 +123,23 @@ class SideBySide:
         for w in workers:
             w.start()
         try:
-            for i, x in enumerate(self.inputs):
+            i = 0
+            while True:
+                self._read_ahead(i + (self.lead if workers else 0))
+                if i >= self._read:
+                    return
+                x = self._inputs[i]
                 outcomes = [self._take(k, i) if k in self._lead else self._run(k, x) for k in range(len(self.runtimes))]
                 yield i, outcomes
+                with self._ready:
+                    del self._inputs[i]
                 for sem in self._lead.values():
                     sem.release()
+                i += 1
         finally:
-            self._stop = True
+            with self._ready:
+                self._stop = True
+                self._ready.notify_all()
             for sem in self._lead.values():
                 sem.release()
             for w in workers:
