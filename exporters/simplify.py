@@ -48,6 +48,19 @@ def graph_diff(before: onnx.ModelProto, after: onnx.ModelProto) -> GraphDiff:
     return GraphDiff(len(before.graph.node), len(after.graph.node), changes)
 
 
+def simplified_structure(model_proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxsim's graph of ``model_proto``, to count its nodes (the rewrite diff's graph without the
+    rewrites): neither the checker nor ONNX Runtime checks it, nothing ships it; the input graph when
+    onnxsim fails."""
+    import onnxsim  # noqa: PLC0415 - heavy (its own onnxruntime and protobuf stack): only simplifying needs it
+
+    try:
+        with captured_output({}):
+            candidate, _ok = onnxsim.simplify(model_proto, check_n=0)
+    except Exception:  # noqa: BLE001 - onnxsim raises plain RuntimeError/ValueError from C++: the graph stays as exported
+        return model_proto
+    return candidate
+
 
 @dataclass
 class SimplifyResult:
@@ -85,6 +98,16 @@ def _interface(proto: onnx.ModelProto) -> list[tuple[str, tuple[str | int, ...]]
     return sig
 
 
+@dataclass
+class Simplified:
+    """What ``simplify_checked`` kept: the graph, the record of what onnxsim did, and the ONNX Runtime
+    session that checked that graph (None when none did), for the caller to run again."""
+
+    model: onnx.ModelProto
+    result: SimplifyResult
+    session: OrtRuntime | None
+
+
 def simplify_onnx(
     model_proto: onnx.ModelProto,
     input_shape: Sequence[int],
@@ -97,12 +120,28 @@ def simplify_onnx(
     input at batch 2, or the fixed batch). Otherwise return the input graph and say why.
     Node and model ``metadata_props`` (module scopes, our metadata) are carried over by node name.
     """
+    done = simplify_checked(model_proto, input_shape, tol=tol, seed=seed)
+    return done.model, done.result
+
+
+def simplify_checked(
+    model_proto: onnx.ModelProto,
+    input_shape: Sequence[int],
+    *,
+    tol: Any = None,
+    seed: int = 0,
+    threads: int | None = None,
+    name: str | None = None,
+) -> Simplified:
+    """``simplify_onnx``, keeping the ONNX Runtime session (intra-op ``threads``, called ``name``) that
+    checked the graph it returns: the parity check runs the same graph next."""
     import onnxsim  # noqa: PLC0415 - heavy (its own onnxruntime and protobuf stack): only the simplify step needs it
 
     tol = tol or Tolerance()
     before = op_histogram(model_proto)
     start = time.perf_counter()
     simplified, reason, metrics = None, None, None
+    sessions: dict[str, OrtRuntime] = {}
     stage = "onnxsim failed"
     try:
         captured: dict[str, Any] = {}
@@ -119,7 +158,9 @@ def simplify_onnx(
         dim0 = model_proto.graph.input[0].type.tensor_type.shape.dim[0]
         batch = dim0.dim_value if dim0.HasField("dim_value") else 2
         x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
-        metrics, bad = _same_outputs(model_proto, candidate, x, tol)
+        sessions["before"] = OrtRuntime(model_proto, threads=threads, name=name)
+        sessions["after"] = OrtRuntime(candidate, threads=threads, name=name)
+        metrics, bad = _same_outputs(sessions["before"], sessions["after"], x, tol)
         if bad:
             reason = "onnxsim changed the outputs: " + "; ".join(bad)
         else:
@@ -138,13 +179,13 @@ def simplify_onnx(
         max_abs_err=metrics["max_abs_err"] if metrics else None, max_rel_err=metrics["max_rel_err"] if metrics else None,
         seconds=time.perf_counter() - start, onnxsim_version=str(getattr(onnxsim, "__version__", "unknown")),
     )
-    return result_model, result
+    return Simplified(result_model, result, sessions.get("after" if simplified is not None else "before"))
 
 
-def _same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, x: np.ndarray,
+def _same_outputs(before: OrtRuntime, after: OrtRuntime, x: np.ndarray,
                   tol: Tolerance) -> tuple[dict[str, float], list[str]]:
     """Every output of ``after`` against ``before`` on ``x``: the worst output's metrics and the violations."""
-    ref, out = OrtRuntime(before).run_all(x), OrtRuntime(after).run_all(x)
+    ref, out = before.run_all(x), after.run_all(x)
     worst: dict[str, float] = {}
     bad: list[str] = []
     for name, value in ref.items():

@@ -11,9 +11,9 @@ classes and times. Paper-agnostic: predictions and labels in, numbers out.
 
 from __future__ import annotations
 
-import time
+import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import stats
@@ -22,6 +22,7 @@ from deploy.core.errors import BadInputError
 from deploy.core.progress import SILENT, Progress
 from deploy.data.datasets import Batch
 from validators.runtimes.base import Runtime
+from validators.runtimes.streams import SideBySide
 
 CONFIDENCE = 0.95
 
@@ -145,23 +146,57 @@ def _top_classes(logits: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+class _FirstOutput:
+    """A runtime seen through ``run``: its first output, for side-by-side runs."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime, self.name = runtime, getattr(runtime, "name", type(runtime).__name__)
+        self.concurrent = getattr(runtime, "concurrent", False)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.runtime.run(x))
+
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"first": self.run(x)}
+
+    def describe(self) -> dict[str, Any]:
+        return self.runtime.describe()
+
+
 def score(runtimes: Sequence[Runtime], batches: Iterable[Batch], *, k: int = 5,
-          progress: Progress = SILENT, total: int | None = None) -> list[Scores]:
+          progress: Progress = SILENT, total: int | None = None, slots: int = 1) -> list[Scores]:
     """Run every runtime on every batch (the same inputs) and keep its top-``k`` classes; the data are
-    decoded once and streamed (one batch in memory). Each runtime's ``run`` must return class scores
-    (batch, classes); its time is measured around ``run`` alone."""
+    decoded once and streamed (a few batches in memory). Each runtime's ``run`` must return class scores
+    (batch, classes); its time is measured around ``run`` alone. With ``slots`` > 1 the runtimes run side
+    by side (``validators.runtimes.streams``)."""
     results = [Scores(getattr(rt, "name", type(rt).__name__)) for rt in runtimes]
     progress.task("evaluating", total)
-    for batch in batches:
-        for rt, result in zip(runtimes, results):
-            start = time.perf_counter()
-            logits = np.asarray(rt.run(batch.x))
-            result.seconds += time.perf_counter() - start
-            if logits.ndim != 2 or logits.shape[0] != len(batch.items):
-                raise BadInputError(f"{result.name} returns {tuple(logits.shape)} for a batch of {len(batch.items)}: "
-                                    "evaluation needs class scores (batch, classes) as the first output")
-            result.classes = int(logits.shape[1])
-            result.top.append(_top_classes(logits, min(k, result.classes)))
-            result.images += len(batch.items)
-        progress.update(advance=len(batch.items))
+    pending: list[Batch] = []
+
+    def inputs() -> Iterator[np.ndarray]:
+        for batch in batches:
+            pending.append(batch)
+            yield batch.x
+
+    runs = SideBySide([_FirstOutput(rt) for rt in runtimes], inputs(), slots)
+    with contextlib.closing(iter(runs)) as outcomes:
+        for _, got in outcomes:
+            batch = pending.pop(0)
+            for outcome, result in zip(got, results):
+                if outcome.error is not None:
+                    raise outcome.error
+                assert outcome.outputs is not None  # an outcome holds outputs or an error
+                _add_scores(result, outcome.outputs["first"], len(batch.items), k)
+            progress.update(advance=len(batch.items))
+    for result, seconds in zip(results, runs.seconds):
+        result.seconds = seconds
     return results
+
+
+def _add_scores(result: Scores, logits: np.ndarray, images: int, k: int) -> None:
+    if logits.ndim != 2 or logits.shape[0] != images:
+        raise BadInputError(f"{result.name} returns {tuple(logits.shape)} for a batch of {images}: "
+                            "evaluation needs class scores (batch, classes) as the first output")
+    result.classes = int(logits.shape[1])
+    result.top.append(_top_classes(logits, min(k, result.classes)))
+    result.images += images

@@ -15,6 +15,8 @@ between PyTorch and the ONNX graph.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -24,6 +26,7 @@ from deploy.core.errors import BadInputError, ParityError, first_line
 from deploy.core.metrics import Tolerance, compare, decisive_top1, looks_like_class_scores
 from validators.divergence import locate_divergence
 from validators.runtimes.base import Runtime
+from validators.runtimes.streams import Outcome, SideBySide
 
 
 @dataclass
@@ -66,6 +69,32 @@ class CandidateParity:
 
 
 @dataclass
+class ParitySeconds:
+    """Where the parity check's time went: each runtime's runs (the reference's once per input),
+    the comparison, and the wall time; with ``slots`` > 1 the runs overlapped."""
+
+    reference: float
+    candidates: dict[str, float]
+    comparison: float
+    wall: float
+    slots: int
+
+    @classmethod
+    def of(cls, runs: SideBySide, comparison: float, wall: float) -> "ParitySeconds":
+        candidates: dict[str, float] = {}
+        for rt, seconds in zip(runs.runtimes[1:], runs.seconds[1:]):
+            candidates[rt.name] = candidates.get(rt.name, 0.0) + seconds
+        return cls(runs.seconds[0], candidates, comparison, wall, runs.slots)
+
+    def summary(self) -> str:
+        """``reference 2.31 s, candidates 3.02 s (folded-torch 1.80 s, onnxruntime-cpu 1.22 s), comparison 0.01 s``."""
+        each = ", ".join(f"{name} {s:.2f} s" for name, s in self.candidates.items())
+        side = f"; runs side by side in {self.slots} streams, {self.wall:.2f} s wall" if self.slots > 1 else ""
+        return (f"reference {self.reference:.2f} s, candidates {sum(self.candidates.values()):.2f} s ({each}), "
+                f"comparison {self.comparison:.2f} s{side}")
+
+
+@dataclass
 class ParityReport:
     """Everything ``check_parity`` measured; ``passed`` only if every candidate passed."""
 
@@ -79,6 +108,7 @@ class ParityReport:
     reference_describe: dict[str, Any] = field(default_factory=dict)
     first_divergence: str | None = None
     extra_input_shapes: tuple[tuple[int, ...], ...] = ()  # more spatial sizes, at the first batch size
+    seconds: ParitySeconds | None = None  # not in ``to_dict``: the record holds what was compared, the same every run
 
     @property
     def passed(self) -> bool:
@@ -86,6 +116,7 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("seconds")
         d["passed"] = self.passed
         return d
 
@@ -135,6 +166,7 @@ class _Tally:
         self.tol, self.shape_note = tol, shape_note
         self.outputs: dict[str, OutputParity] = {}
         self.agree: dict[str, int] = {}
+        self.crashed: set[tuple[int, ...]] = set()  # input shapes it raised at: not compared there again
 
     def fail(self, reason: str) -> None:
         self.result.passed = False
@@ -224,12 +256,16 @@ def check_parity(
     tol: Tolerance | None = None,
     *,
     extra_sizes: Sequence[Sequence[int]] = (),
+    slots: int = 1,
 ) -> ParityReport:
     """Run every candidate against the reference on seeded inputs; never raises on a mismatch.
 
     ``input_shape`` is (C, H, W); ``extra_sizes`` are more (H, W) sizes checked at the first
     batch size (a graph with dynamic H/W). An exception inside a candidate (e.g. a
-    fixed-batch graph fed batch 3) is recorded as a failure with its first line.
+    fixed-batch graph fed batch 3) is recorded as a failure with its first line. The reference
+    runs once per input and every candidate is compared with that one output; with ``slots`` > 1
+    the runtimes run side by side (``validators.runtimes.streams``), each on its own inputs in order,
+    which changes when they run, never what is compared.
     """
     tol = tol or Tolerance()
     _check_arguments(input_shape, samples, batches, extra_sizes)
@@ -239,25 +275,45 @@ def check_parity(
     for i, shape in enumerate(extra, start=1):
         inputs += seeded_inputs(shape, batches[:1], samples, seed + i)
     tallies = [_Tally(c.name, _describe(c), tol, shape_note=bool(extra)) for c in candidates]
-    crashed: set[tuple[int, tuple[int, ...]]] = set()  # (candidate, input shape) pairs that raised: run once
-    for x in inputs:
-        ref = reference_runtime.run_all(x)
-        for i, cand in enumerate(candidates):
-            if (i, x.shape) in crashed:
-                continue
-            try:
-                tallies[i].add(ref, cand.run_all(x), x)
-            except Exception as exc:  # noqa: BLE001 - recorded as this candidate's failure, reported, never silent
-                msg = first_line(exc, 10_000)
-                other_size = tuple(x.shape[1:]) != tuple(int(s) for s in input_shape)
-                hint = " (its H/W are not really dynamic: export with fixed H/W)" if other_size else ""
-                tallies[i].fail(f"failed to run at {_at(x) if extra else f'batch {x.shape[0]}'}{hint}: {msg}")
-                crashed.add((i, x.shape))
+    runs = SideBySide([reference_runtime, *candidates], inputs, slots)
+    start, comparing = time.perf_counter(), 0.0
+    with contextlib.closing(iter(runs)) as outcomes:
+        for n, (ref, *got) in outcomes:
+            if ref.error is not None:
+                raise ref.error
+            assert ref.outputs is not None  # an outcome holds outputs or an error
+            begin = time.perf_counter()
+            for i, outcome in enumerate(got):
+                _tally_outcome(tallies[i], ref.outputs, outcome, inputs[n], input_shape, bool(extra))
+            comparing += time.perf_counter() - begin
+    seconds = ParitySeconds.of(runs, comparing, time.perf_counter() - start)
     return ParityReport(
         reference=reference_runtime.name, candidates=[t.finish() for t in tallies], tolerance=asdict(tol),
         input_shape=tuple(int(s) for s in input_shape), batches=tuple(int(b) for b in batches),
         samples=samples, seed=seed, reference_describe=_describe(reference_runtime), extra_input_shapes=extra,
+        seconds=seconds,
     )
+
+
+def _tally_outcome(tally: _Tally, ref: dict[str, np.ndarray], outcome: Outcome, x: np.ndarray,
+                   input_shape: Sequence[int], shape_note: bool) -> None:
+    """One candidate's outcome on ``x`` into its tally: compared, or recorded as a failure when it raised
+    (or its outputs could not be compared); nothing once it has failed at this shape."""
+    if outcome.skipped or x.shape in tally.crashed:
+        return
+    if outcome.error is not None and not isinstance(outcome.error, Exception):
+        raise outcome.error
+    try:
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.outputs is not None  # an outcome holds outputs or an error
+        tally.add(ref, outcome.outputs, x)
+    except Exception as exc:  # noqa: BLE001 - recorded as this candidate's failure, reported, never silent
+        msg = first_line(exc, 10_000)
+        other_size = tuple(x.shape[1:]) != tuple(int(s) for s in input_shape)
+        hint = " (its H/W are not really dynamic: export with fixed H/W)" if other_size else ""
+        tally.fail(f"failed to run at {_at(x) if shape_note else f'batch {x.shape[0]}'}{hint}: {msg}")
+        tally.crashed.add(x.shape)
 
 
 def _describe(runtime: Any) -> dict[str, Any]:

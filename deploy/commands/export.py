@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from deploy.commands.common import console, detail, machine_output, warn
+from deploy.commands.common import configure_output, console, detail, machine_output, state, warn
 from deploy.commands.options import (
     ATOL,
     DATA,
@@ -72,6 +72,9 @@ def export(
                                           "written with OUT.onnx, both or neither (default: OUT.report.json)."),
     as_json: bool = typer.Option(False, "--json", help="Also print the report JSON on stdout; the human text goes "
                                  "to stderr."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Say where the time went: the CPUs the run found "
+                                 "free, the parity step split into reference, candidates and comparison (as "
+                                 "`deploy -v export`)."),
     fold: bool = FOLD,
     rewrite: bool = REWRITE,
     rewrite_diff: bool = REWRITE_DIFF,
@@ -123,6 +126,10 @@ def export(
     output and the first diverging layer) or, with --int8, the INT8 gate failed (OUT.onnx is written, OUT.int8.onnx
     is not), 4 graph check failed (or, with --strict-fold, fold coverage).
     """
+    if verbose:
+        if state["quiet"]:
+            raise typer.BadParameter("give -v/--verbose or -q/--quiet, not both")
+        configure_output(debug=bool(state["debug"]), verbose=True, quiet=False)
     if not int8 and (calib or eval_data):
         raise BadInputError("--calib and --eval apply to --int8: add --int8")
     int8_opts = _int8_options(int8, calib, eval_data or data, target, method, max_drop, keep_float, keep_float_max,
@@ -203,4 +210,17 @@ def _print_export(result: ExportResult) -> None:
         console.print(rep.engine.summary())
         for note in rep.engine.notes:
             warn(note)
+    _print_times(result)
     console.print(f"wrote {result.onnx_path} and {result.report_path} (total {sum(rep.seconds.values()):.1f} s)")
+
+
+def _print_times(result: ExportResult) -> None:
+    """``-v``: each step's time, the CPUs the run found free, and the parity step split."""
+    rep = result.report
+    detail("time: " + ", ".join(f"{step} {seconds:.2f} s" for step, seconds in rep.seconds.items()))
+    if rep.threads is not None:
+        detail(f"  threads: {rep.threads.summary()}")
+    if rep.parity.seconds is not None:
+        detail(f"  parity: {rep.parity.seconds.summary()}")
+    if rep.accuracy is not None:
+        detail(f"  held-out accuracy: {rep.accuracy.seconds:.2f} s of the parity step")

@@ -23,6 +23,7 @@ from deploy.core.metrics import Tolerance
 from deploy.core.pathguard import guard_paths
 from deploy.core.progress import StepLog
 from deploy.core.shapes import parse_dynamic, second_size
+from deploy.core.threads import ThreadPlan, plan_threads
 from deploy.fold.fold import FoldReport
 from deploy.load.module import LoadedModel
 from deploy.pipeline.options import ExportOptions, check_option_types, default_output, report_path_for
@@ -36,6 +37,7 @@ from deploy.pipeline.steps import (
     onnx_metadata,
     parity_batches,
     parity_step,
+    parity_threads,
     rewrite_comparison,
     tolerance_from,
     write_step,
@@ -43,15 +45,19 @@ from deploy.pipeline.steps import (
 )
 from exporters.onnx import OnnxExport, export_onnx_detailed, save_onnx
 from exporters.opset import check_opset
-from exporters.simplify import SimplifyResult, simplify_onnx
+from exporters.simplify import Simplified, simplified_structure, simplify_checked
 from exporters.tensorrt.build import build_engine, require_engine_builder
 from exporters.tensorrt.options import validate_build_options
 from validators.fold_coverage import FoldCoverageReport, check_fold_coverage
 from validators.graph import GraphReport, check_graph
 from validators.parity import OutputParity, ParityReport, check_parity
 from validators.runtimes.onnxruntime import OrtRuntime
+from validators.runtimes.pytorch import torch_threads
 from validators.runtimes.tensorrt import TensorRTRuntime
 from validators.runtimes.tensorrt_env import metadata_path
+
+#: the parity check's name for the exported graph in ONNX Runtime
+ORT_NAME = "onnxruntime-cpu"
 
 
 @dataclass
@@ -160,7 +166,9 @@ def _options_record(opts: ExportOptions, opset: int, input_shape: tuple[int, ...
 
 
 def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportResult:
-    """The whole `deploy export`: every gate passes, then MODEL.onnx and its report appear together."""
+    """The whole `deploy export`: every gate passes, then MODEL.onnx and its report appear together.
+
+    PyTorch runs on the CPUs other processes leave free (``deploy.core.threads``), put back after."""
     log = log or StepLog()
     check_option_types(opts)
     output, report_path = _output_paths(opts)
@@ -168,6 +176,13 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportResult:
     check_seed(opts.seed)
     check_opset(opts.exporter, opts.opset)
     tol = tolerance_from(opts.atol, opts.rtol)
+    plan = plan_threads()
+    with torch_threads(plan.free):
+        return _run(opts, log, tol, plan, output, report_path)
+
+
+def _run(opts: ExportOptions, log: StepLog, tol: Tolerance, plan: ThreadPlan, output: Path,
+         report_path: Path) -> ExportResult:
     with log.step("load"):
         loaded, input_shape, fixed_batch, dynamic_hw = _load(opts)
     with log.step("fold"):
@@ -176,40 +191,46 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportResult:
 
     recipe = export_recipe(loaded, opts.preprocess)
     metadata = onnx_metadata(loaded, opts.fold, input_shape, fold_report, opts.rewrite, recipe)
+    ort_threads = parity_threads(plan, opts.fold)[0]
 
     def export(model: nn.Module) -> OnnxExport:
         return export_onnx_detailed(model, input_shape, opset=opts.opset, exporter=opts.exporter,
                                     dynamic_batch=fixed_batch is None, dynamic_hw=dynamic_hw,
                                     batch_size=fixed_batch or 1, metadata=metadata)
 
-    def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifyResult | None]:
+    def simplify(model: onnx.ModelProto) -> Simplified | None:
         # without folding the graph is kept as exported: onnxsim would constant-fold the
         # kernel-computing subgraphs, i.e. fold behind the user's back.
         if opts.simplify and opts.fold:
-            return simplify_onnx(model, input_shape, tol=tol, seed=opts.seed)
-        return model, None
+            return simplify_checked(model, input_shape, tol=tol, seed=opts.seed, threads=ort_threads, name=ORT_NAME)
+        return None
 
     with log.step("export"):
         exported = export(deploy_model)
     with log.step("simplify"):
-        proto, simplified = simplify(exported.model)
+        simplified = simplify(exported.model)
+    proto = simplified.model if simplified is not None else exported.model
     rewrites = None
     if fold_report is not None and fold_report.rewrites and opts.compare_rewrites:
         with log.step("rewrite diff"):
-            rewrites = rewrite_comparison(loaded, input_shape, proto, lambda m: simplify(export(m).model)[0])
+            # the graph without the rewrites is only counted: onnxsim as the shipped graph had it, unchecked
+            simplify_too = simplified is not None and simplified.result.applied
+            rewrites = rewrite_comparison(loaded, input_shape, proto, lambda m: _comparison_graph(export(m), simplify_too))
     with log.step("graph checks"):
         graph, coverage = check_graph(proto, input_shape), check_fold_coverage(proto)
     with log.step("parity"):
-        ort = OrtRuntime(proto, name="onnxruntime-cpu")
+        ort = (simplified.session if simplified is not None and simplified.session is not None
+               else OrtRuntime(proto, threads=ort_threads, name=ORT_NAME))
         parity, runtimes = parity_step(loaded, deploy_model if opts.fold else None, ort, proto, input_shape,
-                                   parity_batches(fixed_batch), opts.samples, opts.seed, tol, fold_report,
-                                   extra_sizes=[second_size(input_shape)] if dynamic_hw else [])
-        accuracy = held_out_accuracy(loaded, runtimes, opts.data, recipe)
+                                       parity_batches(fixed_batch), opts.samples, opts.seed, tol, fold_report,
+                                       extra_sizes=[second_size(input_shape)] if dynamic_hw else [], plan=plan)
+        accuracy = held_out_accuracy(loaded, runtimes, opts.data, recipe, plan)
     report = RunReport("convdeploy export", {"path": opts.source.label, **loaded.describe()},
                        parity, opts.seed, options=_options_record(opts, written_opset(proto), input_shape, fixed_batch,
                                                                   dynamic_hw, exported.opset_reason),
-                       fold=fold_report, export=exported, simplify=simplified, rewrites=rewrites, graph=graph,
-                       fold_coverage=coverage, accuracy=accuracy, seconds=log.seconds)
+                       fold=fold_report, export=exported, simplify=simplified.result if simplified else None,
+                       rewrites=rewrites, graph=graph, fold_coverage=coverage, accuracy=accuracy, seconds=log.seconds,
+                       threads=plan)
     _gate(report, opts)
     if opts.engine is not None:
         with log.step("tensorrt"):
@@ -217,6 +238,11 @@ def run_export(opts: ExportOptions, log: StepLog | None = None) -> ExportResult:
     with log.step("write"):
         record = _write(proto, output, report_path, report, opts)
     return ExportResult(output, report_path, report, loaded, deploy_model, record)
+
+
+def _comparison_graph(exported: OnnxExport, simplify: bool) -> onnx.ModelProto:
+    """The graph the rewrite diff counts: ``exported``, through onnxsim when the shipped graph went through it."""
+    return simplified_structure(exported.model) if simplify else exported.model
 
 
 def _load(opts: ExportOptions) -> tuple[LoadedModel, tuple[int, ...], int | None, bool]:

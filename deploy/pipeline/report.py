@@ -10,11 +10,12 @@ JSON.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploy.core.environment import device_description, versions
+from deploy.core.threads import ThreadPlan
 from deploy.fold.fold import FoldReport
 from exporters.onnx import OnnxExport
 from exporters.simplify import GraphDiff, SimplifyResult
@@ -59,6 +60,7 @@ class HeldOutAccuracy:
     images: int
     reports: dict[str, AccuracyReport]  # by runtime: training_form, folded, onnxruntime
     images_per_s: dict[str, float]
+    seconds: float = 0.0  # the whole evaluation, data decoding included
 
     def line(self) -> str:
         """``training-form 98.61 % [97.1, 99.3] | …`` for the export's summary."""
@@ -66,7 +68,8 @@ class HeldOutAccuracy:
 
     def to_dict(self) -> dict[str, Any]:
         return {"data": self.data, "images": self.images, **{n: r.top1.value for n, r in self.reports.items()},
-                "reports": {n: r.to_dict() for n, r in self.reports.items()}, "images_per_s": dict(self.images_per_s)}
+                "reports": {n: r.to_dict() for n, r in self.reports.items()}, "images_per_s": dict(self.images_per_s),
+                "seconds": self.seconds}
 
 
 def _now() -> str:
@@ -93,6 +96,7 @@ class RunReport:
     engine: EngineCheck | None = None
     outputs: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    threads: ThreadPlan | None = None  # the CPUs the run found free, and so the threads it ran on
     created: str = field(default_factory=_now)
     versions: dict[str, str] = field(default_factory=versions)
     device: dict[str, Any] = field(default_factory=device_description)
@@ -123,6 +127,10 @@ class RunReport:
         doc.update({"parity": self.parity.to_dict(), "accuracy": self.accuracy.to_dict() if self.accuracy else None})
         if self.seconds:
             doc["seconds"] = dict(self.seconds)
+        if self.parity.seconds is not None:
+            doc["parity_seconds"] = asdict(self.parity.seconds)
+        if self.threads is not None:
+            doc["threads"] = self.threads.to_dict()
         if self.engine is not None:
             doc["engine"] = self.engine.to_dict()
         if self.outputs is not None:

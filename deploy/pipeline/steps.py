@@ -7,6 +7,7 @@ them and ``deploy.pipeline.validate.run_validate`` reuses load, fold and parity.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,6 +19,7 @@ from deploy.core.atomic import Transaction, json_bytes, output_lock
 from deploy.core.errors import BadInputError
 from deploy.core.limits import check_finite
 from deploy.core.metrics import Tolerance
+from deploy.core.threads import ThreadPlan
 from deploy.data.datasets import batches, open_data
 from deploy.data.preprocess import META_KEY, METADATA_KEY, Recipe, parse_recipe
 from deploy.fold.fold import FoldReport, fold_model
@@ -32,7 +34,7 @@ from validators.accuracy import accuracy_report, score
 from validators.parity import ParityReport, check_parity, first_divergence, seeded_inputs
 from validators.runtimes.base import Runtime
 from validators.runtimes.onnxruntime import OrtRuntime
-from validators.runtimes.pytorch import TorchRuntime
+from validators.runtimes.pytorch import TorchRuntime, torch_threads
 
 
 def tolerance_from(atol: float | None, rtol: float | None) -> Tolerance:
@@ -95,19 +97,32 @@ def parity_batches(fixed_batch: int | None) -> tuple[int, ...]:
     return (fixed_batch,) if fixed_batch else (1, 3)
 
 
+def parity_threads(plan: ThreadPlan | None, folded: bool) -> tuple[int | None, int]:
+    """(intra-op threads of each runtime, runtimes run at once) of the parity check: the training form,
+    the folded model when there is one, and ONNX Runtime side by side on the free CPUs of ``plan``
+    (None: the libraries' own thread counts, one runtime at a time)."""
+    if plan is None:
+        return None, 1
+    return plan.split(3 if folded else 2)
+
+
 def parity_step(loaded: LoadedModel, folded: nn.Module | None, ort: OrtRuntime, proto: onnx.ModelProto,
                 input_shape: tuple[int, ...], batches: tuple[int, ...], samples: int, seed: int, tol: Tolerance,
                 fold_report: FoldReport | None, extra_sizes: Sequence[tuple[int, int]] = (),
-                ) -> tuple[ParityReport, dict[str, Runtime]]:
+                plan: ThreadPlan | None = None) -> tuple[ParityReport, dict[str, Runtime]]:
     """Training form vs (folded torch and) ONNX Runtime, every output by name, at ``input_shape``
-    and any ``extra_sizes``; on failure, the first diverging layer.
+    and any ``extra_sizes``; on failure, the first diverging layer. With a ``plan`` the runtimes run
+    side by side (``parity_threads``; ``ort`` should have been made with those threads).
 
     Returns the report and the runtimes by role, for the accuracy step.
     """
     reference = TorchRuntime(loaded.model, name="training-form")
     folded_rt = TorchRuntime(folded, name="folded-torch") if folded is not None else None
     candidates = ([folded_rt] if folded_rt is not None else []) + [ort]
-    parity = check_parity(reference, candidates, input_shape, samples, batches, seed, tol, extra_sizes=extra_sizes)
+    threads, slots = parity_threads(plan, folded is not None)
+    with torch_threads(threads):
+        parity = check_parity(reference, candidates, input_shape, samples, batches, seed, tol,
+                              extra_sizes=extra_sizes, slots=slots)
     if not parity.passed:
         parity.first_divergence = _first_divergence(parity, loaded, folded, proto, input_shape, batches, seed, tol,
                                                     fold_report, extra_sizes)
@@ -143,15 +158,19 @@ def _first_divergence(parity: ParityReport, loaded: LoadedModel, folded: nn.Modu
 
 
 def held_out_accuracy(loaded: LoadedModel, runtimes: dict[str, Runtime], data: str | None = None,
-                      recipe: Recipe | None = None) -> HeldOutAccuracy | None:
+                      recipe: Recipe | None = None, plan: ThreadPlan | None = None) -> HeldOutAccuracy | None:
     """Top-1 accuracy (with its interval) of each runtime on ``data`` (``deploy.data``), or on the held-out
-    split of the data set the checkpoint names (the bundled digits); None when there is neither."""
+    split of the data set the checkpoint names (the bundled digits); None when there is neither. With a
+    ``plan`` the runtimes run side by side as in the parity step."""
     if data is None and loaded.meta.get("dataset") != "digits":
         return None
+    start = time.perf_counter()
     source = open_data(data or "digits")
     if not source.labelled:
         raise BadInputError(f"{source.description} has no labels: held-out accuracy needs labelled `data`")
-    results = score(list(runtimes.values()), batches(source, recipe, 64), k=5)
+    threads, slots = parity_threads(plan, "folded" in runtimes)
+    with torch_threads(threads):
+        results = score(list(runtimes.values()), batches(source, recipe, 64), k=5, slots=slots)
     labels = np.asarray([i.label for i in source.items], dtype=np.int64)
     for result in results:
         if labels.size and labels.max() >= result.classes:
@@ -159,7 +178,7 @@ def held_out_accuracy(loaded: LoadedModel, runtimes: dict[str, Runtime], data: s
                                 f"{result.classes} classes: give data labelled in the model's classes")
     reports = {name: accuracy_report(r.topk, labels, source.classes) for name, r in zip(runtimes, results)}
     return HeldOutAccuracy(source.description, len(labels), reports,
-                           {name: r.images_per_s for name, r in zip(runtimes, results)})
+                           {name: r.images_per_s for name, r in zip(runtimes, results)}, time.perf_counter() - start)
 
 
 def export_recipe(loaded: LoadedModel, preprocess: str | None) -> Recipe | None:

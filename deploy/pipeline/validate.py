@@ -10,8 +10,10 @@ import onnx
 from deploy.core.atomic import sha256_file, write_json_atomic
 from deploy.core.errors import BadInputError
 from deploy.core.limits import check_input_elements, check_samples, check_seed
+from deploy.core.metrics import Tolerance
 from deploy.core.pathguard import guard_paths
 from deploy.core.shapes import second_size
+from deploy.core.threads import ThreadPlan, plan_threads
 from deploy.load.source import ModelSource
 from deploy.pipeline.report import RunReport
 from deploy.pipeline.shapes import check_second_size
@@ -21,9 +23,11 @@ from deploy.pipeline.steps import (
     load_step,
     parity_batches,
     parity_step,
+    parity_threads,
     tolerance_from,
 )
 from validators.runtimes.onnxruntime import OrtRuntime
+from validators.runtimes.pytorch import torch_threads
 
 
 def run_validate(
@@ -46,8 +50,19 @@ def run_validate(
     check_seed(seed)
     check_samples(samples)
     tol = tolerance_from(atol, rtol)
+    plan = plan_threads()
+    with torch_threads(plan.free):
+        result = _validate(source, onnx_path, samples, seed, tol, input_size, input_shape, plan)
+    if report is not None:
+        write_json_atomic(report, result.to_dict())
+    return result
+
+
+def _validate(source: ModelSource, onnx_path: Path, samples: int, seed: int, tol: Tolerance,
+              input_size: str | int | tuple[int, ...] | None, input_shape: str | tuple[int, ...] | None,
+              plan: ThreadPlan) -> RunReport:
     loaded, shape = load_step(source, input_size=input_size, input_shape=input_shape)
-    ort = OrtRuntime(onnx_path, name="onnxruntime-cpu")
+    ort = OrtRuntime(onnx_path, threads=parity_threads(plan, True)[0], name="onnxruntime-cpu")
     dims = ort.session.get_inputs()[0].shape
     _check_onnx_shape(onnx_path, dims, shape)
     batches = parity_batches(dims[0] if isinstance(dims[0], int) else None)
@@ -57,16 +72,12 @@ def run_validate(
         check_second_size(loaded.model, shape)
     folded, fold_report = fold_step(loaded, shape, seed)
     proto = onnx.load(str(onnx_path))
-    parity, runtimes = parity_step(loaded, folded, ort, proto, shape,
-                               batches, samples, seed, tol,
-                               fold_report, extra_sizes=[second_size(shape)] if dynamic_hw else [])
+    parity, runtimes = parity_step(loaded, folded, ort, proto, shape, batches, samples, seed, tol, fold_report,
+                                   extra_sizes=[second_size(shape)] if dynamic_hw else [], plan=plan)
     runtimes.pop("folded")
-    result = RunReport("convdeploy validate", {"path": source.label, **loaded.describe()}, parity, seed,
-                       fold=fold_report, accuracy=held_out_accuracy(loaded, runtimes),
-                       onnx={"path": str(onnx_path), "sha256": sha256_file(onnx_path)})
-    if report is not None:
-        write_json_atomic(report, result.to_dict())
-    return result
+    return RunReport("convdeploy validate", {"path": source.label, **loaded.describe()}, parity, seed,
+                     fold=fold_report, accuracy=held_out_accuracy(loaded, runtimes, plan=plan),
+                     onnx={"path": str(onnx_path), "sha256": sha256_file(onnx_path)}, threads=plan)
 
 
 def _check_onnx_shape(onnx_path: Path, dims: list[Any], shape: tuple[int, int, int]) -> None:

@@ -6,6 +6,8 @@ output names), in graph order; ``run`` returns the first (timing and accuracy ne
 ``describe`` says where and how it runs (device, provider, threads, versions) for reports. A
 runtime that keeps its own clock (CUDA events) also offers ``timed_run(x) -> milliseconds``
 and ``clock``; the harness (``validators.latency``) times the others with ``perf_counter``.
+A runtime with ``concurrent = True`` may run in a thread of its own while other runtimes run
+in theirs (``validators.runtimes.streams``); one without it runs in the caller's thread.
 """
 
 from __future__ import annotations

@@ -57,6 +57,8 @@ class OrtRuntime:
     have raises ``BackendUnavailableError`` (exit 5) instead of silently falling back.
     ``spin=False`` stops the intra-op pool spinning between runs: with two sessions timed in
     turns, one session's spinning threads would otherwise steal the cores from the other.
+    ``threads`` sets the intra-op pool (ONNX Runtime's default: one thread per physical core);
+    ``concurrent``: on the CPU it may run in a thread of its own beside other runtimes.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class OrtRuntime:
             )
         self.provider = provider
         self.threads = threads
+        self.concurrent = provider == "cpu"
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.output_name = self.output_names[0]

@@ -9,9 +9,10 @@ timed with its own clock (CUDA events on a GPU).
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -27,8 +28,29 @@ def named_outputs(out: object) -> list[tuple[str, torch.Tensor]]:
     return flatten_outputs(out, lambda v: isinstance(v, torch.Tensor))
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``threads`` inside, and put back after (process-wide;
+    None leaves it as it is). Threads started inside take it up on their first operator."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise BadInputError(f"`threads` {threads} must be >= 1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class TorchRuntime:
-    """A PyTorch module in eval mode, run under ``torch.inference_mode`` on the device of its weights."""
+    """A PyTorch module in eval mode, run under ``torch.inference_mode`` on the device of its weights.
+
+    ``concurrent``: on the CPU it may run in a thread of its own beside other runtimes (the parity
+    check's streams); its module is run by one thread at a time.
+    """
 
     def __init__(self, model: nn.Module, *, name: str = "torch") -> None:
         if model.training:
@@ -37,6 +59,7 @@ class TorchRuntime:
         first = next(model.parameters(), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.name = name
+        self.concurrent = self.device.type == "cpu"
 
     def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Forward ``x`` and return every output by name as float32 numpy, in flattened order."""
