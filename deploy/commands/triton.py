@@ -76,7 +76,8 @@ def _inputs(artifacts: list[Path]) -> dict[str, Optional[Path]]:
 def _check_schema(plan: RepositoryPlan) -> bool:
     """Parse the config with Triton's ModelConfig where tritonclient is installed; False where it is not."""
     try:
-        parse_config(plan.config.to_pbtxt())
+        model_config = plan.config
+        parse_config(model_config.to_pbtxt())
     except BackendUnavailableError as exc:
         detail(f"schema check skipped: {exc}")
         return False

@@ -128,10 +128,10 @@ def _dynamic_batching(db: DynamicBatching) -> list[str]:
     return ["dynamic_batching {", *inner, "}"]
 
 
-def _ort_tensorrt(trt: OrtTensorRT) -> list[str]:
+def _ort_tensorrt(accelerator: OrtTensorRT) -> list[str]:
     return ["optimization { execution_accelerators { gpu_execution_accelerator: [ {",
             '  name: "tensorrt"',
-            f'  parameters {{ key: "precision_mode" value: {_q(trt.precision_mode)} }}',
+            f'  parameters {{ key: "precision_mode" value: {_q(accelerator.precision_mode)} }}',
             "} ] } }"]
 
 

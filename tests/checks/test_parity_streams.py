@@ -12,7 +12,7 @@ import torch
 
 from deploy.core.threads import ThreadPlan, plan_threads, usable_cpus
 from exporters.onnx import export_onnx
-from tests.test_parity import SHAPE, conv_weight, make_net, perturb
+from tests.checks.test_parity import SHAPE, conv_weight, make_net, perturb
 from validators.parity import check_parity
 from validators.runtimes.onnxruntime import OrtRuntime
 from validators.runtimes.pytorch import TorchRuntime, torch_threads

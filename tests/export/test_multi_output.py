@@ -85,7 +85,7 @@ def test_second_head_perturbed_fails_validate_naming_the_output(deploy_cli, tmp_
     model = two_head(as_dict=True)
     ckpt = tmp_path / "weights.pt"
     torch.save(model.state_dict(), ckpt)
-    load = ("--model-class", "tests.test_multi_output:TwoHead", "--model-args", '{"as_dict": true}',
+    load = ("--model-class", "tests.export.test_multi_output:TwoHead", "--model-args", '{"as_dict": true}',
             "--input-shape", "3x16x16")
     run = deploy_cli("export", ckpt, *load, "-o", tmp_path / "good.onnx", "--samples", 2)
     assert run.exit_code == 0, run.stderr

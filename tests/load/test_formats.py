@@ -83,7 +83,7 @@ def test_model_class_with_a_state_dict(deploy_cli, tmp_path) -> None:
     model = small_net(classes=6, width=12)
     ckpt = tmp_path / "weights.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
-    spec = "tests.test_formats:SmallNet"
+    spec = "tests.load.test_formats:SmallNet"
     loaded = load_checkpoint(ckpt, model_class=spec, model_args={"classes": 6, "width": 12})
     assert loaded.source == "model-class" and not loaded.model.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
@@ -93,13 +93,13 @@ def test_model_class_with_a_state_dict(deploy_cli, tmp_path) -> None:
     assert json.loads((tmp_path / "m.report.json").read_text())["parity"]["passed"]
 
     for args, expected in (
-        (("--model-class", spec), "the weights do not fit tests.test_formats:SmallNet: shape mismatch for "
+        (("--model-class", spec), "the weights do not fit tests.load.test_formats:SmallNet: shape mismatch for "
                                   "features.0.weight (checkpoint (12, 3, 3, 3) vs model (8, 3, 3, 3))"),
         (("--model-class", spec, "--model-args", "{classes: 6}"), "--model-args is not valid JSON"),
         (("--model-class", spec, "--model-args", '{"depth": 3}'), "unexpected keyword argument 'depth'"),
-        (("--model-class", "tests.test_formats:Nope"), "tests.test_formats has no Nope"),
+        (("--model-class", "tests.load.test_formats:Nope"), "tests.load.test_formats has no Nope"),
         (("--model-class", "no_such_package.net:Net"), "PYTHONPATH"),
-        (("--model-class", "tests.test_formats"), "must be package.module:Class"),
+        (("--model-class", "tests.load.test_formats"), "must be package.module:Class"),
         (("--model-class", spec, "--arch", "resnet20"), "not both"),
     ):
         run = deploy_cli("export", ckpt, *args, "--input-size", "16", "-o", tmp_path / "bad.onnx")

@@ -68,7 +68,7 @@ def test_mismatched_timing_cache_is_one_line_and_ignored(tmp_path: Path, key: st
 def test_build_with_a_fake_cache_never_crashes(tmp_path: Path, deploy_cli) -> None:
     """Without TensorRT the build stops at exit 5 before the cache is read; with it the cache is
     offered and, if refused, replaced (tests/tensorrt/test_tensorrt.py). Either way: never exit 1."""
-    from tests.test_tensorrt import export_onnx, small_cnn
+    from tests.tensorrt.test_tensorrt import export_onnx, small_cnn
 
     model = export_onnx(small_cnn(), tmp_path / "m.onnx")
     cache = tmp_path / "tc.bin"
