@@ -142,9 +142,10 @@ def run_one(spec: ModelSpec, workdir: Path, seed: int) -> Row:
         assert fold is not None
         row.folded, row.precision = len(fold.rows), fold.precision
         coverage = result.fold_coverage
-        row.coverage = ("clean" if coverage.clean else
-                        f"{len(coverage.findings)} left ({', '.join(sorted({f.kind for f in coverage.findings}))})"
-                        f"{f', {len(coverage.kept)} BN kept' if coverage.kept else ''}")
+        left = [f"{len(coverage.findings)} left ({', '.join(sorted({f.kind for f in coverage.findings}))})"] \
+            if coverage.findings else []
+        kept = [f"{len(coverage.kept)} BN kept (after no conv)"] if coverage.kept else []
+        row.coverage = ", ".join(left + kept) or "clean"
         row.nodes = Counter(result.graph.op_histogram)
         row.opset = result.graph.opset
         row.pipeline_rel = max(c.max_rel_err for c in result.parity.candidates)
