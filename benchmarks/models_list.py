@@ -56,7 +56,7 @@ MODELS: list[ModelSpec] = [
     _timm("iformer_t", (64, 64), REPARAM),
     _timm("lcnetv2_small", (64, 64), REPARAM),
     _timm("shvit_s1", (64, 64), REPARAM),
-    _timm("tiny_vit_5m_224", (64, 64), REPARAM, img_size=64),
+    _timm("tiny_vit_5m_224", (64, 64), REPARAM),
     _timm("nextvit_small", (64, 64), REPARAM),
     # classic CNNs
     _timm("resnet18", (64, 64), "classic"),

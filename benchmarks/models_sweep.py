@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
+import json
 import sys
 import tempfile
 import time
@@ -140,9 +142,10 @@ def run_one(spec: ModelSpec, workdir: Path, seed: int) -> Row:
         assert fold is not None
         row.folded, row.precision = len(fold.rows), fold.precision
         coverage = result.fold_coverage
-        row.coverage = ("clean" if coverage.clean else
-                        f"{len(coverage.findings)} left ({', '.join(sorted({f.kind for f in coverage.findings}))})"
-                        f"{f', {len(coverage.kept)} BN kept' if coverage.kept else ''}")
+        left = [f"{len(coverage.findings)} left ({', '.join(sorted({f.kind for f in coverage.findings}))})"] \
+            if coverage.findings else []
+        kept = [f"{len(coverage.kept)} BN kept (after no conv)"] if coverage.kept else []
+        row.coverage = ", ".join(left + kept) or "clean"
         row.nodes = Counter(result.graph.op_histogram)
         row.opset = result.graph.opset
         row.pipeline_rel = max(c.max_rel_err for c in result.parity.candidates)
@@ -190,7 +193,7 @@ def table(rows: list[Row], seconds: float) -> str:
         f"**{len(rows)} models: {len(passed)} pass, {len(rows) - len(passed)} fail.**"
         + (f" Largest independent error: {worst.independent_rel:.2e} ({worst.spec.name})." if worst else "")
         + (f" Slowest export: {slowest.seconds:.1f} s ({slowest.spec.name})." if slowest else "")
-        + f" Sweep: {seconds / 60:.0f} min, torch {torch.__version__}, onnxruntime {ort.__version__}.",
+        + f" Exports: {seconds / 60:.0f} min in all; torch {torch.__version__}, onnxruntime {ort.__version__}.",
         "",
         "| model | source | input | kind | outputs | folded (precision) | fold coverage | nodes: ours | "
         "nodes: reparameterize + export | opset | float32 noise | rtol | independent rel err | seconds (export step) "
@@ -210,30 +213,68 @@ def table(rows: list[Row], seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(row: Row, path: Path) -> None:
+    with path.open("a") as f:
+        record = {k.name: getattr(row, k.name) for k in dataclasses.fields(row)}
+        record["spec"] = dataclasses.asdict(row.spec)
+        record["nodes"], record["baseline"] = dict(row.nodes), dict(row.baseline)
+        f.write(json.dumps(record) + "\n")
+
+
+def _load(paths: list[Path]) -> list[Row]:
+    """Rows written with ``--rows`` (shards of one sweep), in the order of ``MODELS``."""
+    rows: dict[str, Row] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            d = json.loads(line)
+            spec_d = d.pop("spec")
+            spec = ModelSpec(**{**spec_d, "size": tuple(spec_d["size"])})
+            rows[spec.name] = Row(spec=spec, **{k: Counter(v) if k in ("nodes", "baseline") else v for k, v in d.items()})
+    order = [m.name for m in MODELS]
+    return sorted(rows.values(), key=lambda r: order.index(r.spec.name) if r.spec.name in order else len(order))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", help="only these models (repeatable)")
+    parser.add_argument("--shard", help="K/N: only every N-th model from the K-th (0-based), to run shards side by side")
+    parser.add_argument("--rows", type=Path, help="append each model's row to this JSON-lines file")
+    parser.add_argument("--from-rows", type=Path, nargs="+", help="no run: the table of these --rows files")
     parser.add_argument("--table", type=Path, help="write the Markdown table here (docs/models.md)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.from_rows:
+        rows = _load(args.from_rows)
+        text = table(rows, sum(r.seconds for r in rows if r.seconds == r.seconds))
+    else:
+        rows = sweep(args)
+        text = table(rows, sum(r.seconds for r in rows if r.seconds == r.seconds))
+    if args.table:
+        args.table.write_text(text)
+    print(text.split("\n\n")[2])
+    return 0 if rows and all(r.ok for r in rows) else 1
+
+
+def sweep(args: argparse.Namespace) -> list[Row]:
     torch.set_num_threads(args.threads)
     specs = [m for m in MODELS if not args.only or m.name in args.only]
-    rows, start = [], time.perf_counter()
+    if args.shard:
+        k, n = (int(v) for v in args.shard.split("/"))
+        specs = specs[k::n]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
             row = run_one(spec, Path(tmp), args.seed)
             rows.append(row)
+            if args.rows:
+                _save(row, args.rows)
             status = "pass" if row.ok else f"FAIL {row.failure}"
             print(f"{spec.name:34} {row.seconds:7.1f} s  indep {row.independent_rel:.1e}  {status}", flush=True)
             for f in Path(tmp).iterdir():
                 f.unlink()
             gc.collect()
-    text = table(rows, time.perf_counter() - start)
-    if args.table:
-        args.table.write_text(text)
-    print(text.split("\n\n")[2])
-    return 0 if all(r.ok for r in rows) else 1
+    return rows
 
 
 if __name__ == "__main__":

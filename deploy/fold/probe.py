@@ -92,12 +92,37 @@ def output_error(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
     return abs_err, abs_err / scale if scale > 0 else abs_err
 
 
+class ReplacementFailedError(RuntimeError):
+    """The replacement does not run on the input the layer it replaces ran on."""
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    return [t for _, t in flatten_outputs(value, lambda v: isinstance(v, torch.Tensor))]
+
+
 @torch.no_grad()
-def replacement_error(before: nn.Module, after: nn.Module, inp: Any) -> tuple[float, float]:
-    """Errors of ``after`` against ``before`` on ``inp``; NaN when there is no probe input."""
+def replacement_error(before: nn.Module, after: nn.Module, inp: Any, *, strict: bool = False) -> tuple[float, float]:
+    """Errors of ``after`` against ``before`` on ``inp`` over every tensor they return (tuples and dicts
+    flattened); NaN when there is no probe input or, unless ``strict``, ``before`` does not run on it alone
+    (a layer called with more arguments than the one captured). ``ReplacementFailedError`` when ``after``
+    does not run or returns other shapes."""
     if inp is None:
         return math.nan, math.nan
-    return output_error(before(inp), after(inp))
+    try:
+        ref = _tensors(before(inp))
+    except Exception:  # noqa: BLE001 - the layer needs more than its first argument: the fold is unmeasured
+        if strict:
+            raise
+        return math.nan, math.nan
+    try:
+        out = _tensors(after(inp))
+    except Exception as exc:  # noqa: BLE001 - what a fold method made may raise anything
+        raise ReplacementFailedError(f"{type(exc).__name__}: {first_line(exc, 200)}") from exc
+    if [t.shape for t in out] != [t.shape for t in ref]:
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in out)
+        raise ReplacementFailedError(f"it returns {shapes} where the layer returned "
+                                     + ", ".join("x".join(map(str, t.shape)) for t in ref))
+    return outputs_error(ref, out)
 
 
 @torch.no_grad()
@@ -193,11 +218,11 @@ class Workbench:
             after = make(module).to(dtype=dtype, device=self.device)
         unchanged = same_module(before, after)
         try:
-            err = replacement_error(before, after, None if inp is None else _to_dtype(inp, dtype))
-        except Exception as exc:  # noqa: BLE001 - what the user's fold method made may raise anything
+            err = replacement_error(before, after, None if inp is None else _to_dtype(inp, dtype),
+                                    strict=precision == LAYER_LOCAL)
+        except ReplacementFailedError as exc:
             if precision != FLOAT32:
                 raise  # the layer-local float64 try falls back to float32; a float64 fold of the whole model restarts
             raise BadInputError(f"{where}: the module its fold put in place does not run on the layer's input "
-                                f"({type(exc).__name__}: {first_line(exc, 200)}): fix the fold method or export "
-                                "without `fold`") from exc
+                                f"({exc}): fix the fold method or export without `fold`") from exc
         return Folded(after.to(back) if back is not None else after, *err, precision, unchanged)
