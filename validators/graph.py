@@ -45,7 +45,7 @@ import onnx
 
 from deploy.core.errors import GraphCheckError
 from validators.macs import RUN_BUDGET, macs_per_op, node_macs
-from validators.qdq import has_qdq, int8_share, qdq_findings
+from validators.qdq import has_qdq, int8_mac_share, qdq_findings
 from validators.tensorrt_ops import load_tensorrt_ops
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -267,7 +267,7 @@ def check_graph(model: onnx.ModelProto, input_shape: Sequence[int] | None = None
     try:
         per_node = node_macs(model, input_shape, run_budget=run_budget)
         macs, macs_by_op = macs_per_op(model, per_node)
-        share = int8_share(model, per_node).fraction if has_qdq(model) else None
+        share = int8_mac_share(model, per_node) if has_qdq(model) else None
     except GraphCheckError as exc:
         macs, macs_by_op = None, {}
         reasons.append(str(exc))

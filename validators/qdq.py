@@ -93,22 +93,8 @@ def node_precisions(proto: onnx.ModelProto) -> list[NodePrecision]:
             for n in proto.graph.node if n.op_type not in QDQ_OPS]
 
 
-@dataclass(frozen=True)
-class Int8Share:
-    """How much of a graph's compute reads int8 inputs: MACs of the int8 nodes over all MACs (batch 1)."""
-
-    int8_macs: int
-    total_macs: int
-
-    @property
-    def fraction(self) -> float:
-        return self.int8_macs / self.total_macs if self.total_macs else 0.0
-
-    def text(self) -> str:
-        return f"{100 * self.fraction:.1f} % of {self.total_macs:,} MACs in int8"
-
-
-def int8_share(proto: onnx.ModelProto, macs_by_node: dict[str, int]) -> Int8Share:
-    """The int8 share of ``macs_by_node`` (``validators.macs.node_macs``) in ``proto``."""
+def int8_mac_share(proto: onnx.ModelProto, macs_by_node: dict[str, int]) -> float:
+    """The share of ``macs_by_node`` (``validators.macs.node_macs``) in nodes of ``proto`` that read int8 inputs."""
     precision = {p.name: p.precision for p in node_precisions(proto)}
-    return Int8Share(sum(m for n, m in macs_by_node.items() if precision.get(n) == "int8"), sum(macs_by_node.values()))
+    total = sum(macs_by_node.values())
+    return sum(m for n, m in macs_by_node.items() if precision.get(n) == "int8") / total if total else 0.0

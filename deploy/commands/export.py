@@ -44,8 +44,8 @@ from deploy.commands.quantize import (
     MAX_DROP,
     METHOD,
     TARGET,
-    parse_keep_float,
     print_quantize,
+    quantize_options,
 )
 from deploy.commands.source_options import (
     ARCH,
@@ -158,12 +158,8 @@ def _int8_options(int8: bool, calib: Optional[str], eval_data: Optional[str], ta
     """The INT8 step's options, checked before the export starts; None without --int8."""
     if not int8:
         return None
-    if not calib or not eval_data:
-        raise BadInputError("--int8 needs --calib DATA and --eval DATA (or --data): calibration images and "
-                            "held-out labelled images for the gate")
-    names, auto = parse_keep_float(keep_float)
-    opts = QuantizeOptions(calib=calib, eval=eval_data, target=target, method=method, max_drop=max_drop,
-                           keep_float=names, auto_keep=auto, max_kept=keep_float_max, preprocess=preprocess)
+    opts = quantize_options(calib, eval_data, keep_float, target=target, method=method, max_drop=max_drop,
+                            max_kept=keep_float_max, preprocess=preprocess)
     check_options(opts)
     return opts
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -36,10 +36,15 @@ KEEP_FLOAT_MAX = typer.Option(8, "--keep-float-max", min=1, max=64, rich_help_pa
                               help="With --keep-float auto: keep at most this many nodes in float.")
 
 
-def parse_keep_float(text: Optional[str]) -> tuple[tuple[str, ...], bool]:
-    """``--keep-float``: (named nodes, whether auto is on)."""
-    names = [n.strip() for n in (text or "").split(",") if n.strip()]
-    return tuple(n for n in names if n != "auto"), "auto" in names
+def quantize_options(calib: Optional[str], eval_data: Optional[str], keep_float: Optional[str],
+                     **options: Any) -> QuantizeOptions:
+    """The QuantizeOptions of the INT8 flags (``--keep-float auto|NODE,…`` parsed), both data sets required."""
+    if not calib or not eval_data:
+        raise BadInputError("give --calib DATA and --eval DATA: calibration images and held-out labelled images "
+                            "for the gate")
+    names = [n.strip() for n in (keep_float or "").split(",") if n.strip()]
+    return QuantizeOptions(calib=calib, eval=eval_data, keep_float=tuple(n for n in names if n != "auto"),
+                           auto_keep="auto" in names, **options)
 
 
 def print_quantize(report: QuantizeReport) -> None:
@@ -99,13 +104,10 @@ def quantize_command(
     TensorRT 10/11's explicit quantization. Nothing is written unless the gate passes. Exit codes: 2 bad data or
     options, 3 the gate failed (the most sensitive layers are named).
     """
-    if not calib or not eval_data:
-        raise BadInputError("give --calib DATA and --eval DATA (held-out, labelled images for the gate)")
-    names, auto = parse_keep_float(keep_float)
-    opts = QuantizeOptions(calib=calib, eval=eval_data, target=target, method=method, max_drop=max_drop,
-                           keep_float=names, auto_keep=auto, max_kept=keep_float_max, preprocess=preprocess,
-                           classes=classes, batch=batch, calib_limit=calib_limit, eval_limit=eval_limit,
-                           threads=threads, allow_unfolded=allow_unfolded, report=report)
+    opts = quantize_options(calib, eval_data, keep_float, target=target, method=method, max_drop=max_drop,
+                            max_kept=keep_float_max, preprocess=preprocess, classes=classes, batch=batch,
+                            calib_limit=calib_limit, eval_limit=eval_limit, threads=threads,
+                            allow_unfolded=allow_unfolded, report=report)
     reads = {"the fp32 model": model, "the classes file": classes}
     with machine_output(as_json, json_file, reads=reads) as out:
         try:

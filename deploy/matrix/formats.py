@@ -3,24 +3,21 @@
 One ``FormatSpec`` per row: PyTorch eager (the training form, the reference every other row is
 held to, and folded), ONNX Runtime fp32 and INT8, and on a CUDA GPU PyTorch fp32/fp16/bf16 and
 TensorRT fp32/fp16/INT8. ``availability`` says why a row cannot run here ("unavailable: no GPU")
-before any work; the INT8 rows need calibration images, and are made by ``int8_quantizer``
-(`deploy quantize`'s calibration and Q/DQ, without its gate: the matrix gates every row itself).
+before any work; the INT8 rows need calibration images (they are made by `deploy quantize`'s
+calibration and Q/DQ without its gate, ``deploy.matrix.rows``: the matrix gates every row itself).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from deploy.core.errors import BackendUnavailableError, BadInputError
 from deploy.core.metrics import Tolerance
-from deploy.quantize.run import quantize_ungated
 from exporters.tensorrt.build import require_engine_builder
 from validators.runtimes.pytorch import require_cuda
 
 #: quantize(fp32 ONNX, calibration data spec, output path) -> the INT8 (QDQ) ONNX written there
-Quantizer = Callable[[Path, str, Path, str], Path]  # (fp32 ONNX, calibration data, INT8 path, target)
 
 
 @dataclass(frozen=True)
@@ -76,12 +73,7 @@ def select_formats(names: Optional[list[str]]) -> list[FormatSpec]:
     return [f for f in FORMATS if f.key in wanted or f.reference]
 
 
-def int8_quantizer() -> Optional[Quantizer]:
-    """The INT8 quantizer of this build, or None when it has none (the INT8 rows then say so)."""
-    return quantize_ungated
-
-
-def availability(spec: FormatSpec, quantizer: Optional[Quantizer], calib: Optional[str]) -> Optional[str]:
+def availability(spec: FormatSpec, calib: Optional[str]) -> Optional[str]:
     """Why ``spec`` cannot run on this machine (None: it can), checked before any work."""
     try:
         if spec.device == "cuda":
@@ -91,9 +83,6 @@ def availability(spec: FormatSpec, quantizer: Optional[Quantizer], calib: Option
     except BackendUnavailableError as exc:
         reason = str(exc).split("; ")[0]
         return "no GPU" if spec.device == "cuda" and "GPU" in reason else reason
-    if spec.precision == "int8":
-        if quantizer is None:
-            return "not available in this build: it has no INT8 quantizer"
-        if calib is None:
-            return "needs calibration images: give `calib`"
+    if spec.precision == "int8" and calib is None:
+        return "needs calibration images: give `calib`"
     return None

@@ -22,9 +22,10 @@ from deploy.core.errors import BadInputError
 from deploy.core.metrics import Tolerance, compare, decisive_top1
 from deploy.data.datasets import DataSource, batches
 from deploy.data.preprocess import Recipe
-from deploy.matrix.formats import FormatSpec, Quantizer
+from deploy.matrix.formats import FormatSpec
 from deploy.pipeline.export import run_export
 from deploy.pipeline.options import ExportOptions
+from deploy.quantize.run import quantize_ungated
 from exporters.tensorrt.build import build_engine
 from exporters.tensorrt.options import validate_build_options
 from validators.accuracy import Interval, Scores, accuracy_report, compare_predictions, score
@@ -101,7 +102,6 @@ class Context:
     threads: Optional[int] = None
     seed: int = 0
     calib: Optional[str] = None
-    quantizer: Optional[Quantizer] = None
     onnx: Optional[Path] = None  # the fp32 export, once made
     onnx_error: Optional[Exception] = None  # why it could not be made
 
@@ -134,9 +134,9 @@ def open_row(spec: FormatSpec, ctx: Context) -> tuple[Runtime, Path]:
         return rt, ctx.model
     onnx_path = fp32_onnx(ctx)
     if spec.precision == "int8":  # ONNX Runtime's CPU flavour (unsigned activations); TensorRT's symmetric one
-        assert ctx.quantizer is not None and ctx.calib is not None  # formats.availability said so
+        assert ctx.calib is not None  # formats.availability said so
         target = "tensorrt" if spec.runtime == "engine" else "cpu"
-        onnx_path = ctx.quantizer(onnx_path, ctx.calib, ctx.out_dir / f"{onnx_path.stem}.int8-{target}.onnx", target)
+        onnx_path = quantize_ungated(onnx_path, ctx.calib, ctx.out_dir / f"{onnx_path.stem}.int8-{target}.onnx", target)
     if spec.runtime == "onnx":
         return open_runtime(onnx_path, "onnx", threads=ctx.threads, spin=False), onnx_path
     engine = ctx.out_dir / f"{ctx.model.stem}.{spec.precision}.plan"

@@ -33,7 +33,7 @@ from deploy.core.shapes import parse_input_size
 from deploy.data.datasets import DataSource, open_data
 from deploy.data.preprocess import META_KEY, Recipe, parse_recipe
 from deploy.load.source import ModelSource
-from deploy.matrix.formats import FormatSpec, availability, int8_quantizer, select_formats
+from deploy.matrix.formats import FormatSpec, availability, select_formats
 from deploy.matrix.report import MATRIX_FILES, MatrixReport, write_outputs
 from deploy.matrix.rows import (
     FAILED,
@@ -169,7 +169,7 @@ def run_matrix(opts: MatrixOptions, progress: Progress = SILENT) -> MatrixReport
     probe = rng.standard_normal((opts.samples, *shape)).astype(np.float32)
     ctx = Context(opts.model, out_dir, reference, probe, np.asarray(reference.run(probe), dtype=np.float64),
                   rng.standard_normal((opts.batch, *shape)).astype(np.float32), _export_options(opts, out_dir),
-                  max(opts.batch, opts.eval_batch, opts.samples), opts.threads, opts.seed, opts.calib, int8_quantizer())
+                  max(opts.batch, opts.eval_batch, opts.samples), opts.threads, opts.seed, opts.calib)
     data = None
     if opts.data is not None:
         source = open_data(opts.data).subset(opts.limit, None, opts.seed)
@@ -179,7 +179,7 @@ def run_matrix(opts: MatrixOptions, progress: Progress = SILENT) -> MatrixReport
     progress.task("formats", len(specs))
     for spec in specs:
         progress.update(text=f"{spec.title}")
-        why = availability(spec, ctx.quantizer, ctx.calib)
+        why = availability(spec, ctx.calib)
         rows.append(MatrixRow(spec, UNAVAILABLE, why) if why else _row(spec, ctx, opts, data))
         progress.update(advance=1)
     settings = {"batch": opts.batch, "eval_batch": opts.eval_batch, "duration_s": opts.duration, "warmup": opts.warmup,

@@ -22,7 +22,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, 
 
 from deploy.core.errors import BadInputError
 from deploy.quantize.recipes import QuantRecipe, method_of
-from validators.qdq import QDQ_OPS, node_precisions, qdq_findings
+from validators.qdq import QDQ_OPS, qdq_findings
 
 
 def preprocess(model_path: Path, out: Path) -> Path:
@@ -35,11 +35,6 @@ def preprocess(model_path: Path, out: Path) -> Path:
                             f"{str(exc).splitlines()[0] if str(exc) else ''}): give the fp32 ONNX file that "
                             "`deploy export` wrote") from exc
     return out
-
-
-def quantized_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Names of the compute nodes that read a DequantizeLinear output: the quantized ones."""
-    return [p.name for p in node_precisions(proto) if p.precision == "int8"]
 
 
 def _refloat(proto: onnx.ModelProto, keep: set[str]) -> None:

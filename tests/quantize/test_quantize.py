@@ -181,7 +181,7 @@ def test_bad_calibration_data_is_one_line_and_writes_nothing(case, trained, depl
 def test_export_int8_writes_both_pairs_and_checks_its_options_first(trained, deploy_cli, tmp_path) -> None:
     ckpt, _, test_pngs, _ = trained
     out = tmp_path / "e.onnx"
-    for args, needle in (((), "--int8 needs --calib"), (("--calib", "digits:train"), None)):
+    for args, needle in (((), "give --calib DATA and --eval DATA"), (("--calib", "digits:train"), None)):
         run = deploy_cli("export", ckpt, "-o", out, "--int8", *args, "--samples", 1, "--exporter", "torchscript")
         assert run.exit_code == 2 and (needle is None or needle in run.stderr), run.stderr
     run = deploy_cli("export", ckpt, "-o", out, "--calib", "digits:train", "--samples", 1)
