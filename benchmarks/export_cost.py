@@ -211,8 +211,9 @@ def main() -> None:
                                        run_deploy(ckpts[m.key], out, args.before if v == "before" else ROOT))
                         runs[(m.key, mode, v)].steps.append(steps)
                         runs[(m.key, mode, v)].walls.append(wall)
+                        shown = json.dumps({k.strip(): round(x, 2) for k, x in steps.items()})
                         print(f"round {r + 1} {mode:5s} {m.key:16s} {v:6s} process {wall:6.2f} s "
-                              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+                              f"(load {os.getloadavg()[0]:.1f}) {shown}", flush=True)
             finally:
                 if neighbour is not None:
                     neighbour.kill()

@@ -14,7 +14,7 @@ from torch import nn
 from deploy.core.errors import BadInputError
 from deploy.core.metrics import Tolerance
 from exporters.onnx import export_onnx, export_onnx_detailed, save_onnx
-from exporters.simplify import op_histogram, simplify_onnx
+from exporters.simplify import op_histogram, simplify_checked, simplify_onnx
 from tests.helpers import PORTABLE_IR
 from validators.runtimes.onnxruntime import OrtRuntime
 
@@ -176,3 +176,14 @@ def test_simplify_failure_keeps_original() -> None:
     kept, res = simplify_onnx(proto, (3, 4, 4))
     assert kept is proto and not res.applied and res.reason
     assert res.nodes_before == res.nodes_after == 2
+
+
+def test_simplify_that_changes_nothing_keeps_the_checked_graph(exports: dict) -> None:
+    """onnxsim returns a dynamo export node for node and weight for weight: the same outputs exactly, so
+    the exported graph stays and no ONNX Runtime session runs (an impossible bound still goes the long way)."""
+    proto = exports["dynamo"].model
+    done = simplify_checked(proto, SHAPE)
+    assert done.model is proto and done.session is None
+    assert done.result.applied and done.result.max_abs_err == 0.0 and done.result.op_changes == {}
+    kept, res = simplify_onnx(proto, SHAPE, tol=Tolerance(rtol=-1.0))
+    assert kept is proto and not res.applied and res.reason.startswith("onnxsim changed the outputs")
