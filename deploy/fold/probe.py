@@ -83,6 +83,10 @@ def capture_inputs(model: nn.Module, names: set[str], probe: torch.Tensor | None
 def output_error(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
     """(max abs error, max abs error / max|ref|) over the finite values; inf when a NaN or inf of one
     is not the same value in the other (``deploy.core.metrics`` rules)."""
+    if ref.numel() and bool(torch.isfinite(ref).all()) and bool(torch.isfinite(out).all()):
+        # the common case, without the masks below (a tenth of their time on a full-size feature map)
+        abs_err, scale = float((ref - out).abs().max()), float(ref.abs().max())
+        return abs_err, abs_err / scale if scale > 0 else abs_err
     both = torch.isfinite(ref) & torch.isfinite(out)
     same = (torch.isnan(ref) & torch.isnan(out)) | (torch.isinf(ref) & (ref == out))
     if bool((~both & ~same).any()):

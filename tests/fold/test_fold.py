@@ -1,11 +1,14 @@
 """fold_model(): exact Conv+BN fusion found by tracing, the report, the training-mode guard."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from deploy.core.errors import BadInputError
 from deploy.fold.fold import fold_model
+from deploy.fold.probe import output_error
 from tests.helpers import randomise_bn
 
 
@@ -81,3 +84,20 @@ def test_untraceable_model_falls_back_to_sequential_pairs():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(model(x), folded(x), atol=1e-5, rtol=1e-5)
+
+
+def test_probe_error_is_the_max_over_finite_values_and_inf_on_a_non_finite_mismatch():
+    """The fold rows' error: max abs error and its ratio to max|ref|; a NaN or inf is an error unless the other
+    tensor holds the same value at that place (then it is left out of both maxima)."""
+    ref = torch.tensor([[1.0, -4.0], [2.0, 0.5]], dtype=torch.float64)
+    out = ref + torch.tensor([[0.0, 1e-3], [-2e-3, 0.0]], dtype=torch.float64)
+    assert output_error(ref, out) == pytest.approx((2e-3, 2e-3 / 4.0), rel=1e-12)
+    inf_ref, inf_out = ref.clone(), out.clone()
+    inf_ref[0, 1] = inf_out[0, 1] = -torch.inf  # the same -inf: the worst finite error is the 2e-3, over max|ref| 2
+    assert output_error(inf_ref, inf_out) == pytest.approx((2e-3, 2e-3 / 2.0), rel=1e-12)
+    inf_out[0, 1] = torch.inf
+    assert output_error(inf_ref, inf_out) == (math.inf, math.inf)
+    nan_out = out.clone()
+    nan_out[1, 1] = torch.nan
+    assert output_error(ref, nan_out) == (math.inf, math.inf)
+    assert output_error(ref, ref.clone()) == (0.0, 0.0)
