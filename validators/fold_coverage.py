@@ -13,6 +13,10 @@ and reports, with node names and the torch modules they came from:
   ACNet branches): kernels of the same stride, groups and dilation, centred alike, add up
   into one conv, and an identity branch is a conv with an identity kernel.
 
+A BatchNormalization after a Conv whose pair the fold kept on purpose (``deploy.fold.fold.KeptPair``:
+its weights or statistics are read elsewhere in the model, which fusing would change) is ``kept``
+with that reason, not a finding.
+
 Decision: a BatchNormalization after anything else — a ReLU, a concatenation, a product
 of two run-time tensors (SPConv's and IC's branch mixing, SCConv's gate), the graph input —
 is ``kept``, not a finding. It cannot be folded into the op before it by a linear fold of
@@ -23,14 +27,19 @@ listed too, so a graph that still holds BatchNormalization is never called clean
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from deploy.core.errors import GraphCheckError
 from validators.graph import constants, dynamic_conv_weights, node_module
 
+if TYPE_CHECKING:  # the record only: deploy.fold imports torch, which `deploy inspect` never loads
+    from deploy.fold.fold import KeptPair
+
+_TIED = "conv_bn_kept"  # a Conv+BN pair the fold kept: its tensors are read elsewhere
 _METHODS = "give the layer a `switch_to_deploy()`, `reparameterize()` or `fuse()` that folds it"
 
 
@@ -66,15 +75,21 @@ class FoldCoverageReport:
                 "findings": [asdict(f) for f in self.findings], "kept": [asdict(k) for k in self.kept]}
 
     def kept_summary(self) -> str:
-        """``18 BatchNormalization kept after Add 18 (layer1.0.bn1, …)``, or empty."""
-        if not self.kept:
-            return ""
-        ops = Counter(k.after_op for k in self.kept)
-        modules = [m for k in self.kept for m in k.modules]
-        shown = ", ".join(modules[:4]) + (", …" if len(modules) > 4 else "")
-        return (f"{len(self.kept)} BatchNormalization kept after {', '.join(f'{op} {n}' for op, n in ops.items())}"
-                f"{' (' + shown + ')' if shown else ''}: they follow no Conv, so no Conv+BN fusion removes them "
-                "(folding them takes a rewrite of the layer they follow)")
+        """``18 BatchNormalization kept after Add 18 (layer1.0.bn1, …)`` and the pairs kept on purpose, or empty."""
+        loose = [k for k in self.kept if k.kind != _TIED]
+        tied = [k for k in self.kept if k.kind == _TIED]
+        parts = []
+        if loose:
+            ops = Counter(k.after_op for k in loose)
+            modules = [m for k in loose for m in k.modules]
+            shown = ", ".join(modules[:4]) + (", …" if len(modules) > 4 else "")
+            parts.append(f"{len(loose)} BatchNormalization kept after {', '.join(f'{op} {n}' for op, n in ops.items())}"
+                         f"{' (' + shown + ')' if shown else ''}: they follow no Conv, so no Conv+BN fusion removes "
+                         "them (folding them takes a rewrite of the layer they follow)")
+        if tied:
+            parts.append(f"{len(tied)} Conv+BN pair(s) kept on purpose: " + "; ".join(k.message for k in tied[:4])
+                         + (f" (+{len(tied) - 4} more)" if len(tied) > 4 else ""))
+        return " | ".join(parts)
 
     def summary(self) -> str:
         """One line: ``clean``, or what was found and what was kept."""
@@ -131,14 +146,25 @@ def _label(node: onnx.NodeProto) -> str:
     return f"{node.op_type} {node.name or '<unnamed>'}" + (f" ({module})" if module else "")
 
 
-def _batchnorms(g: _Graph, in_branches: set[str]) -> tuple[list[FoldFinding], list[FoldFinding]]:
+def _tied_pair(modules: list[str], kept_pairs: Sequence[KeptPair]) -> KeptPair | None:
+    return next((p for p in kept_pairs if {p.conv, p.bn} <= set(modules)), None)
+
+
+def _batchnorms(g: _Graph, in_branches: set[str],
+                kept_pairs: Sequence[KeptPair]) -> tuple[list[FoldFinding], list[FoldFinding]]:
     findings, kept = [], []
     for bn in (n for n in g.nodes if n.op_type == "BatchNormalization"):
         if bn.name in in_branches:
             continue
         src = g.made_by(bn.input[0])
         names, modules = _where([bn] + ([src] if src is not None else []))
-        if src is not None and src.op_type == "Conv" and g.sole_use(src.output[0]):
+        pair = _tied_pair(modules, kept_pairs)
+        if src is not None and src.op_type == "Conv" and pair is not None:
+            kept.append(FoldFinding(_TIED, names, modules,
+                                    f"{_label(bn)} after {_label(src)}: not fused, {', '.join(pair.shared)} also "
+                                    "read elsewhere in the model, which the fused weights would change",
+                                    after_op="Conv"))
+        elif src is not None and src.op_type == "Conv" and g.sole_use(src.output[0]):
             findings.append(FoldFinding("batchnorm_after_conv", names, modules,
                                         f"{_label(bn)} after {_label(src)}: fuse the BatchNorm into the conv"))
         else:
@@ -301,9 +327,10 @@ def _parallel_convs(g: _Graph) -> tuple[list[FoldFinding], set[str]]:
     return findings[::-1], used  # in graph order
 
 
-def check_fold_coverage(model: onnx.ModelProto) -> FoldCoverageReport:
-    """Everything foldable left in ``model``'s graph, and the BatchNormalization nodes kept; never raises."""
+def check_fold_coverage(model: onnx.ModelProto, kept_pairs: Sequence[KeptPair] = ()) -> FoldCoverageReport:
+    """Everything foldable left in ``model``'s graph, and the BatchNormalization nodes kept (with the Conv+BN
+    pairs the fold kept on purpose, ``kept_pairs``, as kept with their reason); never raises."""
     g = _Graph(model.graph)
     parallel, in_branches = _parallel_convs(g)
-    bn_findings, kept = _batchnorms(g, in_branches)
+    bn_findings, kept = _batchnorms(g, in_branches, kept_pairs)
     return FoldCoverageReport(findings=bn_findings + _dynamic_weights(model.graph) + parallel, kept=kept)

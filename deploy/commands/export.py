@@ -178,6 +178,9 @@ def _export_int8(result: ExportResult, opts: QuantizeOptions) -> None:
     console.print(f"wrote {target} and {report.outputs['report']['path']}")
 
 
+_KEPT_SHOWN = 6  # the fold's kept layers printed; the report holds them all
+
+
 def _print_export(result: ExportResult) -> None:
     rep = result.report
     if rep.fold is not None:
@@ -187,6 +190,10 @@ def _print_export(result: ExportResult) -> None:
                       f"{rep.fold.precision} rel error {rep.fold.worst_rel_error:.2e}{whole}")
         if rep.fold.precision_reason:
             detail(f"  fold precision: {rep.fold.precision_reason}")
+        for line in rep.fold.kept[:_KEPT_SHOWN]:
+            console.print(f"  kept: {line}", markup=False, highlight=False, soft_wrap=True)
+        if len(rep.fold.kept) > _KEPT_SHOWN:
+            console.print(f"  kept: {len(rep.fold.kept) - _KEPT_SHOWN} more in the report (fold.kept)")
     if rep.rewrites is not None:
         console.print(f"rewrites: {rep.rewrites.summary()}")
     if rep.simplify is not None:

@@ -67,12 +67,23 @@ class FoldRow:
     precision: str = FLOAT64
 
 
+@dataclass(frozen=True)
+class KeptPair:
+    """A Conv+BN pair left unfused on purpose: the tensors of it that something else in the model reads."""
+
+    conv: str
+    bn: str
+    shared: tuple[str, ...]
+
+
 @dataclass
 class FoldReport:
     """Every fold fold_model() made, plus what it had to leave alone and why."""
 
     rows: list[FoldRow] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    #: the Conv+BN pairs among ``kept`` whose tensors are read elsewhere (fold coverage names them as kept)
+    kept_pairs: list[KeptPair] = field(default_factory=list)
     probe_shape: tuple[int, ...] | None = None
     #: (max abs, max rel) error of the whole deploy form against the model on the float64 probe: what the
     #: deployed model computes, which each row's layer-local measure alone cannot show (tied weights)
@@ -180,8 +191,11 @@ def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> tuple[list[tuple[str
         graph = _PaperLayerTracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - fx raises many types on untraceable code
         report.kept.append(f"Conv+BN search fell back to nn.Sequential order: torch.fx could not trace the model ({exc})")
-        shared_seq = _shared_tensors(model)
-        return [p for p in _sequential_pairs(model) if not _outside_users(*p, set(), shared_seq)], set()
+        shared_seq, pairs = _shared_tensors(model), []
+        for conv_name, bn_name in _sequential_pairs(model):
+            if not _keep_tied(report, conv_name, bn_name, _outside_users(conv_name, bn_name, set(), shared_seq)):
+                pairs.append((conv_name, bn_name))
+        return pairs, set()
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
@@ -200,14 +214,20 @@ def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> tuple[list[tuple[str
             continue
         if len(src.users) != 1 or calls[conv_name] != 1 or calls[bn_name] != 1:
             continue
-        users = _outside_users(conv_name, bn_name, read, shared)
-        if users:
-            report.kept.append(f"{conv_name}+{bn_name}: Conv+BN kept, not fused: {', '.join(users)} "
-                               "also used elsewhere in the model, which the fused weights would change")
+        if _keep_tied(report, conv_name, bn_name, _outside_users(conv_name, bn_name, read, shared)):
             tied.add(bn_name)
-            continue
-        pairs.append((conv_name, bn_name))
+        else:
+            pairs.append((conv_name, bn_name))
     return pairs, tied
+
+
+def _keep_tied(report: FoldReport, conv_name: str, bn_name: str, users: list[str]) -> bool:
+    """Record the pair as kept when ``users`` (its tensors read elsewhere) is not empty; True if kept."""
+    if users:
+        report.kept.append(f"{conv_name}+{bn_name}: Conv+BN kept, not fused: {', '.join(users)} "
+                           "also used elsewhere in the model, which the fused weights would change")
+        report.kept_pairs.append(KeptPair(conv_name, bn_name, tuple(users)))
+    return bool(users)
 
 
 def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:

@@ -217,7 +217,8 @@ def _run(opts: ExportOptions, log: StepLog, tol: Tolerance, plan: ThreadPlan, ou
             simplify_too = simplified is not None and simplified.result.applied
             rewrites = rewrite_comparison(loaded, input_shape, proto, lambda m: _comparison_graph(export(m), simplify_too))
     with log.step("graph checks"):
-        graph, coverage = check_graph(proto, input_shape), check_fold_coverage(proto)
+        graph, coverage = (check_graph(proto, input_shape),
+                           check_fold_coverage(proto, fold_report.kept_pairs if fold_report is not None else ()))
     with log.step("parity"):
         ort = (simplified.session if simplified is not None and simplified.session is not None
                else OrtRuntime(proto, threads=ort_threads, name=ORT_NAME))

@@ -65,6 +65,30 @@ def test_pairs_whose_tensors_are_used_elsewhere_are_kept(cls, kept, tmp_path) ->
     assert result.parity.passed
 
 
+def test_fold_coverage_names_the_kept_pairs_as_kept_not_foldable(tmp_path) -> None:
+    """Without onnxsim (which fuses each BN into a conv of its own weights) the kept pairs reach the graph:
+    fold coverage lists them as kept with the fold's reason, never as a BN to fuse (--strict-fold's exit 4)."""
+    model = randomise_bn(SharedWeight(), torch.Generator().manual_seed(1)).eval()
+    result = deploy.export(model, input_shape=SHAPE, output=tmp_path / "m.onnx", samples=1, simplify=False,
+                           strict_fold=True)
+    coverage = result.fold_coverage
+    assert coverage.ok and [k.kind for k in coverage.kept] == ["conv_bn_kept"] * 2, coverage.summary()
+    assert sorted(m for k in coverage.kept for m in k.modules) == ["a", "b", "bn_a", "bn_b"]
+    assert "2 Conv+BN pair(s) kept on purpose" in coverage.summary() and "a.weight" in coverage.summary()
+    unfolded = deploy.export(model, input_shape=SHAPE, output=tmp_path / "u.onnx", samples=1, simplify=False,
+                             fold=False)  # no fold, no kept pairs: the same BNs are foldable structure
+    assert [f.kind for f in unfolded.fold_coverage.findings] == ["batchnorm_after_conv"] * 2
+
+
+def test_export_prints_the_kept_pair(deploy_cli, tmp_path) -> None:
+    torch.manual_seed(0)
+    torch.save(randomise_bn(ConvWeightReused(), torch.Generator().manual_seed(1)).eval(), tmp_path / "m.pt")
+    run = deploy_cli("export", tmp_path / "m.pt", "--trust-pickle", "--input-shape", "3x12x12", "--samples", "2",
+                     "-o", tmp_path / "m.onnx")
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert "kept: conv+bn: Conv+BN kept, not fused: conv.weight also used elsewhere" in run.stdout
+
+
 def test_end_to_end_error_is_measured_on_the_whole_model() -> None:
     torch.manual_seed(0)
     model = randomise_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()), torch.Generator())
