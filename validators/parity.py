@@ -186,10 +186,9 @@ class _Tally:
         metrics = {name: compare(ref[name], out[name]) for name in ref}
         self.result.runs += 1
         for name, m in metrics.items():
-            self._add_output(name, ref[name], out[name], m, x, multi=len(ref) > 1)
+            self._add_output(name, ref[name], out[name], m, x)
 
-    def _add_output(self, name: str, ref: np.ndarray, out: np.ndarray, m: dict[str, float], x: np.ndarray,
-                    multi: bool) -> None:
+    def _add_output(self, name: str, ref: np.ndarray, out: np.ndarray, m: dict[str, float], x: np.ndarray) -> None:
         o = self.outputs.get(name)
         if o is None:
             o = self.outputs[name] = OutputParity(name, tuple(int(s) for s in ref.shape), looks_like_class_scores(ref.shape))
@@ -208,13 +207,12 @@ class _Tally:
         if bad and o.passed:  # the first input it fails on says why
             o.passed = False
             o.reasons.append("; ".join(bad) + f" at {_at(x) if self.shape_note else f'batch {x.shape[0]}'}")
-            self.fail((f"output '{name}': " if multi else "") + o.reasons[-1])
+            self.fail(f"output '{name}': " + o.reasons[-1])
 
     def finish(self) -> CandidateParity:
         """The candidate's result: per-output top-1 judged, worst values over the outputs."""
         res = self.result
         res.outputs = list(self.outputs.values())
-        multi = len(res.outputs) > 1
         for o in res.outputs:
             if not o.class_scores:
                 continue
@@ -225,7 +223,7 @@ class _Tally:
             if o.top1_agreement < self.tol.min_top1:
                 o.passed = False
                 o.reasons.append(f"top-1 agreement {100 * o.top1_agreement:.1f} % < {100 * self.tol.min_top1:.1f} %")
-                self.fail((f"output '{o.name}': " if multi else "") + o.reasons[-1])
+                self.fail(f"output '{o.name}': " + o.reasons[-1])
         if res.outputs:
             res.max_abs_err = max(o.max_abs_err for o in res.outputs)
             res.max_rel_err = max(o.max_rel_err for o in res.outputs)

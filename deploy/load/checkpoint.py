@@ -26,7 +26,7 @@ from torch import nn
 
 from deploy.core.atomic import atomic_path, sha256_file, write_through
 from deploy.core.errors import BadInputError, LoadOptionsNeededError, first_line
-from deploy.core.limits import check_input_elements, check_input_size
+from deploy.core.limits import MAX_INPUT_ELEMENTS, MAX_SIDE, check_input_elements, check_input_size
 from deploy.load.formats import (
     archive_kind,
     cwd_importable,
@@ -208,8 +208,13 @@ def _input_shape(value: Any, path: Path) -> tuple[int, int, int]:
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
         raise BadInputError(f"{path}: the checkpoint's input_shape {value!r} is not (C, H, W) with positive sizes: "
                             "save it again")
-    check_input_size("input_shape", value[1:])
-    check_input_elements(value, "input_shape")
+    try:
+        check_input_size("input_shape", value[1:])
+        check_input_elements(value, "input_shape")
+    except BadInputError:  # the limits' own line would name an option the user did not give
+        raise BadInputError(f"{path}: the checkpoint records an input shape of {'x'.join(map(str, value))}, "
+                            f"larger than convdeploy runs ({MAX_SIDE} pixels a side, {MAX_INPUT_ELEMENTS:,} elements): "
+                            "save it again with a smaller input_shape") from None
     return (value[0], value[1], value[2])
 
 

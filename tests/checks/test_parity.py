@@ -142,7 +142,7 @@ def test_perturbed_conv_fails_parity_and_is_named(net: nn.Module, exports: dict,
     bad = perturb(proto, conv_weight(proto, conv_index))
     rep = check_parity(TorchRuntime(net), [OrtRuntime(bad)], SHAPE, samples=2, batches=(1, 3))
     assert not rep.passed and rep.candidates[0].max_rel_err > 1e-3
-    assert rep.candidates[0].reasons[0].startswith("max abs error")
+    assert rep.candidates[0].reasons[0].startswith("output 'output': max abs error")  # names the output
     x = seeded_inputs(SHAPE, (1,), 1, seed=0)[0]
     assert first_divergence(net, bad, x) == expected
     assert first_divergence(net, proto, x) is None

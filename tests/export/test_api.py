@@ -68,6 +68,9 @@ def test_export_raises_what_the_cli_maps_and_writes_nothing(tmp_path) -> None:
         export(Net().eval(), input_shape=(3, 8, 8))
     with pytest.raises(BadInputError, match="does not record its input shape"):
         export(Net().eval(), output=tmp_path / "m.onnx")
+    no_conv = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()  # an input size, but no conv to tell channels
+    with pytest.raises(BadInputError, match=r"input channels cannot be told from it: give `input_shape` \(CxHxW\)"):
+        export(no_conv, input_size=8, output=tmp_path / "m.onnx")
     with pytest.raises(ParityError) as parity:
         export(Net().eval(), input_shape=(3, 8, 8), output=tmp_path / "m.onnx", rtol=0.0, samples=1)
     assert parity.value.exit_code == 3 and "parity failed" in str(parity.value)

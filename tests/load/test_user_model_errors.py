@@ -90,6 +90,9 @@ def test_pt2_with_a_3d_input_a_narrow_range_or_zoo_options(deploy_cli, tmp_path)
     assert run.exit_code == 2 and "cannot take a 64x64 input (Guard failed" in run.one_error_line()
     run = deploy_cli("export", tmp_path / "narrow.pt2", "--input-size", 16, "--arch", "resnet20", "-o", tmp_path / "o.onnx")
     assert run.exit_code == 2 and "carries its own program: drop --arch" in run.one_error_line()
+    run = deploy_cli("export", tmp_path / "narrow.pt2", "--input-size", 16, "--model-class",
+                     "tests.usermodels:ThreeChannels", "-o", tmp_path / "o.onnx")
+    assert run.exit_code == 2 and "carries its own program: drop --model-class" in run.one_error_line()
     run = deploy_cli("export", tmp_path / "narrow.pt2", "--input-size", 16, "-o", tmp_path / "o.onnx", "--samples", 1)
     assert run.exit_code == 0, run.stderr  # static batch 1: the fold's probe takes that batch too
 
@@ -151,6 +154,10 @@ def test_messages_that_used_to_send_the_user_the_wrong_way(model_files, deploy_c
     run = deploy_cli("bench", tmp_path / "pickled.pt")
     line = run.one_error_line()
     assert run.exit_code == 2 and "deploy export" in line and "--trust-pickle" not in line and "--arch" not in line
+    torch.save(usermodels.ThreeChannels().state_dict(), tmp_path / "bare.pt")  # needs --arch/--model-class to load
+    run = deploy_cli("bench", tmp_path / "bare.pt")
+    line = run.one_error_line()
+    assert run.exit_code == 2 and "bare state_dict" in line and "deploy export" in line and "--arch" not in line
     os.mkfifo(tmp_path / "fifo.onnx")
     run = deploy_cli("validate", model_files / "m.pt", tmp_path / "fifo.onnx")
     assert run.exit_code == 2 and "not a regular file" in run.one_error_line()

@@ -78,4 +78,6 @@ def test_recorded_input_shape_is_bounded(zoo_checkpoint, deploy_cli, tmp_path) -
     big = tmp_path / "big.pt"
     torch.save(obj, big)
     run = deploy_cli("export", big, "-o", tmp_path / "big.onnx")
-    assert run.exit_code == 2 and "4100 is larger than the 4096 pixels" in run.one_error_line()
+    line = run.one_error_line()
+    assert run.exit_code == 2 and "big.pt: the checkpoint records an input shape of 3x4100x8" in line
+    assert "4096 pixels a side" in line and "--input-shape" not in line  # the user gave no option
