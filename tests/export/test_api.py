@@ -79,6 +79,18 @@ def test_export_raises_what_the_cli_maps_and_writes_nothing(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_input_channels_come_from_the_first_conv_the_forward_runs(tmp_path) -> None:
+    class HeadFirst(nn.Module):  # the first conv registered takes 8 channels, the first one run takes 3
+        def __init__(self) -> None:
+            super().__init__()
+            self.head, self.stem = nn.Conv2d(8, 4, 1), nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.stem(x)).mean((2, 3))
+
+    assert export(HeadFirst().eval(), input_size=8, output=tmp_path / "h.onnx", samples=1).parity.input_shape == (3, 8, 8)
+
+
 def test_the_public_names() -> None:
     import deploy
     import deploy.models

@@ -35,6 +35,7 @@ def _export_module(model, tmp_path, **options):
     (usermodels.EmptyOutput(), {"input_shape": (3, 16, 16)}, "output 'output' has no elements"),
     (usermodels.ThreeChannels(), {"input_shape": (4, 16, 16)}, "takes 3 input channels, not 4"),
     (usermodels.ThreeChannels().half(), {"input_shape": (3, 16, 16)}, "holds torch.float16 weights"),
+    (usermodels.ThreeChannels().bfloat16(), {"input_shape": (3, 16, 16)}, "holds torch.bfloat16 weights"),
     (usermodels.ThreeChannels().double(), {"input_shape": (3, 16, 16)}, "holds torch.float64 weights"),
     (usermodels.Embedding(), {"input_shape": (3, 16, 16)}, "does not run on a float32 image tensor"),
 ])

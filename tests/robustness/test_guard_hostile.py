@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -23,11 +24,15 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "symlink-to-file", "symlink-to-stdout", "char-device"])
+@pytest.mark.parametrize("kind", ["fifo", "socket", "symlink-to-file", "symlink-to-stdout", "char-device"])
 def test_special_files_are_never_replaced(kind, model_files, deploy_cli) -> None:
     target = model_files / "out.json"
+    listener = None
     if kind == "fifo":
         os.mkfifo(target)
+    elif kind == "socket":
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(target))
     elif kind == "symlink-to-file":
         (model_files / "real.json").write_text("{}\n")
         target.symlink_to(model_files / "real.json")
@@ -38,7 +43,8 @@ def test_special_files_are_never_replaced(kind, model_files, deploy_cli) -> None
     before = os.lstat(target)
     for args in (("bench", model_files / "m.onnx", "--iters", 2, "--warmup", 0, "--json-file", target),
                  ("inspect", model_files / "m.onnx", "--json-file", target),
-                 ("export", model_files / "m.pt", "-o", model_files / "x.onnx", "--report", target)):
+                 ("export", model_files / "m.pt", "-o", model_files / "x.onnx", "--report", target),
+                 ("validate", model_files / "m.pt", model_files / "m.onnx", "--samples", 1, "--report", target)):
         run = deploy_cli(*args)
         assert run.exit_code == 2, (args, run.stderr)
         assert "not a regular file" in run.one_error_line() or "symbolic link" in run.one_error_line()
@@ -47,6 +53,9 @@ def test_special_files_are_never_replaced(kind, model_files, deploy_cli) -> None
     assert not (model_files / "x.onnx").exists()
     if kind == "symlink-to-file":
         assert (model_files / "real.json").read_text() == "{}\n"
+    if listener is not None:
+        listener.close()
+        target.unlink()
 
 
 def test_external_data_of_an_onnx_input_is_an_input(model_files, deploy_cli) -> None:
