@@ -190,7 +190,8 @@ def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> tuple[list[tuple[str
     try:
         graph = _PaperLayerTracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - fx raises many types on untraceable code
-        report.kept.append(f"Conv+BN search fell back to nn.Sequential order: torch.fx could not trace the model ({exc})")
+        report.kept.append(f"Conv+BN search fell back to nn.Sequential order: torch.fx could not trace the model "
+                           f"({first_line(exc, 200)})")
         shared_seq, pairs = _shared_tensors(model), []
         for conv_name, bn_name in _sequential_pairs(model):
             if not _keep_tied(report, conv_name, bn_name, _outside_users(conv_name, bn_name, set(), shared_seq)):

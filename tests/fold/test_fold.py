@@ -86,6 +86,21 @@ def test_untraceable_model_falls_back_to_sequential_pairs():
         assert torch.allclose(model(x), folded(x), atol=1e-5, rtol=1e-5)
 
 
+def test_a_tracing_error_of_many_lines_is_kept_as_one():
+    class Untraceable(nn.Sequential):
+        def forward(self, x):
+            if isinstance(x, torch.fx.Proxy):
+                raise RuntimeError("cannot trace this\nsecond line of the explanation")
+            return super().forward(x)
+
+    model = randomise_bn(Untraceable(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), torch.Generator().manual_seed(0))
+    _, report = fold_model(model.eval(), probe_shape=(3, 8, 8))
+    assert [r.name for r in report.rows] == ["0"]
+    assert ("Conv+BN search fell back to nn.Sequential order: torch.fx could not trace the model "
+            "(cannot trace this)") in report.kept
+    assert all("\n" not in k for k in report.kept)  # `deploy export` prints each kept entry on one line
+
+
 def test_probe_error_is_the_max_over_finite_values_and_inf_on_a_non_finite_mismatch():
     """The fold rows' error: max abs error and its ratio to max|ref|; a NaN or inf is an error unless the other
     tensor holds the same value at that place (then it is left out of both maxima)."""
